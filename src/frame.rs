@@ -1,0 +1,284 @@
+//! Frames and images as they travel through the pipeline.
+//!
+//! A [`Frame`] carries its identity (source path or stream sequence number) from the source to
+//! the sink; [`Planes`] is the decoded image as float planes in [0, 1], which every stage after
+//! decode works on.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+
+use crate::error::{Error, Result};
+
+/// Where a frame came from; kept end to end so outputs and errors can name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FrameId {
+    /// A file from a folder source: its path relative to the folder, and the full path.
+    File { rel: PathBuf, abs: PathBuf },
+    /// A frame of a byte stream: its sequence number (from 0) and byte offset.
+    Stream { seq: u64, offset: u64 },
+}
+
+impl std::fmt::Display for FrameId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameId::File { abs, .. } => write!(f, "{}", abs.display()),
+            FrameId::Stream { seq, offset } => write!(f, "stdin frame {seq} at byte {offset}"),
+        }
+    }
+}
+
+/// A decoded image: one float plane per colour channel (1 or 3), plus alpha if it had one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planes {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major planes of `width * height` values in [0, 1].
+    pub planes: Vec<Vec<f32>>,
+    /// Alpha, passed through untouched.
+    pub alpha: Option<Vec<f32>>,
+}
+
+/// Rec. 709 luma, as scikit-image's `rgb2gray`.
+pub const LUMA: [f32; 3] = [0.2125, 0.7154, 0.0721];
+
+impl Planes {
+    pub fn grey(width: usize, height: usize, data: Vec<f32>) -> Self {
+        Self {
+            width,
+            height,
+            planes: vec![data],
+            alpha: None,
+        }
+    }
+
+    pub fn is_colour(&self) -> bool {
+        self.planes.len() == 3
+    }
+
+    /// The luma plane (the plane itself for grey images).
+    pub fn luma(&self) -> Vec<f32> {
+        if !self.is_colour() {
+            return self.planes[0].clone();
+        }
+        let (r, g, b) = (&self.planes[0], &self.planes[1], &self.planes[2]);
+        r.iter()
+            .zip(g)
+            .zip(b)
+            .map(|((r, g), b)| LUMA[0] * r + LUMA[1] * g + LUMA[2] * b)
+            .collect()
+    }
+
+    /// From any decoded image: 8/16-bit grey, grey+alpha, RGB, RGBA, float.
+    pub fn from_dynamic(img: DynamicImage) -> Self {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let has_alpha = img.color().has_alpha();
+        let colour = img.color().has_color();
+        // Go through 16 bits so 16-bit inputs keep their precision until the model.
+        let scale = 1.0 / 65535.0;
+        if colour {
+            let buf = img.to_rgba16();
+            let mut planes = vec![Vec::with_capacity(w * h); 3];
+            let mut alpha = Vec::with_capacity(if has_alpha { w * h } else { 0 });
+            for p in buf.pixels() {
+                for (c, plane) in planes.iter_mut().enumerate() {
+                    plane.push(p.0[c] as f32 * scale);
+                }
+                if has_alpha {
+                    alpha.push(p.0[3] as f32 * scale);
+                }
+            }
+            Self {
+                width: w,
+                height: h,
+                planes,
+                alpha: has_alpha.then_some(alpha),
+            }
+        } else {
+            let buf = img.to_luma_alpha16();
+            let mut plane = Vec::with_capacity(w * h);
+            let mut alpha = Vec::with_capacity(if has_alpha { w * h } else { 0 });
+            for p in buf.pixels() {
+                plane.push(p.0[0] as f32 * scale);
+                if has_alpha {
+                    alpha.push(p.0[1] as f32 * scale);
+                }
+            }
+            Self {
+                width: w,
+                height: h,
+                planes: vec![plane],
+                alpha: has_alpha.then_some(alpha),
+            }
+        }
+    }
+
+    /// Back to an 8-bit image: grey, grey+alpha, RGB or RGBA, values clipped to [0, 1].
+    pub fn to_dynamic(&self) -> DynamicImage {
+        let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+        let (w, h) = (self.width as u32, self.height as u32);
+        let n = self.width * self.height;
+        match (self.is_colour(), &self.alpha) {
+            (false, None) => DynamicImage::ImageLuma8(
+                image::GrayImage::from_raw(w, h, self.planes[0].iter().map(|&v| q(v)).collect())
+                    .expect("buffer size matches"),
+            ),
+            (false, Some(a)) => {
+                let mut buf = Vec::with_capacity(2 * n);
+                for i in 0..n {
+                    buf.extend([q(self.planes[0][i]), q(a[i])]);
+                }
+                DynamicImage::ImageLumaA8(
+                    image::GrayAlphaImage::from_raw(w, h, buf).expect("buffer size matches"),
+                )
+            }
+            (true, None) => {
+                let mut buf = Vec::with_capacity(3 * n);
+                for i in 0..n {
+                    buf.extend([
+                        q(self.planes[0][i]),
+                        q(self.planes[1][i]),
+                        q(self.planes[2][i]),
+                    ]);
+                }
+                DynamicImage::ImageRgb8(
+                    image::RgbImage::from_raw(w, h, buf).expect("buffer size matches"),
+                )
+            }
+            (true, Some(a)) => {
+                let mut buf = Vec::with_capacity(4 * n);
+                for i in 0..n {
+                    buf.extend([
+                        q(self.planes[0][i]),
+                        q(self.planes[1][i]),
+                        q(self.planes[2][i]),
+                        q(a[i]),
+                    ]);
+                }
+                DynamicImage::ImageRgba8(
+                    image::RgbaImage::from_raw(w, h, buf).expect("buffer size matches"),
+                )
+            }
+        }
+    }
+}
+
+/// Decoder limits for one frame.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_pixels: u64,
+    pub max_alloc_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: 64_000_000,
+            max_alloc_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Decodes PNG, JPEG, PNM, TIFF or WebP bytes (format sniffed from the content) within `limits`.
+pub fn decode(bytes: &[u8], limits: DecodeLimits, what: &str) -> Result<Planes> {
+    let err = |message: String| Error::Decode {
+        what: what.to_string(),
+        message,
+    };
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| err("unknown image format".into()))?;
+    if !matches!(
+        format,
+        ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::Pnm
+            | ImageFormat::Tiff
+            | ImageFormat::WebP
+    ) {
+        return Err(err(format!("unsupported format {format:?}")));
+    }
+    // Check the header's size before allocating anything for the pixels.
+    let (w, h) = reader.into_dimensions().map_err(|e| err(e.to_string()))?;
+    if (w as u64) * (h as u64) > limits.max_pixels {
+        return Err(err(format!(
+            "{w}x{h} is over the limit of {} pixels",
+            limits.max_pixels
+        )));
+    }
+    if w == 0 || h == 0 {
+        return Err(err("empty image".into()));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut lim = Limits::default();
+    lim.max_alloc = Some(limits.max_alloc_bytes);
+    reader.limits(lim);
+    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    Ok(Planes::from_dynamic(img))
+}
+
+/// Reads and decodes an image file.
+pub fn read_image(path: &std::path::Path, limits: DecodeLimits) -> Result<Planes> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    decode(&bytes, limits, &path.display().to_string())
+}
+
+/// Encodes as PNG (8-bit).
+pub fn encode_png(planes: &Planes, what: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    planes
+        .to_dynamic()
+        .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .map_err(|e| Error::Encode {
+            what: what.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(out)
+}
+
+/// Image files in a folder (non-recursive, sorted), skipping dot-files and partial files.
+pub fn list_images(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let p = entry.path();
+        if p.is_file() && is_image_name(&p) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether a file name looks like an image we take (by extension, not a dot-file or partial).
+pub fn is_image_name(p: &std::path::Path) -> bool {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.starts_with('.') {
+        return false;
+    }
+    let ext = p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    matches!(
+        ext.as_str(),
+        "png" | "jpg" | "jpeg" | "pgm" | "ppm" | "pnm" | "pbm" | "tif" | "tiff" | "webp"
+    )
+}

@@ -1,0 +1,89 @@
+//! The folder sink: each output at the input's relative path with the output kind's extension,
+//! written to a temporary file in the same folder and renamed into place, so no reader ever
+//! sees a partial file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{Output, Sink};
+use crate::error::{Error, Result};
+use crate::frame::FrameId;
+
+pub struct FolderSink {
+    dir: PathBuf,
+    written: u64,
+}
+
+impl FolderSink {
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            written: 0,
+        })
+    }
+
+    /// Where a frame's output of extension `ext` goes.
+    pub fn target(&self, id: &FrameId, ext: &str) -> PathBuf {
+        match id {
+            FrameId::File { rel, .. } => self.dir.join(rel).with_extension(ext),
+            FrameId::Stream { seq, .. } => self.dir.join(format!("frame-{seq:08}.{ext}")),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Dot-prefixed and .tmp-suffixed, so our own folder source (and most others) ignore it.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let io = |e| Error::Io {
+        path: tmp.clone(),
+        source: e,
+    };
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+impl Sink for FolderSink {
+    fn write(&mut self, out: Output) -> Result<()> {
+        for (kind, bytes) in &out.files {
+            let path = self.target(&out.id, kind.extension());
+            write_atomic(&path, bytes)?;
+            tracing::debug!("{} -> {}", out.id, path.display());
+        }
+        self.written += 1;
+        Ok(())
+    }
+
+    fn skip(&mut self, _seq: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

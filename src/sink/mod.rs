@@ -1,0 +1,24 @@
+//! Sinks: where results go. A sink receives each frame's encoded outputs (or word that the frame
+//! failed, so ordered sinks do not wait for it) and finishes when the pipeline drains.
+
+pub mod folder;
+pub mod stdout;
+
+use crate::config::OutputKind;
+use crate::error::Result;
+use crate::frame::FrameId;
+
+/// One frame's results, ready to write.
+#[derive(Debug)]
+pub struct Output {
+    pub seq: u64,
+    pub id: FrameId,
+    pub files: Vec<(OutputKind, Vec<u8>)>,
+}
+
+pub trait Sink: Send {
+    fn write(&mut self, out: Output) -> Result<()>;
+    /// Frame `seq` produced nothing (it failed and was reported).
+    fn skip(&mut self, seq: u64) -> Result<()>;
+    fn finish(&mut self) -> Result<()>;
+}

@@ -1,0 +1,446 @@
+//! Splits a byte stream into image frames.
+//!
+//! Two framings:
+//! - `Concat`: PNG and binary PNM (P5/P6) files back to back, each split by walking its own
+//!   structure (PNG chunks up to IEND; the PNM header gives the raster size);
+//! - `Length`: each frame is prefixed by its length as a 4-byte big-endian integer, so any format
+//!   (JPEG, TIFF, WebP…) can travel.
+//!
+//! The splitter is incremental: feed it reads of any size and it yields the same frames. Bytes
+//! that start no known frame are reported (with their offset) and skipped up to the next frame
+//! signature, so one bad frame never ends the stream.
+
+/// How frames are delimited on the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Concat,
+    Length,
+}
+
+/// One complete frame: its bytes, sequence number and the offset of its first byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawStreamFrame {
+    pub seq: u64,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Something on the stream that is not a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamError {
+    pub seq: u64,
+    pub offset: u64,
+    pub message: String,
+}
+
+/// What the splitter yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Split {
+    Frame(RawStreamFrame),
+    Error(StreamError),
+}
+
+const NOT_A_FRAME: &str = "not the start of a PNG or PNM (P5/P6) frame";
+const PNG_SIG: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+/// A frame larger than this is taken as a corrupt length.
+const MAX_FRAME: usize = 1 << 31;
+
+/// Incremental splitter. `push` bytes, then drain with `next`; `finish` at end of stream.
+pub struct Splitter {
+    framing: Framing,
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    /// Start of unconsumed data in `buf` (compacted lazily).
+    pos: usize,
+    seq: u64,
+    max_frame: usize,
+    /// Inside a bad stretch (already reported): skipping to the next frame signature.
+    skipping: bool,
+}
+
+enum Parse {
+    /// A complete frame of this many bytes.
+    Complete(usize),
+    /// Need more bytes.
+    Incomplete,
+    /// Not a frame here.
+    Invalid(String),
+}
+
+impl Splitter {
+    pub fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            buf: Vec::new(),
+            base: 0,
+            pos: 0,
+            seq: 0,
+            max_frame: MAX_FRAME,
+            skipping: false,
+        }
+    }
+
+    /// Caps one frame's size; larger ones are errors (and, unframed, skipped).
+    pub fn with_max_frame(mut self, max: usize) -> Self {
+        self.max_frame = max;
+        self
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.base += self.pos as u64;
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// The next frame or error, if the buffered bytes hold one.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Split> {
+        let data = &self.buf[self.pos..];
+        if data.is_empty() {
+            return None;
+        }
+        match self.framing {
+            Framing::Length => {
+                if data.len() < 4 {
+                    return None;
+                }
+                let n = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                if n > self.max_frame {
+                    // A corrupt length cannot be resynchronised: report and drop the rest.
+                    let err = self.error(format!("frame length {n} is over the limit"));
+                    self.pos = self.buf.len();
+                    return Some(err);
+                }
+                if data.len() < 4 + n {
+                    return None;
+                }
+                let bytes = data[4..4 + n].to_vec();
+                Some(self.take_frame(4 + n, 4, bytes))
+            }
+            Framing::Concat if self.skipping => {
+                match next_signature(data) {
+                    Some(i) => {
+                        self.pos += i;
+                        self.skipping = false;
+                    }
+                    // Keep the last bytes: they may be the start of a signature.
+                    None => self.pos += data.len().saturating_sub(PNG_SIG.len() - 1),
+                }
+                if self.skipping {
+                    None
+                } else {
+                    self.next()
+                }
+            }
+            Framing::Concat => match parse_concat(data, self.max_frame) {
+                Parse::Complete(n) => {
+                    let bytes = data[..n].to_vec();
+                    Some(self.take_frame(n, 0, bytes))
+                }
+                Parse::Incomplete => None,
+                Parse::Invalid(msg) => {
+                    // Report the bad stretch once, then skip to the next frame signature.
+                    let err = self.error(msg);
+                    self.pos += 1;
+                    self.skipping = true;
+                    Some(err)
+                }
+            },
+        }
+    }
+
+    /// Call at end of stream: reports a trailing partial frame, if any.
+    pub fn finish(&mut self) -> Option<Split> {
+        let left = self.buf.len() - self.pos;
+        if left == 0 || self.skipping {
+            return None;
+        }
+        let err = self.error(format!("stream ended inside a frame ({left} bytes left)"));
+        self.pos = self.buf.len();
+        Some(err)
+    }
+
+    fn take_frame(&mut self, consumed: usize, header: usize, bytes: Vec<u8>) -> Split {
+        let f = RawStreamFrame {
+            seq: self.seq,
+            offset: self.offset() + header as u64,
+            bytes,
+        };
+        self.seq += 1;
+        self.pos += consumed;
+        Split::Frame(f)
+    }
+
+    fn error(&mut self, message: String) -> Split {
+        let e = StreamError {
+            seq: self.seq,
+            offset: self.offset(),
+            message,
+        };
+        // A bad stretch takes a sequence number so the frames after it keep theirs in order.
+        self.seq += 1;
+        Split::Error(e)
+    }
+}
+
+/// Where in `data` the next PNG or P5/P6 signature starts.
+fn next_signature(data: &[u8]) -> Option<usize> {
+    (0..data.len()).find(|&i| {
+        let d = &data[i..];
+        d.starts_with(PNG_SIG)
+            || (d.len() >= 3
+                && d[0] == b'P'
+                && (d[1] == b'5' || d[1] == b'6')
+                && d[2].is_ascii_whitespace())
+    })
+}
+
+fn parse_concat(data: &[u8], max: usize) -> Parse {
+    if data.len() < 2 {
+        return if PNG_SIG.starts_with(data) || data == b"P" {
+            Parse::Incomplete
+        } else {
+            Parse::Invalid(NOT_A_FRAME.into())
+        };
+    }
+    if data[0] == 0x89 {
+        let n = data.len().min(8);
+        if data[..n] != PNG_SIG[..n] {
+            return Parse::Invalid("bad PNG signature".into());
+        }
+        return parse_png(data, max);
+    }
+    if data[0] == b'P' && (data[1] == b'5' || data[1] == b'6') {
+        return parse_pnm(data, max);
+    }
+    Parse::Invalid(NOT_A_FRAME.into())
+}
+
+fn parse_png(data: &[u8], max: usize) -> Parse {
+    let mut at = 8;
+    loop {
+        if data.len() < at + 8 {
+            return Parse::Incomplete;
+        }
+        let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+        let kind = &data[at + 4..at + 8];
+        if len > 0x7fff_ffff || !kind.iter().all(u8::is_ascii_alphabetic) {
+            return Parse::Invalid(format!("corrupt PNG chunk header at frame byte {at}"));
+        }
+        let end = at + 12 + len;
+        if end > max {
+            return Parse::Invalid(format!("PNG frame over the limit of {max} bytes"));
+        }
+        if data.len() < end {
+            return Parse::Incomplete;
+        }
+        if kind == b"IEND" {
+            return Parse::Complete(end);
+        }
+        at = end;
+    }
+}
+
+fn parse_pnm(data: &[u8], max: usize) -> Parse {
+    // Header: magic, width, height, maxval, separated by whitespace and #-comments, then one
+    // whitespace byte, then the raster.
+    let channels = if data[1] == b'5' { 1 } else { 3 };
+    let mut at = 2;
+    let mut fields = [0u64; 3];
+    for field in fields.iter_mut() {
+        // Skip whitespace and comments.
+        loop {
+            match data.get(at) {
+                None => return Parse::Incomplete,
+                Some(c) if c.is_ascii_whitespace() => at += 1,
+                Some(b'#') => match data[at..].iter().position(|&c| c == b'\n') {
+                    Some(nl) => at += nl + 1,
+                    None => return Parse::Incomplete,
+                },
+                Some(_) => break,
+            }
+        }
+        let start = at;
+        while let Some(c) = data.get(at) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            at += 1;
+            if at - start > 10 {
+                return Parse::Invalid("PNM header number too long".into());
+            }
+        }
+        if at == data.len() {
+            return Parse::Incomplete;
+        }
+        if at == start {
+            return Parse::Invalid("bad PNM header".into());
+        }
+        *field = std::str::from_utf8(&data[start..at])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+    }
+    match data.get(at) {
+        None => return Parse::Incomplete,
+        Some(c) if c.is_ascii_whitespace() => at += 1,
+        Some(_) => return Parse::Invalid("bad PNM header".into()),
+    }
+    let [w, h, maxval] = fields;
+    if w == 0 || h == 0 || maxval == 0 || maxval > 65535 {
+        return Parse::Invalid(format!("bad PNM header ({w}x{h}, maxval {maxval})"));
+    }
+    let bytes_per = if maxval > 255 { 2 } else { 1 };
+    let raster = w.saturating_mul(h).saturating_mul(channels * bytes_per);
+    let total = (at as u64).saturating_add(raster);
+    if total > max as u64 {
+        return Parse::Invalid(format!("PNM frame {w}x{h} over the limit of {max} bytes"));
+    }
+    let total = total as usize;
+    if data.len() < total {
+        Parse::Incomplete
+    } else {
+        Parse::Complete(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
+        let img = image::GrayImage::from_fn(w, h, |x, y| {
+            image::Luma([(x as u8).wrapping_mul(seed) ^ y as u8])
+        });
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    fn pgm(w: usize, h: usize) -> Vec<u8> {
+        let mut out = format!("P5\n# a comment\n{w} {h}\n255\n").into_bytes();
+        out.extend((0..w * h).map(|i| (i * 7) as u8));
+        out
+    }
+
+    fn ppm16(w: usize, h: usize) -> Vec<u8> {
+        let mut out = format!("P6 {w} {h} 65535\n").into_bytes();
+        out.extend((0..w * h * 6).map(|i| (i * 3) as u8));
+        out
+    }
+
+    fn drain(s: &mut Splitter, out: &mut Vec<Split>) {
+        while let Some(x) = s.next() {
+            out.push(x);
+        }
+    }
+
+    fn split_all(stream: &[u8], cuts: &[usize], framing: Framing) -> Vec<Split> {
+        let mut s = Splitter::new(framing);
+        let mut out = Vec::new();
+        let mut last = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort();
+        for c in cuts.into_iter().chain([stream.len()]) {
+            s.push(&stream[last..c]);
+            drain(&mut s, &mut out);
+            last = c;
+        }
+        out.extend(s.finish());
+        out
+    }
+
+    #[test]
+    fn splits_png_pgm_ppm_and_reports_garbage() {
+        let frames = [png(5, 3, 3), pgm(4, 2), ppm16(2, 2), png(1, 1, 9)];
+        let mut stream = Vec::new();
+        stream.extend(&frames[0]);
+        stream.extend(&frames[1]);
+        stream.extend(b"garbage!");
+        stream.extend(&frames[2]);
+        stream.extend(&frames[3]);
+        let out = split_all(&stream, &[], Framing::Concat);
+        assert_eq!(out.len(), 5, "{out:?}");
+        let Split::Frame(f0) = &out[0] else { panic!() };
+        assert_eq!((f0.seq, f0.offset, &f0.bytes), (0, 0, &frames[0]));
+        let Split::Frame(f1) = &out[1] else { panic!() };
+        assert_eq!(f1.bytes, frames[1]);
+        let Split::Error(e) = &out[2] else { panic!() };
+        assert_eq!(
+            (e.seq, e.offset),
+            (2, (frames[0].len() + frames[1].len()) as u64)
+        );
+        let Split::Frame(f3) = &out[3] else { panic!() };
+        assert_eq!((f3.seq, &f3.bytes), (3, &frames[2]));
+        let Split::Frame(f4) = &out[4] else { panic!() };
+        assert_eq!(f4.bytes, frames[3]);
+    }
+
+    #[test]
+    fn trailing_partial_frame_is_reported() {
+        let mut f = png(3, 3, 1);
+        f.truncate(f.len() - 5);
+        let out = split_all(&f, &[], Framing::Concat);
+        assert!(
+            matches!(&out[..], [Split::Error(e)] if e.message.contains("ended")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn length_framing_carries_any_bytes() {
+        let payloads: [&[u8]; 3] = [b"\xff\xd8jpeg?", b"", b"abc"];
+        let mut stream = Vec::new();
+        for p in payloads {
+            stream.extend((p.len() as u32).to_be_bytes());
+            stream.extend(p);
+        }
+        let out = split_all(&stream, &[3, 9], Framing::Length);
+        let got: Vec<_> = out
+            .iter()
+            .map(|s| match s {
+                Split::Frame(f) => f.bytes.clone(),
+                Split::Error(e) => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(got, payloads.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
+    }
+
+    proptest! {
+        /// Any split of the byte stream into reads gives the same frames and errors.
+        #[test]
+        fn any_read_split_gives_the_same_frames(cuts in proptest::collection::vec(0usize..10_000, 0..12), garbage in proptest::collection::vec(any::<u8>(), 0..20)) {
+            let mut stream = Vec::new();
+            stream.extend(png(7, 5, 5));
+            stream.extend(pgm(6, 3));
+            // Garbage that cannot be mistaken for a signature.
+            stream.extend(garbage.iter().map(|b| if *b == 0x89 || *b == b'P' { b'x' } else { *b }));
+            stream.extend(ppm16(3, 2));
+            stream.extend(png(2, 9, 1));
+            let whole = split_all(&stream, &[], Framing::Concat);
+            let pieces = split_all(&stream, &cuts, Framing::Concat);
+            prop_assert_eq!(&whole, &pieces);
+            let n = whole.iter().filter(|s| matches!(s, Split::Frame(_))).count();
+            prop_assert_eq!(n, 4);
+
+            let mut framed = Vec::new();
+            for f in whole.iter().filter_map(|s| match s { Split::Frame(f) => Some(&f.bytes), _ => None }) {
+                framed.extend((f.len() as u32).to_be_bytes());
+                framed.extend(f);
+            }
+            let a = split_all(&framed, &[], Framing::Length);
+            let b = split_all(&framed, &cuts, Framing::Length);
+            prop_assert_eq!(a, b);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The stdin source: a stream of images split by [`super::split`], in order, until EOF.
+
+use std::io::Read;
+
+use crossbeam_channel::Sender;
+
+use super::split::{Framing, Split, Splitter};
+use super::{RawFrame, Source, Stop};
+use crate::error::{Error, Result};
+use crate::frame::FrameId;
+
+/// Reads frames from any byte reader (stdin in the daemon, a buffer in tests).
+pub struct StreamSource<R: Read + Send> {
+    reader: R,
+    framing: Framing,
+    max_frame: usize,
+}
+
+impl<R: Read + Send> StreamSource<R> {
+    pub fn new(reader: R, framing: Framing, max_frame: usize) -> Self {
+        Self {
+            reader,
+            framing,
+            max_frame,
+        }
+    }
+}
+
+impl<R: Read + Send> Source for StreamSource<R> {
+    fn run(mut self: Box<Self>, tx: Sender<RawFrame>, stop: Stop) -> Result<()> {
+        let mut splitter = Splitter::new(self.framing).with_max_frame(self.max_frame);
+        let mut buf = vec![0u8; 1 << 16];
+        let send = |s: Split| -> bool {
+            let frame = match s {
+                Split::Frame(f) => RawFrame {
+                    seq: f.seq,
+                    id: FrameId::Stream {
+                        seq: f.seq,
+                        offset: f.offset,
+                    },
+                    bytes: Ok(f.bytes),
+                },
+                Split::Error(e) => RawFrame {
+                    seq: e.seq,
+                    id: FrameId::Stream {
+                        seq: e.seq,
+                        offset: e.offset,
+                    },
+                    bytes: Err(e.message),
+                },
+            };
+            tx.send(frame).is_ok()
+        };
+        loop {
+            if stop.requested() {
+                return Ok(());
+            }
+            let n = match self.reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::Io {
+                        path: "<stdin>".into(),
+                        source: e,
+                    })
+                }
+            };
+            splitter.push(&buf[..n]);
+            while let Some(s) = splitter.next() {
+                if !send(s) {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(s) = splitter.finish() {
+            send(s);
+        }
+        Ok(())
+    }
+}

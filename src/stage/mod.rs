@@ -1,0 +1,8 @@
+//! The pipeline's processing stages: decode, corrupt, normalise (pad/tile), infer, post-process.
+
+pub mod corrupt;
+pub mod decode;
+pub mod infer;
+pub mod normalise;
+pub mod postprocess;
+pub mod tiling;

@@ -1,0 +1,121 @@
+//! Training data for the denoiser: image folders → grey planes → random clean/noisy patches.
+
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+
+use crate::error::{Error, Result};
+use crate::frame::{list_images, read_image, DecodeLimits};
+use crate::stage::corrupt;
+
+/// One training image as grey planes: grey images give one, colour images their luma and
+/// each of R, G, B (the model runs per channel on colour frames, so it should see channels).
+pub struct TrainImage {
+    pub path: PathBuf,
+    pub w: usize,
+    pub h: usize,
+    pub planes: Vec<Vec<f32>>,
+}
+
+pub fn load_folder(dir: &Path) -> Result<Vec<TrainImage>> {
+    let files = list_images(dir)?;
+    if files.is_empty() {
+        return Err(Error::Other(format!("{}: no images found", dir.display())));
+    }
+    let mut out = Vec::new();
+    for path in files {
+        let p = read_image(&path, DecodeLimits::default())?;
+        let mut planes = vec![p.luma()];
+        if p.is_colour() {
+            planes.extend(p.planes.iter().cloned());
+        }
+        out.push(TrainImage {
+            path,
+            w: p.width,
+            h: p.height,
+            planes,
+        });
+    }
+    Ok(out)
+}
+
+/// Draws random patches, area-weighted over images, with random flips and rotations.
+pub struct PatchSampler<'a> {
+    images: Vec<&'a TrainImage>,
+    cumulative: Vec<f64>,
+    patch: usize,
+}
+
+impl<'a> PatchSampler<'a> {
+    pub fn new(images: &'a [TrainImage], patch: usize) -> Result<Self> {
+        let images: Vec<&TrainImage> = images
+            .iter()
+            .filter(|i| i.w >= patch && i.h >= patch)
+            .collect();
+        if images.is_empty() {
+            return Err(Error::Other(format!(
+                "no training image is at least {patch}×{patch} pixels"
+            )));
+        }
+        let mut acc = 0.0;
+        let cumulative = images
+            .iter()
+            .map(|i| {
+                acc += (i.w * i.h) as f64;
+                acc
+            })
+            .collect();
+        Ok(Self {
+            images,
+            cumulative,
+            patch,
+        })
+    }
+
+    /// One clean patch, `patch × patch`, row-major.
+    pub fn clean<R: Rng>(&self, rng: &mut R) -> Vec<f32> {
+        let total = *self.cumulative.last().unwrap_or(&1.0);
+        let r = rng.random::<f64>() * total;
+        let idx = self
+            .cumulative
+            .partition_point(|&c| c <= r)
+            .min(self.images.len() - 1);
+        let img = self.images[idx];
+        let plane = &img.planes[rng.random_range(0..img.planes.len())];
+        let p = self.patch;
+        let x0 = rng.random_range(0..=img.w - p);
+        let y0 = rng.random_range(0..=img.h - p);
+        let t = rng.random_range(0..8u8);
+        let mut out = vec![0f32; p * p];
+        for y in 0..p {
+            for x in 0..p {
+                // One of the 8 symmetries of the square.
+                let (mut sx, mut sy) = if t & 1 == 1 { (y, x) } else { (x, y) };
+                if t & 2 == 2 {
+                    sx = p - 1 - sx;
+                }
+                if t & 4 == 4 {
+                    sy = p - 1 - sy;
+                }
+                out[y * p + x] = plane[(y0 + sy) * img.w + x0 + sx];
+            }
+        }
+        out
+    }
+
+    /// A batch of (noisy, clean) patches, σ uniform in [0, sigma_max] per patch, quantised
+    /// to 8-bit levels like a noisy file.
+    pub fn batch<R: Rng>(&self, rng: &mut R, n: usize, sigma_max: f32) -> (Vec<f32>, Vec<f32>) {
+        let mut noisy = Vec::with_capacity(n * self.patch * self.patch);
+        let mut clean = Vec::with_capacity(n * self.patch * self.patch);
+        for _ in 0..n {
+            let c = self.clean(rng);
+            let mut x = c.clone();
+            let sigma = rng.random::<f32>() * sigma_max;
+            corrupt::gaussian(&mut x, sigma, true, rng);
+            noisy.extend(x);
+            clean.extend(c);
+        }
+        (noisy, clean)
+    }
+}
