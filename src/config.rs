@@ -345,7 +345,7 @@ impl PipelineConfig {
         }
         let multiple = 1usize << self.model.channels.len();
         if self.model.tile < 2 * self.model.tile_overlap + multiple
-            || self.model.tile % multiple != 0
+            || !self.model.tile.is_multiple_of(multiple)
         {
             return Err(bad(
                 "model.tile",
@@ -372,7 +372,7 @@ impl PipelineConfig {
         if self.corrupt.gaussian_sigma < 0.0 || !self.corrupt.gaussian_sigma.is_finite() {
             return Err(bad("corrupt.gaussian_sigma", "must be ≥ 0".into()));
         }
-        if self.train.patch % multiple != 0 || self.train.patch == 0 {
+        if !self.train.patch.is_multiple_of(multiple) || self.train.patch == 0 {
             return Err(bad(
                 "train.patch",
                 format!("must be a positive multiple of {multiple}"),
@@ -397,7 +397,7 @@ impl PipelineConfig {
             Some(base) => vec![base.join(rel), base.join("../weights").join(rel)],
             None => vec![],
         };
-        for c in candidates.iter().filter(|c| c.is_file()) {
+        if let Some(c) = candidates.iter().find(|c| c.is_file()) {
             return std::fs::read(c).map_err(|e| Error::Io {
                 path: c.clone(),
                 source: e,

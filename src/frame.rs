@@ -79,7 +79,7 @@ impl Planes {
         let scale = 1.0 / 65535.0;
         if colour {
             let buf = img.to_rgba16();
-            let mut planes = vec![Vec::with_capacity(w * h); 3];
+            let mut planes: Vec<Vec<f32>> = (0..3).map(|_| Vec::with_capacity(w * h)).collect();
             let mut alpha = Vec::with_capacity(if has_alpha { w * h } else { 0 });
             for p in buf.pixels() {
                 for (c, plane) in planes.iter_mut().enumerate() {
@@ -126,8 +126,8 @@ impl Planes {
             ),
             (false, Some(a)) => {
                 let mut buf = Vec::with_capacity(2 * n);
-                for i in 0..n {
-                    buf.extend([q(self.planes[0][i]), q(a[i])]);
+                for (v, a) in self.planes[0].iter().zip(a) {
+                    buf.extend([q(*v), q(*a)]);
                 }
                 DynamicImage::ImageLumaA8(
                     image::GrayAlphaImage::from_raw(w, h, buf).expect("buffer size matches"),
@@ -148,12 +148,12 @@ impl Planes {
             }
             (true, Some(a)) => {
                 let mut buf = Vec::with_capacity(4 * n);
-                for i in 0..n {
+                for (i, a) in a.iter().enumerate() {
                     buf.extend([
                         q(self.planes[0][i]),
                         q(self.planes[1][i]),
                         q(self.planes[2][i]),
-                        q(a[i]),
+                        q(*a),
                     ]);
                 }
                 DynamicImage::ImageRgba8(

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::config::{OutputKind, PipelineConfig};
+use crate::config::{DecodeConfig, OutputKind, PipelineConfig};
 use crate::error::{Error, Result};
-use crate::frame::FrameId;
+use crate::frame::{FrameId, Planes};
 use crate::model::Model;
 use crate::sink::{Output, Sink};
 use crate::source::{RawFrame, Source, Stop};
@@ -79,8 +79,11 @@ pub fn run(
     };
 
     let (raw_tx, raw_rx) = bounded::<RawFrame>(cap);
+    let (dec_tx, dec_rx) = bounded::<Packet<Planes>>(cap);
+    let (cor_tx, cor_rx) = bounded::<Packet<Planes>>(cap);
     let (prep_tx, prep_rx) = bounded::<Packet<Prepared>>(cap);
     let (inf_tx, inf_rx) = bounded::<Packet<(Prepared, Vec<Vec<f32>>)>>(cap);
+    let (post_tx, post_rx) = bounded::<Packet<Planes>>(cap);
     let (out_tx, out_rx) = bounded::<Packet<Vec<(OutputKind, Vec<u8>)>>>(cap);
 
     // The source is not joined: a stdin read may block forever after a stop request.
@@ -99,13 +102,36 @@ pub fn run(
 
     let mut handles = Vec::new();
     for i in 0..workers {
-        let (rx, tx, stop, stats) = (raw_rx.clone(), prep_tx.clone(), stop.clone(), stats.clone());
-        let cfg = cfg.clone();
+        let (rx, tx, stop, stats) = (raw_rx.clone(), dec_tx.clone(), stop.clone(), stats.clone());
+        let decode_cfg = cfg.decode.clone();
         handles.push(spawn(format!("decode-{i}"), move || {
-            decode_worker(&cfg, &plan, rx, tx, &stop, &stats)
+            decode_worker(&decode_cfg, rx, tx, &stop, &stats)
         })?);
     }
-    drop((raw_rx, prep_tx));
+    drop((raw_rx, dec_tx));
+
+    let corrupt_cfg = cfg.corrupt.clone();
+    handles.extend(map_stage(
+        "corrupt",
+        workers,
+        dec_rx,
+        cor_tx,
+        &stats,
+        move |seq, _, mut planes: Planes| {
+            corrupt::apply(&corrupt_cfg, &mut planes, seq);
+            Ok(planes)
+        },
+    )?);
+
+    let colour = cfg.normalise.colour;
+    handles.extend(map_stage(
+        "normalise",
+        workers,
+        cor_rx,
+        prep_tx,
+        &stats,
+        move |_, _, planes| Ok(normalise::run(planes, colour, &plan)),
+    )?);
 
     {
         let (stats, cfg) = (stats.clone(), cfg.clone());
@@ -114,14 +140,31 @@ pub fn run(
         })?);
     }
 
-    for i in 0..workers {
-        let (rx, tx, stats, cfg) = (inf_rx.clone(), out_tx.clone(), stats.clone(), cfg.clone());
-        let kinds = kinds.clone();
-        handles.push(spawn(format!("post-{i}"), move || {
-            post_worker(&cfg, &kinds, rx, tx, &stats)
-        })?);
-    }
-    drop((inf_rx, out_tx));
+    let post_cfg = cfg.postprocess.clone();
+    handles.extend(map_stage(
+        "post",
+        workers,
+        inf_rx,
+        post_tx,
+        &stats,
+        move |_, _, (prep, outs): (Prepared, Vec<Vec<f32>>)| {
+            Ok(postprocess::assemble(&prep, &outs, &post_cfg))
+        },
+    )?);
+
+    handles.extend(map_stage(
+        "encode",
+        workers,
+        post_rx,
+        out_tx,
+        &stats,
+        move |_, id, planes| {
+            kinds
+                .iter()
+                .map(|&k| Ok((k, postprocess::encode(&planes, k, &id.to_string())?)))
+                .collect()
+        },
+    )?);
 
     // The sink runs here; its failure (disk full, closed stdout) stops the whole pipeline.
     let mut sink_result = Ok(());
@@ -183,11 +226,52 @@ fn fail(stats: &Stats, what: impl std::fmt::Display) {
     tracing::warn!("{what}");
 }
 
+/// Starts `n` threads that apply `f` to every packet that has not failed; a failure is
+/// reported (it names the frame) and passed on as a gap.
+fn map_stage<A, B, F>(
+    name: &str,
+    n: usize,
+    rx: Receiver<Packet<A>>,
+    tx: Sender<Packet<B>>,
+    stats: &Arc<Stats>,
+    f: F,
+) -> Result<Vec<thread::JoinHandle<()>>>
+where
+    A: Send + 'static,
+    B: Send + 'static,
+    F: Fn(u64, &FrameId, A) -> Result<B> + Clone + Send + 'static,
+{
+    (0..n)
+        .map(|i| {
+            let (rx, tx, stats, f) = (rx.clone(), tx.clone(), stats.clone(), f.clone());
+            spawn(format!("{name}-{i}"), move || {
+                for p in rx.iter() {
+                    let body = p.body.and_then(|a| match f(p.seq, &p.id, a) {
+                        Ok(b) => Some(b),
+                        Err(e) => {
+                            fail(&stats, e);
+                            None
+                        }
+                    });
+                    let out = Packet {
+                        seq: p.seq,
+                        id: p.id,
+                        body,
+                    };
+                    if tx.send(out).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Decodes raw frames; on a stop request, drains what the source already handed over.
 fn decode_worker(
-    cfg: &PipelineConfig,
-    plan: &TilePlan,
+    cfg: &DecodeConfig,
     rx: Receiver<RawFrame>,
-    tx: Sender<Packet<Prepared>>,
+    tx: Sender<Packet<Planes>>,
     stop: &Stop,
     stats: &Stats,
 ) {
@@ -195,14 +279,12 @@ fn decode_worker(
         let raw = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => {
-                if stop.requested() {
-                    // Drain what the source already handed over, then end.
-                    match rx.try_recv() {
-                        Ok(r) => r,
-                        Err(_) => return,
-                    }
-                } else {
+                if !stop.requested() {
                     continue;
+                }
+                match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
                 }
             }
             Err(RecvTimeoutError::Disconnected) => return,
@@ -213,25 +295,16 @@ fn decode_worker(
                 fail(stats, format!("{}: {msg}", raw.id));
                 None
             }
-            Ok(bytes) => match decode::run(bytes, &raw.id, &cfg.decode) {
-                Err(e) => {
-                    fail(stats, e);
-                    None
-                }
-                Ok(mut planes) => {
-                    corrupt::apply(&cfg.corrupt, &mut planes, raw.seq);
-                    Some(normalise::run(planes, cfg.normalise.colour, plan))
-                }
-            },
+            Ok(bytes) => decode::run(bytes, &raw.id, cfg)
+                .map_err(|e| fail(stats, e))
+                .ok(),
         };
-        if tx
-            .send(Packet {
-                seq: raw.seq,
-                id: raw.id,
-                body,
-            })
-            .is_err()
-        {
+        let out = Packet {
+            seq: raw.seq,
+            id: raw.id,
+            body,
+        };
+        if tx.send(out).is_err() {
             return;
         }
     }
@@ -320,37 +393,101 @@ fn infer_worker(
     }
 }
 
-fn post_worker(
-    cfg: &PipelineConfig,
-    kinds: &[OutputKind],
-    rx: Receiver<Packet<(Prepared, Vec<Vec<f32>>)>>,
-    tx: Sender<Packet<Vec<(OutputKind, Vec<u8>)>>>,
-    stats: &Stats,
-) {
-    for p in rx.iter() {
-        let body = p.body.and_then(|(prep, outs)| {
-            let planes = postprocess::assemble(&prep, &outs, &cfg.postprocess);
-            let mut files = Vec::with_capacity(kinds.len());
-            for &k in kinds {
-                match postprocess::encode(&planes, k, &p.id.to_string()) {
-                    Ok(b) => files.push((k, b)),
-                    Err(e) => {
-                        fail(stats, e);
-                        return None;
-                    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_png;
+    use crate::model::{denoise::Denoiser, DenoiseModel};
+    use candle_core::{DType, Device};
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    struct CountingSource {
+        n: u64,
+        frame: Vec<u8>,
+        sent: Arc<AtomicU64>,
+    }
+
+    impl Source for CountingSource {
+        fn run(self: Box<Self>, tx: Sender<RawFrame>, _stop: Stop) -> Result<()> {
+            for seq in 0..self.n {
+                let f = RawFrame {
+                    seq,
+                    id: FrameId::Stream { seq, offset: 0 },
+                    bytes: Ok(self.frame.clone()),
+                };
+                if tx.send(f).is_err() {
+                    break;
                 }
+                self.sent.fetch_add(1, Ordering::SeqCst);
             }
-            Some(files)
-        });
-        if tx
-            .send(Packet {
-                seq: p.seq,
-                id: p.id,
-                body,
-            })
-            .is_err()
-        {
-            return;
+            Ok(())
         }
+    }
+
+    struct SlowSink {
+        sent: Arc<AtomicU64>,
+        written: Arc<Mutex<BTreeSet<u64>>>,
+        max_ahead: Arc<AtomicU64>,
+    }
+
+    impl Sink for SlowSink {
+        fn write(&mut self, out: Output) -> Result<()> {
+            std::thread::sleep(Duration::from_millis(5));
+            let mut w = self.written.lock().unwrap();
+            w.insert(out.seq);
+            let ahead = self.sent.load(Ordering::SeqCst) - w.len() as u64;
+            self.max_ahead.fetch_max(ahead, Ordering::SeqCst);
+            Ok(())
+        }
+        fn skip(&mut self, seq: u64) -> Result<()> {
+            panic!("frame {seq} failed");
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A slow sink holds the source back: frames in flight stay within what the bounded
+    /// channels and stages can hold, and every frame still arrives.
+    #[test]
+    fn slow_sink_backpressures_the_source_and_loses_nothing() {
+        let mut cfg = PipelineConfig::load("denoise").unwrap();
+        cfg.channels.capacity = 1;
+        cfg.infer.workers = 1;
+        cfg.infer.max_batch = 2;
+        cfg.model.channels = vec![4];
+        cfg.model.blocks = vec![1];
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let net = Denoiser::new(vb, &cfg.model.denoiser()).unwrap();
+        let model: Arc<dyn Model> = Arc::new(DenoiseModel::from_net(net, Device::Cpu));
+        let frame = encode_png(&Planes::grey(16, 16, vec![0.5; 256]), "t").unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(Mutex::new(BTreeSet::new()));
+        let max_ahead = Arc::new(AtomicU64::new(0));
+        let n = 80;
+        let summary = run(
+            &cfg,
+            model,
+            Box::new(CountingSource {
+                n,
+                frame,
+                sent: sent.clone(),
+            }),
+            Box::new(SlowSink {
+                sent: sent.clone(),
+                written: written.clone(),
+                max_ahead: max_ahead.clone(),
+            }),
+            vec![OutputKind::Denoised],
+            Stop::new(),
+        )
+        .unwrap();
+        assert_eq!(summary.frames_out, n);
+        assert_eq!(written.lock().unwrap().len() as u64, n);
+        // 7 channels of capacity 1, one frame in hand per stage thread, a batch of 2 in infer.
+        let ahead = max_ahead.load(Ordering::SeqCst);
+        assert!(ahead <= 16, "source ran {ahead} frames ahead of the sink");
     }
 }

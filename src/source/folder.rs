@@ -240,7 +240,7 @@ impl Source for FolderSource {
             for p in targets {
                 let ok = if p.is_dir() {
                     // A folder created or moved in: its files raise no events of their own.
-                    self.cfg.recursive && self.scan_and_take(&p, &tx, &stop) || !self.cfg.recursive
+                    !self.cfg.recursive || self.scan_and_take(&p, &tx, &stop)
                 } else {
                     self.take(&p, &tx)
                 };

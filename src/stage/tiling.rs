@@ -51,6 +51,7 @@ fn round_up(v: usize, m: usize) -> usize {
     v.div_ceil(m) * m
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Reads a `uw × uh` window whose top-left is at `(x0, y0)` (may be negative or past the end).
 fn window(
     plane: &[f32],
