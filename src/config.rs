@@ -178,8 +178,11 @@ pub struct InferConfig {
     pub max_batch: usize,
     /// Longest wait for a batch to fill once its first frame arrived.
     pub max_wait_ms: u64,
-    /// Decode / post-process worker threads (0 = one per core, at most 4).
+    /// Threads per CPU stage: decode, corrupt, normalise, post-process, encode
+    /// (0 = one per core, at most 4).
     pub workers: usize,
+    /// Self-ensemble: 1 (off), 2 or 4 flipped views averaged (slower, slightly better).
+    pub ensemble: usize,
 }
 
 impl Default for InferConfig {
@@ -188,6 +191,7 @@ impl Default for InferConfig {
             max_batch: 8,
             max_wait_ms: 10,
             workers: 0,
+            ensemble: 1,
         }
     }
 }
@@ -357,6 +361,9 @@ impl PipelineConfig {
         }
         if self.infer.max_batch == 0 {
             return Err(bad("infer.max_batch", "must be at least 1".into()));
+        }
+        if ![1, 2, 4].contains(&self.infer.ensemble) {
+            return Err(bad("infer.ensemble", "must be 1, 2 or 4".into()));
         }
         if self.channels.capacity == 0 {
             return Err(bad("channels.capacity", "must be at least 1".into()));

@@ -146,7 +146,7 @@ pub fn evaluate(cfg: &PipelineConfig, model: &dyn Model, args: &EvalArgs) -> Res
         let mut out = Vec::with_capacity(noisy.len());
         for plane in noisy.iter_mut() {
             args.noise.apply(plane, &mut rng);
-            let mut o = infer::run_plane(model, plane, w, h, &plan, cfg.infer.max_batch)?;
+            let mut o = infer::run_plane(model, plane, w, h, &plan, (&cfg.infer).into())?;
             quantise(&mut o);
             out.push(o);
         }

@@ -357,7 +357,7 @@ fn infer_worker(
             continue;
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        let result = infer::run_units(model, &units, max_batch);
+        let result = infer::run_units(model, &units, (&cfg.infer).into());
         let mut outputs = match result {
             Ok(o) => o.into_iter(),
             Err(e) => {

@@ -137,7 +137,17 @@ pub fn validate(
         let mut noisy = clean.clone();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + i as u64);
         corrupt::gaussian(&mut noisy, sigma, true, &mut rng);
-        let out = infer::run_plane(model, &noisy, img.w, img.h, plan, 4)?;
+        let out = infer::run_plane(
+            model,
+            &noisy,
+            img.w,
+            img.h,
+            plan,
+            infer::RunOpts {
+                max_batch: 4,
+                ensemble: 1,
+            },
+        )?;
         let out: Vec<f32> = out
             .iter()
             .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() / 255.0)
