@@ -154,7 +154,7 @@ fn default_blocks() -> Vec<usize> {
     DenoiserConfig::default().blocks
 }
 fn default_tile() -> usize {
-    256
+    512
 }
 fn default_overlap() -> usize {
     32
@@ -176,6 +176,8 @@ impl ModelConfig {
 pub struct InferConfig {
     /// Most frames (or tiles) run through the model at once.
     pub max_batch: usize,
+    /// Most pixels in one forward pass; bounds the model's memory.
+    pub max_batch_pixels: usize,
     /// Longest wait for a batch to fill once its first frame arrived.
     pub max_wait_ms: u64,
     /// Threads per CPU stage: decode, corrupt, normalise, post-process, encode
@@ -189,6 +191,7 @@ impl Default for InferConfig {
     fn default() -> Self {
         Self {
             max_batch: 8,
+            max_batch_pixels: 1 << 19,
             max_wait_ms: 10,
             workers: 0,
             ensemble: 1,

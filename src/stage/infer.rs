@@ -18,6 +18,8 @@ use crate::model::Model;
 #[derive(Debug, Clone, Copy)]
 pub struct RunOpts {
     pub max_batch: usize,
+    /// Most pixels in one forward pass (memory bound); at least one unit always runs.
+    pub max_batch_pixels: usize,
     /// 1 (off), 2 (+ left-right flip) or 4 (+ up-down flip and both).
     pub ensemble: usize,
 }
@@ -26,6 +28,7 @@ impl From<&InferConfig> for RunOpts {
     fn from(c: &InferConfig) -> Self {
         Self {
             max_batch: c.max_batch,
+            max_batch_pixels: c.max_batch_pixels,
             ensemble: c.ensemble,
         }
     }
@@ -60,7 +63,11 @@ pub fn run_units(model: &dyn Model, units: &[Unit], opts: RunOpts) -> Result<Vec
     }
     let mut outputs: Vec<Vec<f32>> = units.iter().map(|u| vec![0f32; u.uw * u.uh]).collect();
     for ((uh, uw), items) in by_shape {
-        for chunk in items.chunks(opts.max_batch.max(1)) {
+        let per_pass = opts
+            .max_batch
+            .min(opts.max_batch_pixels / (uh * uw).max(1))
+            .max(1);
+        for chunk in items.chunks(per_pass) {
             let mut data = Vec::with_capacity(chunk.len() * uh * uw);
             for &(i, v) in chunk {
                 let (lr, ud) = FLIPS[v];

@@ -1,10 +1,11 @@
 //! Padding and tiling: how a plane of any size becomes model-sized units and back.
 //!
 //! A plane that fits in one tile is padded (reflect or zero) up to the model's size multiple and
-//! runs whole. A larger plane is cut into `tile × tile` units whose centres (`tile − 2·overlap`)
-//! tile the plane; each unit sees `overlap` pixels of real context (mirrored at the border) and
-//! only its centre is kept, so the result has no seams and memory per unit is bounded. All tiles
-//! of all frames have the same shape, so they batch together.
+//! runs whole. Along a side longer than `tile`, the plane is cut into the fewest equal spans of
+//! at most `tile` whose centres cover it; each span sees `overlap` pixels of real context beyond
+//! its centre (mirrored at the border) and only its centre is kept, so the result has no seams
+//! and memory per unit is bounded. All units of one frame have one shape, so they batch
+//! together.
 
 use crate::config::PadMode;
 
@@ -84,38 +85,44 @@ fn window(
     out
 }
 
+/// How one axis of length `len` is cut: (span length, [(span start, kept start, kept length)]).
+///
+/// An axis that fits in a tile is one span (padded up to the size multiple). A longer one is cut
+/// into the fewest spans whose kept centres cover it, with the centres made equal so no span is
+/// mostly padding; each span reaches `overlap` pixels beyond its centre on both sides.
+fn axis(len: usize, plan: &TilePlan) -> (usize, Vec<(isize, usize, usize)>) {
+    if len <= plan.tile {
+        return (round_up(len, plan.multiple), vec![(0, 0, len)]);
+    }
+    let ov = plan.overlap;
+    let n = len.div_ceil(plan.tile - 2 * ov);
+    let core = round_up(len.div_ceil(n), plan.multiple);
+    let span = round_up(core + 2 * ov, plan.multiple);
+    let spans = (0..n)
+        .map(|k| k * core)
+        .take_while(|&c| c < len)
+        .map(|c| (c as isize - ov as isize, c, core.min(len - c)))
+        .collect();
+    (span, spans)
+}
+
 /// Cuts a `w × h` plane into units.
 pub fn split(plane: &[f32], w: usize, h: usize, plan: &TilePlan) -> Vec<Unit> {
-    if w <= plan.tile && h <= plan.tile {
-        let (uw, uh) = (round_up(w, plan.multiple), round_up(h, plan.multiple));
-        return vec![Unit {
-            data: window(plane, w, h, 0, 0, uw, uh, plan.pad),
-            uw,
-            uh,
-            src_x: 0,
-            src_y: 0,
-            dst_x: 0,
-            dst_y: 0,
-            keep_w: w,
-            keep_h: h,
-        }];
-    }
-    let core = plan.tile - 2 * plan.overlap;
-    let mut units = Vec::new();
-    for cy in (0..h).step_by(core) {
-        for cx in (0..w).step_by(core) {
-            let x0 = cx as isize - plan.overlap as isize;
-            let y0 = cy as isize - plan.overlap as isize;
+    let (uw, xs) = axis(w, plan);
+    let (uh, ys) = axis(h, plan);
+    let mut units = Vec::with_capacity(xs.len() * ys.len());
+    for &(y0, dst_y, keep_h) in &ys {
+        for &(x0, dst_x, keep_w) in &xs {
             units.push(Unit {
-                data: window(plane, w, h, x0, y0, plan.tile, plan.tile, plan.pad),
-                uw: plan.tile,
-                uh: plan.tile,
-                src_x: plan.overlap,
-                src_y: plan.overlap,
-                dst_x: cx,
-                dst_y: cy,
-                keep_w: core.min(w - cx),
-                keep_h: core.min(h - cy),
+                data: window(plane, w, h, x0, y0, uw, uh, plan.pad),
+                uw,
+                uh,
+                src_x: (dst_x as isize - x0) as usize,
+                src_y: (dst_y as isize - y0) as usize,
+                dst_x,
+                dst_y,
+                keep_w,
+                keep_h,
             });
         }
     }
@@ -163,7 +170,16 @@ mod tests {
             for u in &units {
                 prop_assert_eq!(u.uw % 4, 0);
                 prop_assert_eq!(u.uh % 4, 0);
+                prop_assert!(u.uw <= plan.tile.max(w.next_multiple_of(4)) && u.uh <= plan.tile.max(h.next_multiple_of(4)));
                 prop_assert_eq!(u.data.len(), u.uw * u.uh);
+                // Every kept pixel has `overlap` pixels of context inside the unit, or the
+                // unit reaches the plane's border on that side.
+                prop_assert!(u.src_x >= plan.overlap.min(u.dst_x) || u.src_x == u.dst_x);
+                prop_assert!(u.src_y >= plan.overlap.min(u.dst_y) || u.src_y == u.dst_y);
+                let right = u.uw - u.src_x - u.keep_w;
+                let below = u.uh - u.src_y - u.keep_h;
+                prop_assert!(right >= plan.overlap.min(w - u.dst_x - u.keep_w));
+                prop_assert!(below >= plan.overlap.min(h - u.dst_y - u.keep_h));
             }
             let outs: Vec<Vec<f32>> = units.iter().map(|u| u.data.clone()).collect();
             prop_assert_eq!(merge(&units, &outs, w, h), plane);

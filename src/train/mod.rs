@@ -145,6 +145,7 @@ pub fn validate(
             plan,
             infer::RunOpts {
                 max_batch: 4,
+                max_batch_pixels: 1 << 19,
                 ensemble: 1,
             },
         )?;
