@@ -246,11 +246,25 @@ where
             let (rx, tx, stats, f) = (rx.clone(), tx.clone(), stats.clone(), f.clone());
             spawn(format!("{name}-{i}"), move || {
                 for p in rx.iter() {
-                    let body = p.body.and_then(|a| match f(p.seq, &p.id, a) {
-                        Ok(b) => Some(b),
-                        Err(e) => {
-                            fail(&stats, e);
-                            None
+                    // A bug hit by one odd frame must not take the stage (and every later
+                    // frame) down with it: a panic fails that frame only.
+                    let body = p.body.and_then(|a| {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            f(p.seq, &p.id, a)
+                        }));
+                        match r {
+                            Ok(Ok(b)) => Some(b),
+                            Ok(Err(e)) => {
+                                fail(&stats, e);
+                                None
+                            }
+                            Err(_) => {
+                                fail(
+                                    &stats,
+                                    format!("{}: internal error (panic), frame skipped", p.id),
+                                );
+                                None
+                            }
                         }
                     });
                     let out = Packet {
@@ -295,9 +309,24 @@ fn decode_worker(
                 fail(stats, format!("{}: {msg}", raw.id));
                 None
             }
-            Ok(bytes) => decode::run(bytes, &raw.id, cfg)
-                .map_err(|e| fail(stats, e))
-                .ok(),
+            Ok(bytes) => {
+                // Decoders are the code most exposed to hostile bytes: contain a panic too.
+                let r = std::panic::catch_unwind(|| decode::run(bytes, &raw.id, cfg));
+                match r {
+                    Ok(Ok(p)) => Some(p),
+                    Ok(Err(e)) => {
+                        fail(stats, e);
+                        None
+                    }
+                    Err(_) => {
+                        fail(
+                            stats,
+                            format!("{}: cannot decode: decoder panicked", raw.id),
+                        );
+                        None
+                    }
+                }
+            }
         };
         let out = Packet {
             seq: raw.seq,
