@@ -282,3 +282,70 @@ pub fn is_image_name(p: &std::path::Path) -> bool {
         "png" | "jpg" | "jpeg" | "pgm" | "ppm" | "pnm" | "pbm" | "tif" | "tiff" | "webp"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: DynamicImage, fmt: ImageFormat) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), fmt).unwrap();
+        out
+    }
+
+    #[test]
+    fn sixteen_bit_grey_keeps_its_precision() {
+        let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(4, 2, |x, y| {
+            image::Luma([(x * 1000 + y * 7) as u16])
+        });
+        let bytes = encode(DynamicImage::ImageLuma16(img), ImageFormat::Png);
+        let p = decode(&bytes, DecodeLimits::default(), "t").unwrap();
+        assert!(!p.is_colour() && p.alpha.is_none());
+        assert!((p.planes[0][1] - 1000.0 / 65535.0).abs() < 1e-7);
+        assert!((p.planes[0][4 + 3] - 3007.0 / 65535.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn rgba_round_trips_with_its_alpha() {
+        let img = image::RgbaImage::from_fn(3, 3, |x, y| {
+            image::Rgba([x as u8 * 80, y as u8 * 80, 7, 200 - x as u8])
+        });
+        let bytes = encode(DynamicImage::ImageRgba8(img.clone()), ImageFormat::Png);
+        let p = decode(&bytes, DecodeLimits::default(), "t").unwrap();
+        assert!(p.is_colour() && p.alpha.is_some());
+        assert_eq!(p.to_dynamic().to_rgba8(), img);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_decoding() {
+        let img = image::GrayImage::new(100, 100);
+        let bytes = encode(DynamicImage::ImageLuma8(img), ImageFormat::Png);
+        let limits = DecodeLimits {
+            max_pixels: 5_000,
+            ..DecodeLimits::default()
+        };
+        let err = decode(&bytes, limits, "big.png").unwrap_err().to_string();
+        assert!(
+            err.contains("big.png") && err.contains("over the limit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pnm_tiff_webp_jpeg_decode() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(8, 6, |x, y| {
+            image::Rgb([x as u8 * 30, y as u8 * 40, 90])
+        }));
+        for fmt in [
+            ImageFormat::Pnm,
+            ImageFormat::Tiff,
+            ImageFormat::WebP,
+            ImageFormat::Jpeg,
+        ] {
+            let bytes = encode(img.clone(), fmt);
+            let p = decode(&bytes, DecodeLimits::default(), "t")
+                .unwrap_or_else(|e| panic!("{fmt:?}: {e}"));
+            assert_eq!((p.width, p.height, p.is_colour()), (8, 6, true), "{fmt:?}");
+        }
+    }
+}
