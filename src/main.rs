@@ -79,6 +79,9 @@ enum Cmd {
         /// Outputs to write, overriding the pipeline's `output.kinds`.
         #[arg(long, value_delimiter = ',')]
         emit: Option<Vec<String>>,
+        /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
+        #[arg(long)]
+        ensemble: Option<usize>,
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -128,6 +131,9 @@ enum Cmd {
         grey: bool,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
+        #[arg(long)]
+        ensemble: Option<usize>,
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -222,6 +228,22 @@ fn parse_kinds(emit: Option<Vec<String>>, cfg: &PipelineConfig) -> anyhow::Resul
         .collect()
 }
 
+fn with_ensemble(
+    mut cfg: PipelineConfig,
+    ensemble: Option<usize>,
+) -> aestream::Result<PipelineConfig> {
+    if let Some(n) = ensemble {
+        if ![1, 2, 4].contains(&n) {
+            return Err(aestream::Error::Config {
+                origin: "--ensemble".into(),
+                message: format!("must be 1, 2 or 4, got {n}"),
+            });
+        }
+        cfg.infer.ensemble = n;
+    }
+    Ok(cfg)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run {
@@ -233,9 +255,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             framing,
             weights,
             emit,
+            ensemble,
             device,
         } => {
-            let cfg = PipelineConfig::load(&pipeline)?;
+            let cfg = with_ensemble(PipelineConfig::load(&pipeline)?, ensemble)?;
             let kinds = parse_kinds(emit, &cfg)?;
             let device = aestream::model::select_device(&device)?;
             let model: Arc<dyn aestream::model::Model> =
@@ -330,9 +353,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             grey,
             seed,
+            ensemble,
             device,
         } => {
-            let cfg = PipelineConfig::load(&pipeline)?;
+            let cfg = with_ensemble(PipelineConfig::load(&pipeline)?, ensemble)?;
             let noise: Noise = noise.parse().map_err(|m| aestream::Error::Config {
                 origin: "--noise".into(),
                 message: m,
