@@ -344,10 +344,13 @@ impl PipelineConfig {
                 ),
             ));
         }
-        if self.model.channels.is_empty() || self.model.channels.len() != self.model.blocks.len() {
+        if self.model.channels.is_empty()
+            || self.model.channels.len() > 6
+            || self.model.channels.len() != self.model.blocks.len()
+        {
             return Err(bad(
                 "model.blocks",
-                "must have one entry per entry of `model.channels`".into(),
+                "must have one entry per entry of `model.channels` (1 to 6 levels)".into(),
             ));
         }
         let multiple = 1usize << self.model.channels.len();
@@ -364,6 +367,9 @@ impl PipelineConfig {
         }
         if self.infer.max_batch == 0 {
             return Err(bad("infer.max_batch", "must be at least 1".into()));
+        }
+        if self.infer.max_wait_ms > 60_000 {
+            return Err(bad("infer.max_wait_ms", "must be at most 60000".into()));
         }
         if ![1, 2, 4].contains(&self.infer.ensemble) {
             return Err(bad("infer.ensemble", "must be 1, 2 or 4".into()));

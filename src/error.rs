@@ -28,6 +28,10 @@ pub enum Error {
         message: String,
     },
 
+    /// One frame's output could not be written; the run goes on.
+    #[error("{0}")]
+    FrameFailed(String),
+
     #[error("model: {0}")]
     Model(#[from] candle_core::Error),
 

@@ -264,6 +264,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let model: Arc<dyn aestream::model::Model> =
                 Arc::from(aestream::model::load(&cfg, weights.as_deref(), &device)?);
             let framing: Framing = framing.into();
+            if input != "-" && output != "-" {
+                let same = std::fs::canonicalize(&input)
+                    .ok()
+                    .zip(std::fs::canonicalize(&output).ok());
+                if matches!(same, Some((a, b)) if a == b) {
+                    return Err(aestream::Error::Config {
+                        origin: "--output".into(),
+                        message: format!(
+                            "{output} is the input folder; outputs would be taken as inputs"
+                        ),
+                    }
+                    .into());
+                }
+            }
+            // The output folder exists before the source starts, so it can be excluded.
+            let sink: Box<dyn Sink> = if output == "-" {
+                Box::new(StreamSink::new(
+                    std::io::BufWriter::new(std::io::stdout()),
+                    framing,
+                ))
+            } else {
+                Box::new(FolderSink::new(PathBuf::from(&output).as_path())?)
+            };
             let source: Box<dyn Source> = if input == "-" {
                 Box::new(StreamSource::new(
                     std::io::stdin(),
@@ -283,14 +306,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_file_bytes: cfg.decode.max_alloc_mib.saturating_mul(1 << 20),
                 };
                 Box::new(FolderSource::new(src_cfg).with_context(|| format!("--input {input}"))?)
-            };
-            let sink: Box<dyn Sink> = if output == "-" {
-                Box::new(StreamSink::new(
-                    std::io::BufWriter::new(std::io::stdout()),
-                    framing,
-                ))
-            } else {
-                Box::new(FolderSink::new(PathBuf::from(&output).as_path())?)
             };
             let stop = Stop::new();
             install_signal_handler(stop.clone());

@@ -356,3 +356,17 @@ fn watch_mode_takes_files_written_in_place_and_renamed_in() {
         "a partial file was taken:\n{log}"
     );
 }
+
+#[test]
+fn output_folder_equal_to_input_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["run", "--once", "--input"])
+        .arg(tmp.path())
+        .arg("--output")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("input folder"));
+}

@@ -86,9 +86,11 @@ pub fn run(
     let (post_tx, post_rx) = bounded::<Packet<Planes>>(cap);
     let (out_tx, out_rx) = bounded::<Packet<Vec<(OutputKind, Vec<u8>)>>>(cap);
 
-    // The source is not joined: a stdin read may block forever after a stop request.
+    // The source's result comes back on a channel rather than by joining it: after a stop
+    // request a stdin read may block forever.
     let src_stop = stop.clone();
-    let src_handle = thread::Builder::new()
+    let (src_res_tx, src_res_rx) = bounded::<Result<()>>(1);
+    thread::Builder::new()
         .name("source".into())
         .spawn(move || {
             let r = source.run(raw_tx, src_stop.clone());
@@ -96,7 +98,7 @@ pub fn run(
                 tracing::error!("source: {e}");
                 src_stop.request();
             }
-            r
+            let _ = src_res_tx.send(r);
         })
         .map_err(|e| Error::Other(format!("cannot start source thread: {e}")))?;
 
@@ -181,26 +183,39 @@ pub fn run(
                 }),
             None => sink.skip(p.seq),
         };
-        if let Err(e) = r {
-            stop.request();
-            sink_result = Err(e);
-            break;
+        match r {
+            Ok(()) => {}
+            // One output that cannot be written (a name too long, a folder in the way) fails
+            // that frame; anything else (disk full, read-only, closed stdout) stops the run.
+            Err(Error::FrameFailed(msg)) => fail(&stats, msg),
+            Err(e) => {
+                stop.request();
+                sink_result = Err(e);
+                break;
+            }
         }
     }
     drop(out_rx);
     if sink_result.is_ok() {
         sink_result = sink.finish();
     }
+    let mut panicked = false;
     for h in handles {
-        let _ = h.join();
+        panicked |= h.join().is_err();
     }
-    let source_result = if src_handle.is_finished() {
-        src_handle
-            .join()
-            .unwrap_or_else(|_| Err(Error::Other("source thread panicked".into())))
+    let source_result = if stop.requested() {
+        // Stopped: the source may be blocked in a read; take its result only if it has one.
+        src_res_rx
+            .recv_timeout(Duration::from_millis(500))
+            .unwrap_or(Ok(()))
     } else {
-        Ok(())
+        src_res_rx
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Other("the source thread panicked".into())))
     };
+    if panicked {
+        return Err(Error::Other("a pipeline stage panicked".into()));
+    }
     sink_result?;
     // A source that failed (watch error, unreadable stdin) ends the run with an error, after
     // everything it produced was written.
@@ -289,17 +304,24 @@ fn decode_worker(
     stop: &Stop,
     stats: &Stats,
 ) {
+    // After a stop request, keep taking frames until the source has been quiet for a while
+    // (a frame it was handing over when the stop came still gets through), then end.
+    let mut idle_since_stop = Duration::ZERO;
+    let tick = Duration::from_millis(100);
     loop {
-        let raw = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(r) => r,
+        let raw = match rx.recv_timeout(tick) {
+            Ok(r) => {
+                idle_since_stop = Duration::ZERO;
+                r
+            }
             Err(RecvTimeoutError::Timeout) => {
-                if !stop.requested() {
-                    continue;
+                if stop.requested() {
+                    idle_since_stop += tick;
+                    if idle_since_stop >= Duration::from_millis(500) {
+                        return;
+                    }
                 }
-                match rx.try_recv() {
-                    Ok(r) => r,
-                    Err(_) => return,
-                }
+                continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
@@ -386,7 +408,10 @@ fn infer_worker(
             continue;
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        let result = infer::run_units(model, &units, (&cfg.infer).into());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            infer::run_units(model, &units, (&cfg.infer).into())
+        }))
+        .unwrap_or_else(|_| Err(Error::Other("the model panicked".into())));
         let mut outputs = match result {
             Ok(o) => o.into_iter(),
             Err(e) => {

@@ -42,12 +42,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: dir.to_path_buf(),
         source: e,
     })?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Dot-prefixed and .tmp-suffixed, so our own folder source (and most others) ignore it.
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Short (a long input name must not make it too long), unique, dot-prefixed and
+    // .tmp-suffixed, so our own folder source (and most others) ignore it.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".aestream-{}-{n}.tmp", std::process::id()));
     let io = |e| Error::Io {
         path: tmp.clone(),
         source: e,
@@ -68,12 +67,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     res
 }
 
+/// Whether a write error means no later write can succeed either.
+fn is_fatal(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        StorageFull | ReadOnlyFilesystem | QuotaExceeded | BrokenPipe
+    )
+}
+
 impl Sink for FolderSink {
     fn write(&mut self, out: Output) -> Result<()> {
         for (kind, bytes) in &out.files {
             let path = self.target(&out.id, kind.extension());
-            write_atomic(&path, bytes)?;
-            tracing::debug!("{} -> {}", out.id, path.display());
+            match write_atomic(&path, bytes) {
+                Ok(()) => tracing::debug!("{} -> {}", out.id, path.display()),
+                Err(Error::Io { path: p, source }) if !is_fatal(&source) => {
+                    return Err(Error::FrameFailed(format!(
+                        "{}: cannot write {}: {source}",
+                        out.id,
+                        p.display()
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.written += 1;
         Ok(())

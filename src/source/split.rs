@@ -108,15 +108,22 @@ impl Splitter {
             return None;
         }
         match self.framing {
+            Framing::Length if self.skipping => {
+                self.pos = self.buf.len();
+                None
+            }
             Framing::Length => {
                 if data.len() < 4 {
                     return None;
                 }
                 let n = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
                 if n > self.max_frame {
-                    // A corrupt length cannot be resynchronised: report and drop the rest.
-                    let err = self.error(format!("frame length {n} is over the limit"));
+                    // A corrupt length cannot be resynchronised: report once, drop the rest.
+                    let err = self.error(format!(
+                        "frame length {n} is over the limit; the rest of the stream is skipped"
+                    ));
                     self.pos = self.buf.len();
+                    self.skipping = true;
                     return Some(err);
                 }
                 if data.len() < 4 + n {
@@ -253,17 +260,29 @@ fn parse_pnm(data: &[u8], max: usize) -> Parse {
     // Header: magic, width, height, maxval, separated by whitespace and #-comments, then one
     // whitespace byte, then the raster.
     let channels = if data[1] == b'5' { 1 } else { 3 };
+    // Whitespace and comments are unbounded in the format; a real header is short.
+    const MAX_HEADER: usize = 4096;
+    let available = data.len();
+    let data = &data[..data.len().min(MAX_HEADER)];
+    let full = data.len() == MAX_HEADER;
+    let incomplete = |why: &str| {
+        if full {
+            Parse::Invalid(format!("PNM header longer than {MAX_HEADER} bytes ({why})"))
+        } else {
+            Parse::Incomplete
+        }
+    };
     let mut at = 2;
     let mut fields = [0u64; 3];
     for field in fields.iter_mut() {
         // Skip whitespace and comments.
         loop {
             match data.get(at) {
-                None => return Parse::Incomplete,
+                None => return incomplete("unfinished header"),
                 Some(c) if c.is_ascii_whitespace() => at += 1,
-                Some(b'#') => match data[at..].iter().position(|&c| c == b'\n') {
+                Some(b'#') => match data[at..].iter().position(|&c| c == b'\n' || c == b'\r') {
                     Some(nl) => at += nl + 1,
-                    None => return Parse::Incomplete,
+                    None => return incomplete("unfinished comment"),
                 },
                 Some(_) => break,
             }
@@ -279,7 +298,7 @@ fn parse_pnm(data: &[u8], max: usize) -> Parse {
             }
         }
         if at == data.len() {
-            return Parse::Incomplete;
+            return incomplete("unfinished number");
         }
         if at == start {
             return Parse::Invalid("bad PNM header".into());
@@ -290,7 +309,7 @@ fn parse_pnm(data: &[u8], max: usize) -> Parse {
             .unwrap_or(0);
     }
     match data.get(at) {
-        None => return Parse::Incomplete,
+        None => return incomplete("unfinished header"),
         Some(c) if c.is_ascii_whitespace() => at += 1,
         Some(_) => return Parse::Invalid("bad PNM header".into()),
     }
@@ -305,7 +324,7 @@ fn parse_pnm(data: &[u8], max: usize) -> Parse {
         return Parse::Invalid(format!("PNM frame {w}x{h} over the limit of {max} bytes"));
     }
     let total = total as usize;
-    if data.len() < total {
+    if available < total {
         Parse::Incomplete
     } else {
         Parse::Complete(total)
@@ -384,6 +403,19 @@ mod tests {
         assert_eq!((f3.seq, &f3.bytes), (3, &frames[2]));
         let Split::Frame(f4) = &out[4] else { panic!() };
         assert_eq!(f4.bytes, frames[3]);
+    }
+
+    #[test]
+    fn endless_pnm_header_is_refused_not_buffered() {
+        let mut s = Splitter::new(Framing::Concat);
+        s.push(b"P5 #");
+        assert_eq!(s.next(), None);
+        s.push(&vec![b'y'; 5000]);
+        assert!(matches!(s.next(), Some(Split::Error(e)) if e.message.contains("header longer")));
+        // Skipping: the rest of the junk raises nothing more, and memory is released.
+        s.push(&vec![b'y'; 100_000]);
+        assert_eq!(s.next(), None);
+        assert!(s.buf.len() - s.pos < 16);
     }
 
     #[test]
