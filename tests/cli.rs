@@ -291,6 +291,8 @@ fn watch_mode_takes_files_written_in_place_and_renamed_in() {
     for d in [&inp, &stage] {
         std::fs::create_dir_all(d).unwrap();
     }
+    // Already there at start (and maybe still "recent" for the initial scan).
+    std::fs::copy(samples().join("noisy/flower.png"), inp.join("early.png")).unwrap();
     let mut child = bin()
         .args(["run", "denoise", "--input"])
         .arg(&inp)
@@ -338,6 +340,7 @@ fn watch_mode_takes_files_written_in_place_and_renamed_in() {
 
     let ok1 = wait_for(&out.join("inplace.png"), Duration::from_secs(60));
     let ok2 = wait_for(&out.join("moved.png"), Duration::from_secs(60));
+    let ok3 = wait_for(&out.join("early.png"), Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
     let status = Command::new("kill")
         .arg("-TERM")
@@ -347,7 +350,7 @@ fn watch_mode_takes_files_written_in_place_and_renamed_in() {
     assert!(status.success());
     let exit = child.wait().unwrap();
     let log = reader.join().unwrap();
-    assert!(ok1 && ok2, "outputs missing; log:\n{log}");
+    assert!(ok1 && ok2 && ok3, "outputs missing; log:\n{log}");
     assert!(exit.success(), "exit {exit:?}; log:\n{log}");
     assert_eq!(read(&out.join("inplace.png")).width, 256);
     assert!(!out.join("upload.png").exists() && !out.join(".dot.png").exists());

@@ -35,8 +35,13 @@ pub struct FolderSource {
     root: PathBuf,
     exclude: Vec<PathBuf>,
     seen: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    /// Files a scan found still changing: taken once quiet (or on their close-write event).
+    pending: HashMap<PathBuf, (u64, Option<SystemTime>)>,
     seq: u64,
 }
+
+/// A file modified more recently than this may still be being written.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Whether a file name is one we never take: hidden or partial.
 pub fn is_ignored_name(name: &str) -> bool {
@@ -77,6 +82,7 @@ impl FolderSource {
             root,
             exclude,
             seen: HashMap::new(),
+            pending: HashMap::new(),
             seq: 0,
         })
     }
@@ -167,13 +173,56 @@ impl FolderSource {
         out
     }
 
+    /// Takes what a scan finds; while watching, files modified within [`QUIET`] are put aside
+    /// (a writer may still have them open) and taken by [`Self::take_quiet`] or their event.
     fn scan_and_take(&mut self, dir: &Path, tx: &Sender<RawFrame>, stop: &Stop) -> bool {
         for p in self.scan(dir) {
-            if stop.requested() || !self.take(&p, tx) {
+            if stop.requested() {
+                return false;
+            }
+            if !self.cfg.once {
+                if let Some(stamp) = recent_stamp(&p) {
+                    self.pending.insert(p, stamp);
+                    continue;
+                }
+            }
+            if !self.take(&p, tx) {
                 return false;
             }
         }
         true
+    }
+
+    /// Takes the put-aside files that have not changed for [`QUIET`].
+    fn take_quiet(&mut self, tx: &Sender<RawFrame>) -> bool {
+        let paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
+        for p in paths {
+            match recent_stamp(&p) {
+                // Still changing: keep waiting.
+                Some(stamp) => {
+                    self.pending.insert(p, stamp);
+                }
+                None => {
+                    self.pending.remove(&p);
+                    if !self.take(&p, tx) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// `(size, mtime)` of a file modified less than [`QUIET`] ago; `None` when quiet (or gone).
+fn recent_stamp(p: &Path) -> Option<(u64, Option<SystemTime>)> {
+    let meta = std::fs::metadata(p).ok()?;
+    let mtime = meta.modified().ok();
+    let age = mtime.and_then(|m| SystemTime::now().duration_since(m).ok());
+    // An mtime in the future (clock skew) counts as quiet, or the file would wait forever.
+    match age {
+        Some(a) if a < QUIET => Some((meta.len(), mtime)),
+        _ => None,
     }
 }
 
@@ -200,9 +249,17 @@ impl Source for FolderSource {
         if !self.scan_and_take(&root, &tx, &stop) {
             return Ok(());
         }
+        let mut last_quiet_check = std::time::Instant::now();
         loop {
             if stop.requested() {
                 return Ok(());
+            }
+            if !self.pending.is_empty() && last_quiet_check.elapsed() >= Duration::from_millis(200)
+            {
+                last_quiet_check = std::time::Instant::now();
+                if !self.take_quiet(&tx) {
+                    return Ok(());
+                }
             }
             let ev = match erx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Ok(ev)) => ev,
@@ -242,6 +299,7 @@ impl Source for FolderSource {
                     // A folder created or moved in: its files raise no events of their own.
                     !self.cfg.recursive || self.scan_and_take(&p, &tx, &stop)
                 } else {
+                    self.pending.remove(&p);
                     self.take(&p, &tx)
                 };
                 if !ok {
