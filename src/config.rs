@@ -13,8 +13,13 @@ use crate::error::{Error, Result};
 use crate::model::denoise::DenoiserConfig;
 
 /// The pipelines built into the binary: (name, TOML text).
-pub const BUILTIN_PIPELINES: &[(&str, &str)] =
-    &[("denoise", include_str!("../pipelines/denoise.toml"))];
+pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
+    ("denoise", include_str!("../pipelines/denoise.toml")),
+    (
+        "denoise-fast",
+        include_str!("../pipelines/denoise-fast.toml"),
+    ),
+];
 
 /// The weights built into the binary: (file name as written in a pipeline, bytes).
 pub const BUILTIN_WEIGHTS: &[(&str, &[u8])] = &[(
