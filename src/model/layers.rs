@@ -8,7 +8,7 @@
 //! - [`Down2x2`]: a learnable 2×2 stride-2 convolution (space-to-depth + matmul);
 //! - [`Up2x2`]: a learnable 2×2 stride-2 transposed convolution (matmul + depth-to-space).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// im2col for a 3×3 window with zero padding 1 on an NHWC tensor: `[b,h,w,c] -> [b,h,w,9c]`.
@@ -270,11 +270,6 @@ impl Module for ResBlock {
     }
 }
 
-/// Mean over the last dimension, kept for tests of the layers' shapes.
-pub fn mean_last(x: &Tensor) -> Result<Tensor> {
-    x.mean_keepdim(D::Minus1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +315,6 @@ mod tests {
         assert_eq!(d.dims(), &[2, 4, 6, 6]);
         let u = Up2x2::new(vb.pp("u"), 6, 4)?.forward(&d)?;
         assert_eq!(u.dims(), &[2, 8, 12, 4]);
-        assert_eq!(mean_last(&u)?.dims(), &[2, 8, 12, 1]);
         Ok(())
     }
 

@@ -236,6 +236,26 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<thread::Join
         .map_err(|e| Error::Other(format!("cannot start thread {name}: {e}")))
 }
 
+/// Runs one frame's work; an error or a panic fails (and reports) that frame only.
+fn guarded<T>(
+    stats: &Stats,
+    id: &FrameId,
+    on_panic: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            fail(stats, e);
+            None
+        }
+        Err(_) => {
+            fail(stats, format!("{id}: {on_panic}"));
+            None
+        }
+    }
+}
+
 fn fail(stats: &Stats, what: impl std::fmt::Display) {
     stats.failed.fetch_add(1, Ordering::Relaxed);
     tracing::warn!("{what}");
@@ -264,23 +284,12 @@ where
                     // A bug hit by one odd frame must not take the stage (and every later
                     // frame) down with it: a panic fails that frame only.
                     let body = p.body.and_then(|a| {
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            f(p.seq, &p.id, a)
-                        }));
-                        match r {
-                            Ok(Ok(b)) => Some(b),
-                            Ok(Err(e)) => {
-                                fail(&stats, e);
-                                None
-                            }
-                            Err(_) => {
-                                fail(
-                                    &stats,
-                                    format!("{}: internal error (panic), frame skipped", p.id),
-                                );
-                                None
-                            }
-                        }
+                        guarded(
+                            &stats,
+                            &p.id,
+                            "internal error (panic), frame skipped",
+                            || f(p.seq, &p.id, a),
+                        )
                     });
                     let out = Packet {
                         seq: p.seq,
@@ -331,24 +340,10 @@ fn decode_worker(
                 fail(stats, format!("{}: {msg}", raw.id));
                 None
             }
-            Ok(bytes) => {
-                // Decoders are the code most exposed to hostile bytes: contain a panic too.
-                let r = std::panic::catch_unwind(|| decode::run(bytes, &raw.id, cfg));
-                match r {
-                    Ok(Ok(p)) => Some(p),
-                    Ok(Err(e)) => {
-                        fail(stats, e);
-                        None
-                    }
-                    Err(_) => {
-                        fail(
-                            stats,
-                            format!("{}: cannot decode: decoder panicked", raw.id),
-                        );
-                        None
-                    }
-                }
-            }
+            // Decoders are the code most exposed to hostile bytes: contain a panic too.
+            Ok(bytes) => guarded(stats, &raw.id, "cannot decode: decoder panicked", || {
+                decode::run(bytes, &raw.id, cfg)
+            }),
         };
         let out = Packet {
             seq: raw.seq,

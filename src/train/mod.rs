@@ -20,6 +20,7 @@ use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{denoise::Denoiser, DenoiseModel, Model};
+use crate::sink::folder::write_atomic;
 use crate::stage::{corrupt, infer, tiling::TilePlan};
 use adamw::{AdamW, AdamWParams};
 use data::{load_folder, PatchSampler, TrainImage};
@@ -70,33 +71,6 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".ckpt");
     PathBuf::from(s)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let io = |e| Error::Io {
-        path: tmp.clone(),
-        source: e,
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })
 }
 
 fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
