@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::conv_ae::ConvAeConfig;
 use crate::model::denoise::DenoiserConfig;
+use crate::model::dense::{CodeActivation, DenseAeConfig, OutputActivation};
+use crate::model::unet::UNetConfig;
+use crate::model::Task;
 
 /// The pipelines built into the binary: (name, TOML text).
 pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
@@ -19,13 +23,46 @@ pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
         "denoise-fast",
         include_str!("../pipelines/denoise-fast.toml"),
     ),
+    ("inpaint", include_str!("../pipelines/inpaint.toml")),
+    ("faces", include_str!("../pipelines/faces.toml")),
+    (
+        "digits-sparse",
+        include_str!("../pipelines/digits-sparse.toml"),
+    ),
+    ("conv-ae", include_str!("../pipelines/conv-ae.toml")),
+    (
+        "segment-nuclei",
+        include_str!("../pipelines/segment-nuclei.toml"),
+    ),
 ];
 
 /// The weights built into the binary: (file name as written in a pipeline, bytes).
-pub const BUILTIN_WEIGHTS: &[(&str, &[u8])] = &[(
-    "denoise.safetensors",
-    include_bytes!("../weights/denoise.safetensors"),
-)];
+pub const BUILTIN_WEIGHTS: &[(&str, &[u8])] = &[
+    (
+        "denoise.safetensors",
+        include_bytes!("../weights/denoise.safetensors"),
+    ),
+    (
+        "inpaint.safetensors",
+        include_bytes!("../weights/inpaint.safetensors"),
+    ),
+    (
+        "faces.safetensors",
+        include_bytes!("../weights/faces.safetensors"),
+    ),
+    (
+        "digits-sparse.safetensors",
+        include_bytes!("../weights/digits-sparse.safetensors"),
+    ),
+    (
+        "conv-ae.safetensors",
+        include_bytes!("../weights/conv-ae.safetensors"),
+    ),
+    (
+        "segment-nuclei.safetensors",
+        include_bytes!("../weights/segment-nuclei.safetensors"),
+    ),
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +158,10 @@ pub enum PadMode {
 pub struct NormaliseConfig {
     pub colour: ColourMode,
     pub pad: PadMode,
+    /// Contrast stretch before the model (dim 16-bit microscopy frames need one).
+    pub stretch: Stretch,
+    /// Low and high percentile mapped to 0 and 1 by `stretch = "percentile"`.
+    pub percentiles: [f32; 2],
 }
 
 impl Default for NormaliseConfig {
@@ -128,15 +169,26 @@ impl Default for NormaliseConfig {
         Self {
             colour: ColourMode::PerChannel,
             pad: PadMode::Reflect,
+            stretch: Stretch::None,
+            percentiles: [1.0, 99.8],
         }
     }
+}
+
+/// Per-frame intensity normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stretch {
+    None,
+    /// Map the frame's low/high percentiles to 0/1 (as stardist/csbdeep normalise).
+    Percentile,
 }
 
 /// The network and its weights.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Architecture: `unet-denoiser`.
+    /// Architecture: `unet-denoiser`, `unet-inpaint`, `dense-ae`, `conv-ae` or `unet-segment`.
     pub arch: String,
     /// Safetensors file: a path relative to the pipeline file, or a built-in weight name.
     pub weights: String,
@@ -150,6 +202,26 @@ pub struct ModelConfig {
     /// Context, in pixels, each tile sees beyond the part of it that is kept.
     #[serde(default = "default_overlap")]
     pub tile_overlap: usize,
+    /// Fixed input size `[width, height]` of `dense-ae` and `conv-ae`: frames are turned grey
+    /// and resized to it.
+    #[serde(default)]
+    pub size: Option<[usize; 2]>,
+    /// `dense-ae`: layer widths from the input to the code, e.g. `[625, 2000, 1000, 500, 30]`.
+    #[serde(default)]
+    pub layers: Vec<usize>,
+    /// `dense-ae`: linear paths beside the encoder and decoder.
+    #[serde(default)]
+    pub bypass: bool,
+    /// `dense-ae`: keep only the k largest code units per frame (0 = all).
+    #[serde(default)]
+    pub topk: usize,
+    #[serde(default)]
+    pub code_activation: CodeActivation,
+    #[serde(default)]
+    pub output_activation: OutputActivation,
+    /// `conv-ae`: depth of the latent feature map.
+    #[serde(default)]
+    pub code_channels: usize,
 }
 
 fn default_channels() -> Vec<usize> {
@@ -166,9 +238,51 @@ fn default_overlap() -> usize {
 }
 
 impl ModelConfig {
+    /// What the architecture is for; unknown names are rejected when the file is loaded.
+    pub fn task(&self) -> Task {
+        match self.arch.as_str() {
+            "dense-ae" | "conv-ae" => Task::Reconstruct,
+            "unet-segment" => Task::Segment,
+            _ => Task::Denoise,
+        }
+    }
+
+    pub fn dense(&self) -> DenseAeConfig {
+        DenseAeConfig {
+            layers: self.layers.clone(),
+            code: self.code_activation,
+            output: self.output_activation,
+            bypass: self.bypass,
+            topk: self.topk,
+        }
+    }
+
+    pub fn conv_ae(&self) -> ConvAeConfig {
+        ConvAeConfig {
+            channels: self.channels.clone(),
+            code_channels: self.code_channels,
+        }
+    }
+
+    pub fn unet(&self) -> UNetConfig {
+        UNetConfig {
+            channels: self.channels.clone(),
+        }
+    }
+
+    /// H and W of a model input must be a multiple of this.
+    pub fn size_multiple(&self) -> usize {
+        match self.arch.as_str() {
+            "dense-ae" => 1,
+            "unet-segment" => 1 << self.channels.len().saturating_sub(1),
+            _ => 1 << self.channels.len(),
+        }
+    }
+
     pub fn denoiser(&self) -> DenoiserConfig {
         DenoiserConfig {
             image_channels: 1,
+            extra_inputs: usize::from(self.arch == "unet-inpaint"),
             channels: self.channels.clone(),
             blocks: self.blocks.clone(),
         }
@@ -221,14 +335,64 @@ impl Default for PostprocessConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputKind {
+    /// The denoised (or inpainted) frame, same size as the input.
     Denoised,
+    /// An autoencoder's reconstruction, at the model's size.
+    Reconstruction,
+    /// The code: `.npy` per frame in a folder, JSON lines on stdout.
+    Latent,
+    /// 8-bit PNG label map: value = class index, 0 background.
+    Segmentation,
+    /// The input with the segmentation drawn over it.
+    Overlay,
 }
 
 impl OutputKind {
+    pub const ALL: [OutputKind; 5] = [
+        OutputKind::Denoised,
+        OutputKind::Reconstruction,
+        OutputKind::Latent,
+        OutputKind::Segmentation,
+        OutputKind::Overlay,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputKind::Denoised => "denoised",
+            OutputKind::Reconstruction => "reconstruction",
+            OutputKind::Latent => "latent",
+            OutputKind::Segmentation => "segmentation",
+            OutputKind::Overlay => "overlay",
+        }
+    }
+
     pub fn extension(self) -> &'static str {
         match self {
-            OutputKind::Denoised => "png",
+            OutputKind::Latent => "npy",
+            _ => "png",
         }
+    }
+
+    /// The kinds a model of this task can produce.
+    pub fn for_task(task: Task) -> &'static [OutputKind] {
+        match task {
+            Task::Denoise => &[OutputKind::Denoised],
+            Task::Reconstruct => &[OutputKind::Reconstruction, OutputKind::Latent],
+            Task::Segment => &[OutputKind::Segmentation, OutputKind::Overlay],
+        }
+    }
+}
+
+impl std::str::FromStr for OutputKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        OutputKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = OutputKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown output kind {s:?} (known: {})", names.join(", "))
+            })
     }
 }
 
@@ -278,6 +442,34 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Write a checkpoint every this many steps.
     pub checkpoint_every: usize,
+    /// Loss between output and target: `mse`, or `bce` (binary cross-entropy on the logits,
+    /// computed in a numerically stable form; for sigmoid outputs).
+    pub loss: Loss,
+    /// Sparsity penalty λ: adds λ·Σ|h_i| of the code, averaged over frames.
+    pub l1: f64,
+    /// Augmentation of fixed-size training frames: random rotation (±degrees), scale
+    /// (1 ± jitter), shift (± fraction of the size) and left-right flips.
+    pub rotate_deg: f32,
+    pub scale_jitter: f32,
+    pub shift: f32,
+    pub hflip: bool,
+    /// Random contrast (1 ± jitter) and brightness (± jitter/2) of augmented frames.
+    pub intensity_jitter: f32,
+    /// Path components left out of `--data` (e.g. the held-out persons `s31` … `s40`).
+    pub exclude: Vec<String>,
+    /// Labelled CSV data (rows sorted by class): the first this many rows of each class
+    /// train, the rest validate. 0 = use `val_fraction`.
+    pub per_class_train: usize,
+    /// Segmentation: the region `[x, y, width, height]` of each image trained on; the rest of
+    /// the image validates.
+    pub region: Option<[usize; 4]>,
+    /// `dense-ae` with `bypass`: start from a PCA of the (augmented) training frames.
+    pub pca_init: bool,
+    /// Inpainting: each training patch loses a fraction of its pixels drawn uniformly from
+    /// `[mask_min, mask_max]`; validation uses `val_mask`.
+    pub mask_min: f32,
+    pub mask_max: f32,
+    pub val_mask: f32,
 }
 
 impl Default for TrainConfig {
@@ -293,8 +485,29 @@ impl Default for TrainConfig {
             val_sigma: 25.0,
             val_fraction: 0.1,
             checkpoint_every: 100,
+            loss: Loss::Mse,
+            l1: 0.0,
+            rotate_deg: 0.0,
+            scale_jitter: 0.0,
+            shift: 0.0,
+            hflip: false,
+            intensity_jitter: 0.0,
+            exclude: vec![],
+            per_class_train: 0,
+            region: None,
+            pca_init: false,
+            mask_min: 0.0,
+            mask_max: 0.0,
+            val_mask: 0.3,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    Mse,
+    Bce,
 }
 
 impl PipelineConfig {
@@ -340,34 +553,122 @@ impl PipelineConfig {
             origin: self.origin.clone(),
             message: format!("key `{key}`: {message}"),
         };
-        if self.model.arch != "unet-denoiser" {
+        const ARCHS: [&str; 5] = [
+            "unet-denoiser",
+            "unet-inpaint",
+            "dense-ae",
+            "conv-ae",
+            "unet-segment",
+        ];
+        let m = &self.model;
+        if !ARCHS.contains(&m.arch.as_str()) {
             return Err(bad(
                 "model.arch",
                 format!(
-                    "unknown architecture {:?} (known: unet-denoiser)",
-                    self.model.arch
+                    "unknown architecture {:?} (known: {})",
+                    m.arch,
+                    ARCHS.join(", ")
                 ),
             ));
         }
-        if self.model.channels.is_empty()
-            || self.model.channels.len() > 6
-            || self.model.channels.len() != self.model.blocks.len()
-        {
-            return Err(bad(
-                "model.blocks",
-                "must have one entry per entry of `model.channels` (1 to 6 levels)".into(),
-            ));
+        let multiple = m.size_multiple();
+        match m.arch.as_str() {
+            "unet-denoiser" | "unet-inpaint" => {
+                if m.channels.is_empty()
+                    || m.channels.len() > 6
+                    || m.channels.len() != m.blocks.len()
+                {
+                    return Err(bad(
+                        "model.blocks",
+                        "must have one entry per entry of `model.channels` (1 to 6 levels)".into(),
+                    ));
+                }
+            }
+            "dense-ae" => {
+                let Some([w, h]) = m.size else {
+                    return Err(bad(
+                        "model.size",
+                        "dense-ae needs `size = [width, height]`".into(),
+                    ));
+                };
+                if m.layers.len() < 2 || m.layers[0] != w * h || m.layers.contains(&0) {
+                    return Err(bad(
+                        "model.layers",
+                        format!(
+                            "must start with width × height = {} and end with the code width",
+                            w * h
+                        ),
+                    ));
+                }
+                if m.topk >= *m.layers.last().unwrap_or(&0) && m.topk != 0 {
+                    return Err(bad(
+                        "model.topk",
+                        "must be smaller than the code width".into(),
+                    ));
+                }
+            }
+            _ => {
+                if m.channels.is_empty() || m.channels.len() > 6 {
+                    return Err(bad("model.channels", "must have 1 to 6 levels".into()));
+                }
+                if m.arch == "conv-ae" {
+                    let Some([w, h]) = m.size else {
+                        return Err(bad(
+                            "model.size",
+                            "conv-ae needs `size = [width, height]`".into(),
+                        ));
+                    };
+                    if w == 0
+                        || h == 0
+                        || !w.is_multiple_of(multiple)
+                        || !h.is_multiple_of(multiple)
+                    {
+                        return Err(bad(
+                            "model.size",
+                            format!("must be a multiple of {multiple}"),
+                        ));
+                    }
+                    if m.code_channels == 0 {
+                        return Err(bad("model.code_channels", "must be at least 1".into()));
+                    }
+                }
+            }
         }
-        let multiple = 1usize << self.model.channels.len();
-        if self.model.tile < 2 * self.model.tile_overlap + multiple
-            || !self.model.tile.is_multiple_of(multiple)
-        {
+        if let Some([w, h]) = m.size {
+            if w == 0 || h == 0 || w * h > 1 << 22 {
+                return Err(bad(
+                    "model.size",
+                    "must be positive and at most 2048×2048".into(),
+                ));
+            }
+        }
+        if m.tile < 2 * m.tile_overlap + multiple || !m.tile.is_multiple_of(multiple) {
             return Err(bad(
                 "model.tile",
                 format!(
                     "must be a multiple of {multiple} and larger than twice `tile_overlap` ({})",
-                    self.model.tile_overlap
+                    m.tile_overlap
                 ),
+            ));
+        }
+        let allowed = OutputKind::for_task(m.task());
+        if let Some(k) = self.output.kinds.iter().find(|k| !allowed.contains(k)) {
+            let names: Vec<_> = allowed.iter().map(|k| k.name()).collect();
+            return Err(bad(
+                "output.kinds",
+                format!(
+                    "{} cannot emit {:?} (it can: {})",
+                    m.arch,
+                    k.name(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        let [lo, hi] = self.normalise.percentiles;
+        if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) || lo >= hi {
+            return Err(bad(
+                "normalise.percentiles",
+                "must be [low, high] with 0 ≤ low < high ≤ 100".into(),
             ));
         }
         if self.infer.max_batch == 0 {
@@ -392,6 +693,9 @@ impl PipelineConfig {
         }
         if self.corrupt.gaussian_sigma < 0.0 || !self.corrupt.gaussian_sigma.is_finite() {
             return Err(bad("corrupt.gaussian_sigma", "must be ≥ 0".into()));
+        }
+        if self.train.l1 < 0.0 || !self.train.l1.is_finite() {
+            return Err(bad("train.l1", "must be ≥ 0".into()));
         }
         if !self.train.patch.is_multiple_of(multiple) || self.train.patch == 0 {
             return Err(bad(

@@ -264,6 +264,99 @@ pub fn list_images(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Resizes a plane with a triangle (bilinear, anti-aliased when shrinking) filter: the one
+/// resize used by the pipeline, training and eval, so they all see the same pixels.
+pub fn resize_plane(data: &[f32], w: usize, h: usize, nw: usize, nh: usize) -> Vec<f32> {
+    if (w, h) == (nw, nh) {
+        return data.to_vec();
+    }
+    let Some(img) = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(
+        w as u32,
+        h as u32,
+        data.to_vec(),
+    ) else {
+        return vec![0.0; nw * nh];
+    };
+    image::imageops::resize(
+        &img,
+        nw as u32,
+        nh as u32,
+        image::imageops::FilterType::Triangle,
+    )
+    .into_raw()
+}
+
+/// Maps the `lo`/`hi` percentiles of a plane to 0/1 in place (values outside go beyond 0–1).
+pub fn stretch_percentiles(plane: &mut [f32], lo: f32, hi: f32) {
+    if plane.is_empty() {
+        return;
+    }
+    let mut sorted: Vec<f32> = plane.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f32| {
+        let pos = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
+        let (i, f) = (pos.floor() as usize, pos.fract());
+        let j = (i + 1).min(sorted.len() - 1);
+        sorted[i] * (1.0 - f) + sorted[j] * f
+    };
+    let (a, b) = (at(lo), at(hi));
+    let scale = 1.0 / (b - a).max(1e-6);
+    plane.iter_mut().for_each(|v| *v = (*v - a) * scale);
+}
+
+/// Image files under `dir`, recursively, sorted; paths with a component in `exclude` are
+/// left out.
+pub fn list_images_recursive(dir: &std::path::Path, exclude: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| Error::Io {
+            path: d.clone(),
+            source: e,
+        })?;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::Io {
+                path: d.clone(),
+                source: e,
+            })?;
+            let p = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if exclude.contains(&name) || name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if is_image_name(&p) {
+                out.push(p);
+            }
+        }
+    }
+    // Natural order, so s2 comes before s10 and 2.pgm before 10.pgm.
+    out.sort_by_key(|p| natural_key(&p.to_string_lossy()));
+    Ok(out)
+}
+
+/// A sort key that orders runs of digits by value.
+pub fn natural_key(s: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            let mut n = c.to_digit(10).unwrap_or(0) as u64;
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n.saturating_mul(10).saturating_add(d as u64);
+                chars.next();
+            }
+            out.push((std::mem::take(&mut text), n));
+        } else {
+            text.push(c);
+        }
+    }
+    out.push((text, 0));
+    out
+}
+
 /// Whether a file name looks like an image we take (by extension, not a dot-file or partial).
 pub fn is_image_name(p: &std::path::Path) -> bool {
     let Some(name) = p.file_name().and_then(|n| n.to_str()) else {

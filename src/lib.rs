@@ -4,6 +4,7 @@
 //! The library holds everything but the command line: pipeline configuration, the staged
 //! pipeline, its sources, stages and sinks, the models and the training loop.
 
+pub mod analysis;
 pub mod config;
 pub mod error;
 pub mod eval;

@@ -109,18 +109,47 @@ enum Cmd {
         /// Continue from OUT.ckpt if it exists.
         #[arg(long)]
         resume: bool,
+        /// Segmentation: the foreground mask file (or folder of masks named as the images).
+        #[arg(long)]
+        masks: Option<PathBuf>,
+        /// Stop after this many steps in all (the learning-rate schedule still spans every
+        /// epoch); continue later with --resume.
+        #[arg(long)]
+        stop_after: Option<usize>,
         #[arg(long, default_value = "auto")]
         device: String,
     },
-    /// Corrupt each clean image of a folder, run the model, and measure PSNR/SSIM.
+    /// Measure a pipeline's model: PSNR/SSIM (denoise), reconstruction MSE against PCA, code
+    /// sparsity and k-NN accuracy (autoencoders), IoU/Dice (segmentation).
     Eval {
         pipeline: String,
-        /// Folder of clean images.
+        /// Clean frames: a folder of images (recursive), a .csv[.gz] of digit rows or an IDX
+        /// images file; for segmentation an image file or folder.
         #[arg(long)]
         data: PathBuf,
-        /// gaussian:SIGMA (0-255 scale), salt-pepper:P, mask:P or none.
-        #[arg(long, default_value = "gaussian:25")]
-        noise: String,
+        /// gaussian:SIGMA (0-255 scale), salt-pepper:P, mask:P or none (default: gaussian:25
+        /// for denoisers, none for the others).
+        #[arg(long)]
+        noise: Option<String>,
+        /// Fit a PCA with as many components as the code on these frames and compare.
+        #[arg(long)]
+        pca_fit: Option<PathBuf>,
+        /// Labels of a folder of frames: CSV lines `relative/path,label`.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Labelled frames the k-NN classifier is fitted on (default: the training split).
+        #[arg(long)]
+        knn_fit: Option<PathBuf>,
+        /// Segmentation: ground-truth mask file, or folder of masks named as the images.
+        #[arg(long)]
+        masks: Option<PathBuf>,
+        /// Score only this region of each frame: X,Y,WIDTH,HEIGHT.
+        #[arg(long, value_delimiter = ',')]
+        crop: Option<Vec<usize>>,
+        /// Write a picture: a row of inputs, of corrupted inputs, of outputs, of PCA
+        /// reconstructions (where they apply).
+        #[arg(long)]
+        montage: Option<PathBuf>,
         #[arg(long)]
         weights: Option<PathBuf>,
         /// Print one JSON object (otherwise a short summary).
@@ -213,19 +242,58 @@ fn parse_kinds(emit: Option<Vec<String>>, cfg: &PipelineConfig) -> anyhow::Resul
     let Some(list) = emit else {
         return Ok(cfg.output.kinds.clone());
     };
+    let allowed = OutputKind::for_task(cfg.model.task());
     list.iter()
         .map(|k| {
-            serde_json::from_value::<OutputKind>(serde_json::Value::String(k.clone())).map_err(
-                |_| {
-                    aestream::Error::Config {
-                        origin: "--emit".into(),
-                        message: format!("unknown output kind {k:?} (known: denoised)"),
-                    }
-                    .into()
-                },
-            )
+            let kind: OutputKind = k.trim().parse().map_err(|m| aestream::Error::Config {
+                origin: "--emit".into(),
+                message: m,
+            })?;
+            if !allowed.contains(&kind) {
+                let names: Vec<_> = allowed.iter().map(|k| k.name()).collect();
+                return Err(aestream::Error::Config {
+                    origin: "--emit".into(),
+                    message: format!(
+                        "pipeline {} cannot emit {k:?} (it can: {})",
+                        cfg.name,
+                        names.join(", ")
+                    ),
+                }
+                .into());
+            }
+            Ok(kind)
         })
         .collect()
+}
+
+/// The human-readable one-line (or few-line) form of an eval report.
+fn print_summary(r: &aestream::eval::EvalReport) {
+    if let Some(d) = &r.denoise {
+        println!(
+            "{} frames: PSNR {:.2} dB (input {:.2} dB), SSIM {:.4} (input {:.4}), {:.3} s/frame",
+            r.frames, d.psnr, d.psnr_input, d.ssim, d.ssim_input, r.seconds_per_frame
+        );
+    }
+    if let Some(c) = &r.reconstruct {
+        print!(
+            "{} frames: MSE {:.5} per pixel, code {}",
+            r.frames, r.mse, c.code_len
+        );
+        if let (Some(p), Some(q)) = (c.pca_mse, c.pca_ratio) {
+            print!(", PCA MSE {p:.5} (ratio {q:.3})");
+        }
+        print!(", {:.1}% of |h| < 0.01", 100.0 * c.sparsity);
+        if let Some(a) = c.knn5_accuracy {
+            print!(", 5-NN accuracy {a:.3}");
+        }
+        println!();
+    }
+    if let Some(s) = &r.segment {
+        println!(
+            "{} frames: IoU {:.4}, Dice {:.4}, pixel accuracy {:.4}",
+            r.frames, s.iou, s.dice, s.pixel_accuracy
+        );
+    }
 }
 
 fn with_ensemble(
@@ -285,7 +353,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     framing,
                 ))
             } else {
-                Box::new(FolderSink::new(PathBuf::from(&output).as_path())?)
+                Box::new(
+                    FolderSink::new(PathBuf::from(&output).as_path())?.per_kind(kinds.len() > 1),
+                )
             };
             let source: Box<dyn Source> = if input == "-" {
                 Box::new(StreamSource::new(
@@ -338,6 +408,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             seed,
             resume,
+            masks,
+            stop_after,
             device,
         } => {
             let cfg = PipelineConfig::load(&pipeline)?;
@@ -352,6 +424,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resume,
                 progress: std::io::stderr().is_terminal(),
                 steps_per_epoch,
+                masks,
+                stop_after,
                 device,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
@@ -364,6 +438,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pipeline,
             data,
             noise,
+            pca_fit,
+            labels,
+            knn_fit,
+            masks,
+            crop,
+            montage,
             weights,
             json,
             grey,
@@ -372,10 +452,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
         } => {
             let cfg = with_ensemble(PipelineConfig::load(&pipeline)?, ensemble)?;
-            let noise: Noise = noise.parse().map_err(|m| aestream::Error::Config {
-                origin: "--noise".into(),
-                message: m,
-            })?;
+            let noise: Option<Noise> =
+                noise
+                    .map(|n| n.parse())
+                    .transpose()
+                    .map_err(|m| aestream::Error::Config {
+                        origin: "--noise".into(),
+                        message: m,
+                    })?;
+            let crop = match crop.as_deref() {
+                None => None,
+                Some(&[x, y, w, h]) => Some([x, y, w, h]),
+                Some(_) => {
+                    return Err(aestream::Error::Config {
+                        origin: "--crop".into(),
+                        message: "expected X,Y,WIDTH,HEIGHT".into(),
+                    }
+                    .into())
+                }
+            };
             let device = aestream::model::select_device(&device)?;
             let model = aestream::model::load(&cfg, weights.as_deref(), &device)?;
             let args = EvalArgs {
@@ -384,15 +479,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 grey,
                 progress: std::io::stderr().is_terminal(),
+                pca_fit,
+                labels,
+                knn_fit,
+                masks,
+                crop,
+                montage,
             };
             let r = aestream::eval::evaluate(&cfg, model.as_ref(), &args)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!(
-                    "{} frames: PSNR {:.2} dB (input {:.2} dB), SSIM {:.4} (input {:.4}), {:.3} s/frame",
-                    r.frames, r.psnr, r.psnr_input, r.ssim, r.ssim_input, r.seconds_per_frame
-                );
+                print_summary(&r);
             }
             Ok(())
         }

@@ -18,8 +18,10 @@ use super::layers::{Down2x2, ResBlock, Up2x2};
 /// Architecture of the denoiser; lives in the pipeline file under `[model]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DenoiserConfig {
-    /// Input/output channels of the network (1: grey, applied per channel to colour).
+    /// Output channels of the network (1: grey, applied per channel to colour).
     pub image_channels: usize,
+    /// Extra input channels after the image ones (the inpainter's mask).
+    pub extra_inputs: usize,
     /// Feature channels per level, finest first; each further level halves H and W.
     pub channels: Vec<usize>,
     /// Residual blocks per level (the coarsest level's blocks form the bottleneck).
@@ -30,6 +32,7 @@ impl Default for DenoiserConfig {
     fn default() -> Self {
         Self {
             image_channels: 1,
+            extra_inputs: 0,
             channels: vec![64, 128, 192],
             blocks: vec![1, 1, 2],
         }
@@ -51,6 +54,7 @@ pub struct Denoiser {
     ups: Vec<Up2x2>,
     tail: Up2x2,
     multiple: usize,
+    image_channels: usize,
 }
 
 impl Denoiser {
@@ -61,7 +65,11 @@ impl Denoiser {
                 "denoiser: `channels` and `blocks` must be non-empty and equally long"
             );
         }
-        let head = Down2x2::new(vb.pp("head"), cfg.image_channels, cfg.channels[0])?;
+        let head = Down2x2::new(
+            vb.pp("head"),
+            cfg.image_channels + cfg.extra_inputs,
+            cfg.channels[0],
+        )?;
         let mut levels = Vec::with_capacity(n);
         let mut downs = Vec::new();
         let mut ups = Vec::new();
@@ -93,6 +101,7 @@ impl Denoiser {
             ups,
             tail,
             multiple: 1 << n,
+            image_channels: cfg.image_channels,
         })
     }
 
@@ -123,7 +132,13 @@ impl Module for Denoiser {
             }
         }
         let noise = self.tail.forward(&h)?;
-        x - noise
+        // With extra inputs (a mask), the residual applies to the image channels only.
+        let image = if x.dim(3)? != self.image_channels {
+            x.narrow(3, 0, self.image_channels)?
+        } else {
+            x.clone()
+        };
+        image - noise
     }
 }
 

@@ -3,14 +3,28 @@
 //! Every model takes and returns NHWC tensors in [0, 1]. Weights are safetensors files, loaded
 //! through candle's `VarBuilder` so names in the file match the module tree.
 
+pub mod conv_ae;
 pub mod denoise;
+pub mod dense;
 pub mod layers;
+pub mod unet;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::PipelineConfig;
+use crate::config::{ModelConfig, PipelineConfig};
 use crate::error::{Error, Result};
+
+/// What a network is for; decides its outputs and how it is trained and evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Image in, cleaned image of the same size out (denoise, inpaint).
+    Denoise,
+    /// Fixed-size image in, code and reconstruction out (autoencoders).
+    Reconstruct,
+    /// Image in, per-pixel foreground probability out.
+    Segment,
+}
 
 /// What the pipeline needs to know about a network to feed it.
 #[derive(Debug, Clone, Copy)]
@@ -19,38 +33,181 @@ pub struct ModelSpec {
     pub channels: usize,
     /// H and W must be a multiple of this.
     pub size_multiple: usize,
+    /// Frames are resized to this `(width, height)` (fixed-size autoencoders).
+    pub fixed_size: Option<(usize, usize)>,
+    pub task: Task,
+}
+
+/// A network's outputs for a batch: the image-like output, and the code where there is one.
+pub struct Outputs {
+    /// `[b, h, w, 1]`: denoised frame, reconstruction or foreground probability.
+    pub image: Tensor,
+    /// `[b, …]`: the latent code (flattened per frame by the caller).
+    pub code: Option<Tensor>,
 }
 
 /// A network the infer stage can run.
 pub trait Model: Send + Sync {
     fn spec(&self) -> ModelSpec;
     /// `x`: `[b, h, w, c]` in [0, 1]; returns the image output of the same shape.
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.run(x, false)?.image)
+    }
+    /// Image output and, with `want_code`, the code.
+    fn run(&self, x: &Tensor, want_code: bool) -> Result<Outputs>;
     fn device(&self) -> &Device;
 }
 
-/// The denoiser as a [`Model`].
-pub struct DenoiseModel {
-    net: denoise::Denoiser,
-    device: Device,
+/// One of the architectures, built from a pipeline's `[model]`.
+#[derive(Debug, Clone)]
+pub enum Net {
+    Denoise(denoise::Denoiser),
+    /// The denoiser's network given the frame and its mask of known pixels (1 = known).
+    /// Missing pixels arrive as 0; known pixels pass through unchanged.
+    Inpaint(denoise::Denoiser),
+    Dense(dense::DenseAe),
+    Conv(conv_ae::ConvAe),
+    Segment(unet::UNet),
 }
 
-impl DenoiseModel {
-    pub fn from_net(net: denoise::Denoiser, device: Device) -> Self {
-        Self { net, device }
+/// A forward pass as training needs it: the output before its final activation (logits for
+/// a sigmoid output, so BCE can be computed stably) and the code.
+pub struct RawOutputs {
+    pub raw: Tensor,
+    pub code: Option<Tensor>,
+}
+
+impl Net {
+    pub fn new(vb: VarBuilder, cfg: &ModelConfig) -> candle_core::Result<Self> {
+        Ok(match cfg.arch.as_str() {
+            "dense-ae" => Net::Dense(dense::DenseAe::new(vb, &cfg.dense())?),
+            "conv-ae" => Net::Conv(conv_ae::ConvAe::new(vb, &cfg.conv_ae())?),
+            "unet-segment" => Net::Segment(unet::UNet::new(vb, &cfg.unet())?),
+            "unet-inpaint" => Net::Inpaint(denoise::Denoiser::new(vb, &cfg.denoiser())?),
+            _ => Net::Denoise(denoise::Denoiser::new(vb, &cfg.denoiser())?),
+        })
+    }
+
+    pub fn task(&self) -> Task {
+        match self {
+            Net::Denoise(_) | Net::Inpaint(_) => Task::Denoise,
+            Net::Dense(_) | Net::Conv(_) => Task::Reconstruct,
+            Net::Segment(_) => Task::Segment,
+        }
+    }
+
+    pub fn size_multiple(&self) -> usize {
+        match self {
+            Net::Denoise(n) | Net::Inpaint(n) => n.size_multiple(),
+            Net::Dense(_) => 1,
+            Net::Conv(n) => n.size_multiple(),
+            Net::Segment(n) => n.size_multiple(),
+        }
+    }
+
+    /// `x`: NHWC `[b, h, w, 1]`.
+    pub fn forward_raw(&self, x: &Tensor) -> candle_core::Result<RawOutputs> {
+        Ok(match self {
+            Net::Denoise(n) => RawOutputs {
+                raw: n.forward(x)?,
+                code: None,
+            },
+            Net::Inpaint(n) => {
+                // Exactly-zero pixels are the missing ones.
+                let known = x.ne(0.0)?.to_dtype(x.dtype())?;
+                let pred = n.forward(&Tensor::cat(&[x, &known], 3)?)?;
+                let missing = (1.0 - &known)?;
+                RawOutputs {
+                    raw: ((x * &known)? + (pred * missing)?)?,
+                    code: None,
+                }
+            }
+            Net::Dense(n) => {
+                let (b, h, w, c) = x.dims4()?;
+                let code = n.encode(&x.reshape((b, h * w * c))?)?;
+                let raw = n.decode_raw(&code)?.reshape((b, h, w, c))?;
+                RawOutputs {
+                    raw,
+                    code: Some(code),
+                }
+            }
+            Net::Conv(n) => {
+                let code = n.encode(x)?;
+                RawOutputs {
+                    raw: n.decode_raw(&code)?,
+                    code: Some(code),
+                }
+            }
+            Net::Segment(n) => RawOutputs {
+                raw: n.logits(x)?,
+                code: None,
+            },
+        })
+    }
+
+    /// Whether the final activation is a sigmoid (so `raw` are logits).
+    pub fn sigmoid_output(&self) -> bool {
+        match self {
+            Net::Denoise(_) | Net::Inpaint(_) => false,
+            Net::Dense(n) => n.config().output == dense::OutputActivation::Sigmoid,
+            Net::Conv(_) | Net::Segment(_) => true,
+        }
+    }
+
+    pub fn activate(&self, raw: &Tensor) -> candle_core::Result<Tensor> {
+        if self.sigmoid_output() {
+            candle_nn::ops::sigmoid(raw)
+        } else {
+            Ok(raw.clone())
+        }
     }
 }
 
-impl Model for DenoiseModel {
+/// A [`Net`] ready to serve.
+pub struct NetModel {
+    net: Net,
+    device: Device,
+    fixed_size: Option<(usize, usize)>,
+}
+
+impl NetModel {
+    pub fn new(net: Net, device: Device, fixed_size: Option<(usize, usize)>) -> Self {
+        Self {
+            net,
+            device,
+            fixed_size,
+        }
+    }
+
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+}
+
+impl Model for NetModel {
     fn spec(&self) -> ModelSpec {
         ModelSpec {
             channels: 1,
             size_multiple: self.net.size_multiple(),
+            fixed_size: self.fixed_size,
+            task: self.net.task(),
         }
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.net.forward(x)?)
+
+    fn run(&self, x: &Tensor, want_code: bool) -> Result<Outputs> {
+        if let Net::Denoise(n) = &self.net {
+            return Ok(Outputs {
+                image: n.forward(x)?,
+                code: None,
+            });
+        }
+        let o = self.net.forward_raw(x)?;
+        Ok(Outputs {
+            image: self.net.activate(&o.raw)?,
+            code: if want_code { o.code } else { None },
+        })
     }
+
     fn device(&self) -> &Device {
         &self.device
     }
@@ -91,9 +248,10 @@ pub fn load(
             message: format!("not a safetensors file: {e}"),
         }
     })?;
-    let net = denoise::Denoiser::new(vb, &cfg.model.denoiser()).map_err(|e| Error::Config {
+    let net = Net::new(vb, &cfg.model).map_err(|e| Error::Config {
         origin: what,
         message: format!("weights do not fit the pipeline's [model]: {e}"),
     })?;
-    Ok(Box::new(DenoiseModel::from_net(net, device.clone())))
+    let fixed = cfg.model.size.map(|[w, h]| (w, h));
+    Ok(Box::new(NetModel::new(net, device.clone(), fixed)))
 }

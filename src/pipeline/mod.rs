@@ -19,9 +19,10 @@ use crate::config::{DecodeConfig, OutputKind, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::frame::{FrameId, Planes};
 use crate::model::Model;
-use crate::sink::{Output, Sink};
+use crate::sink::{Code, Output, Payload, Sink};
 use crate::source::{RawFrame, Source, Stop};
 use crate::stage::normalise::Prepared;
+use crate::stage::postprocess::Finished;
 use crate::stage::tiling::TilePlan;
 use crate::stage::{corrupt, decode, infer, normalise, postprocess};
 
@@ -71,20 +72,16 @@ pub fn run(
         n => n,
     };
     let spec = model.spec();
-    let plan = TilePlan {
-        multiple: spec.size_multiple,
-        tile: cfg.model.tile,
-        overlap: cfg.model.tile_overlap,
-        pad: cfg.normalise.pad,
-    };
+    let plan = TilePlan::for_pipeline(cfg, spec.size_multiple);
 
     let (raw_tx, raw_rx) = bounded::<RawFrame>(cap);
     let (dec_tx, dec_rx) = bounded::<Packet<Planes>>(cap);
     let (cor_tx, cor_rx) = bounded::<Packet<Planes>>(cap);
     let (prep_tx, prep_rx) = bounded::<Packet<Prepared>>(cap);
-    let (inf_tx, inf_rx) = bounded::<Packet<(Prepared, Vec<Vec<f32>>)>>(cap);
-    let (post_tx, post_rx) = bounded::<Packet<Planes>>(cap);
-    let (out_tx, out_rx) = bounded::<Packet<Vec<(OutputKind, Vec<u8>)>>>(cap);
+    let (inf_tx, inf_rx) = bounded::<Packet<Inferred>>(cap);
+    let (post_tx, post_rx) = bounded::<Packet<Finished>>(cap);
+    let (out_tx, out_rx) = bounded::<Packet<Vec<(OutputKind, Payload)>>>(cap);
+    let want_code = kinds.contains(&OutputKind::Latent);
 
     // The source's result comes back on a channel rather than by joining it: after a stop
     // request a stdin read may block forever.
@@ -125,20 +122,25 @@ pub fn run(
         },
     )?);
 
-    let colour = cfg.normalise.colour;
+    let norm = normalise::NormaliseOpts {
+        cfg: cfg.normalise.clone(),
+        plan,
+        fixed_size: spec.fixed_size,
+        keep_input: kinds.contains(&OutputKind::Overlay),
+    };
     handles.extend(map_stage(
         "normalise",
         workers,
         cor_rx,
         prep_tx,
         &stats,
-        move |_, _, planes| Ok(normalise::run(planes, colour, &plan)),
+        move |_, _, planes| Ok(normalise::run(planes, &norm)),
     )?);
 
     {
         let (stats, cfg) = (stats.clone(), cfg.clone());
         handles.push(spawn("infer".into(), move || {
-            infer_worker(&cfg, model.as_ref(), prep_rx, inf_tx, &stats)
+            infer_worker(&cfg, model.as_ref(), want_code, prep_rx, inf_tx, &stats)
         })?);
     }
 
@@ -149,8 +151,8 @@ pub fn run(
         inf_rx,
         post_tx,
         &stats,
-        move |_, _, (prep, outs): (Prepared, Vec<Vec<f32>>)| {
-            Ok(postprocess::assemble(&prep, &outs, &post_cfg))
+        move |_, _, (prep, outs, code): Inferred| {
+            Ok(postprocess::assemble(prep, &outs, code, &post_cfg))
         },
     )?);
 
@@ -160,10 +162,10 @@ pub fn run(
         post_rx,
         out_tx,
         &stats,
-        move |_, id, planes| {
+        move |_, id, finished| {
             kinds
                 .iter()
-                .map(|&k| Ok((k, postprocess::encode(&planes, k, &id.to_string())?)))
+                .map(|&k| Ok((k, postprocess::encode(&finished, k, &id.to_string())?)))
                 .collect()
         },
     )?);
@@ -356,11 +358,15 @@ fn decode_worker(
     }
 }
 
+/// A frame after the model: its preparation, the units' outputs and its code.
+type Inferred = (Prepared, Vec<Vec<f32>>, Option<Code>);
+
 fn infer_worker(
     cfg: &PipelineConfig,
     model: &dyn Model,
+    want_code: bool,
     rx: Receiver<Packet<Prepared>>,
-    tx: Sender<Packet<(Prepared, Vec<Vec<f32>>)>>,
+    tx: Sender<Packet<Inferred>>,
     stats: &Stats,
 ) {
     let max_batch = cfg.infer.max_batch;
@@ -404,11 +410,11 @@ fn infer_worker(
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            infer::run_units(model, &units, (&cfg.infer).into())
+            infer::run_units_with_codes(model, &units, (&cfg.infer).into(), want_code)
         }))
         .unwrap_or_else(|_| Err(Error::Other("the model panicked".into())));
-        let mut outputs = match result {
-            Ok(o) => o.into_iter(),
+        let (mut outputs, mut codes) = match result {
+            Ok((o, c)) => (o.into_iter(), c.into_iter()),
             Err(e) => {
                 for (seq, id, _) in ready {
                     fail(stats, format!("{id}: model failed: {e}"));
@@ -427,12 +433,15 @@ fn infer_worker(
             }
         };
         for (seq, id, prep) in ready {
-            let outs: Vec<Vec<f32>> = outputs.by_ref().take(prep.unit_count()).collect();
+            let n = prep.unit_count();
+            let outs: Vec<Vec<f32>> = outputs.by_ref().take(n).collect();
+            // A frame's code is its first unit's (fixed-size models have exactly one unit).
+            let code = codes.by_ref().take(n).next().flatten();
             if tx
                 .send(Packet {
                     seq,
                     id,
-                    body: Some((prep, outs)),
+                    body: Some((prep, outs, code)),
                 })
                 .is_err()
             {
@@ -446,7 +455,7 @@ fn infer_worker(
 mod tests {
     use super::*;
     use crate::frame::encode_png;
-    use crate::model::{denoise::Denoiser, DenoiseModel};
+    use crate::model::{denoise::Denoiser, Net, NetModel};
     use candle_core::{DType, Device};
     use std::collections::BTreeSet;
     use std::sync::Mutex;
@@ -510,7 +519,7 @@ mod tests {
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
         let net = Denoiser::new(vb, &cfg.model.denoiser()).unwrap();
-        let model: Arc<dyn Model> = Arc::new(DenoiseModel::from_net(net, Device::Cpu));
+        let model: Arc<dyn Model> = Arc::new(NetModel::new(Net::Denoise(net), Device::Cpu, None));
         let frame = encode_png(&Planes::grey(16, 16, vec![0.5; 256]), "t").unwrap();
         let sent = Arc::new(AtomicU64::new(0));
         let written = Arc::new(Mutex::new(BTreeSet::new()));

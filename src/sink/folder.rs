@@ -5,13 +5,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Output, Sink};
+use super::{Output, Payload, Sink};
+use crate::config::OutputKind;
 use crate::error::{Error, Result};
 use crate::frame::FrameId;
 
 pub struct FolderSink {
     dir: PathBuf,
     written: u64,
+    /// With several output kinds each goes to its own sub-folder, `OUT/KIND/NAME.EXT`.
+    per_kind: bool,
 }
 
 impl FolderSink {
@@ -23,14 +26,27 @@ impl FolderSink {
         Ok(Self {
             dir: dir.to_path_buf(),
             written: 0,
+            per_kind: false,
         })
     }
 
-    /// Where a frame's output of extension `ext` goes.
-    pub fn target(&self, id: &FrameId, ext: &str) -> PathBuf {
+    /// Puts each output kind in its own sub-folder (used when a run emits several kinds).
+    pub fn per_kind(mut self, yes: bool) -> Self {
+        self.per_kind = yes;
+        self
+    }
+
+    /// Where a frame's output of a kind goes.
+    pub fn target(&self, id: &FrameId, kind: OutputKind) -> PathBuf {
+        let dir = if self.per_kind {
+            self.dir.join(kind.name())
+        } else {
+            self.dir.clone()
+        };
+        let ext = kind.extension();
         match id {
-            FrameId::File { rel, .. } => self.dir.join(rel).with_extension(ext),
-            FrameId::Stream { seq, .. } => self.dir.join(format!("frame-{seq:08}.{ext}")),
+            FrameId::File { rel, .. } => dir.join(rel).with_extension(ext),
+            FrameId::Stream { seq, .. } => dir.join(format!("frame-{seq:08}.{ext}")),
         }
     }
 }
@@ -82,8 +98,16 @@ fn is_fatal(e: &std::io::Error) -> bool {
 
 impl Sink for FolderSink {
     fn write(&mut self, out: Output) -> Result<()> {
-        for (kind, bytes) in &out.files {
-            let path = self.target(&out.id, kind.extension());
+        for (kind, payload) in &out.files {
+            let path = self.target(&out.id, *kind);
+            let npy;
+            let bytes = match payload {
+                Payload::Bytes(b) => b,
+                Payload::Code(c) => {
+                    npy = c.to_npy()?;
+                    &npy
+                }
+            };
             match write_atomic(&path, bytes) {
                 Ok(()) => tracing::debug!("{} -> {}", out.id, path.display()),
                 Err(Error::Io { path: p, source }) if !is_fatal(&source) => {

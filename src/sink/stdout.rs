@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use super::{Output, Sink};
+use super::{Output, Payload, Sink};
 use crate::error::{Error, Result};
 use crate::source::split::Framing;
 
@@ -28,13 +28,41 @@ impl<W: Write + Send> StreamSink<W> {
     fn drain(&mut self) -> Result<()> {
         while let Some(entry) = self.pending.remove(&self.next) {
             if let Some(o) = entry {
-                for (_, bytes) in &o.files {
-                    self.emit(bytes)?;
-                }
+                self.emit_output(&o)?;
             }
             self.next += 1;
         }
         Ok(())
+    }
+
+    fn emit_output(&mut self, o: &Output) -> Result<()> {
+        for (_, payload) in &o.files {
+            match payload {
+                Payload::Bytes(b) => self.emit(b)?,
+                // Codes go out as one JSON line each, whatever the framing of images.
+                Payload::Code(c) => {
+                    let line = serde_json::json!({
+                        "seq": o.seq,
+                        "source": o.id.to_string(),
+                        "shape": c.shape,
+                        "code": c.data,
+                    });
+                    let mut text = line.to_string();
+                    text.push('\n');
+                    self.emit_raw(text.as_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        let io = |e| Error::Io {
+            path: "<stdout>".into(),
+            source: e,
+        };
+        self.out.write_all(bytes).map_err(io)?;
+        self.out.flush().map_err(io)
     }
 
     fn emit(&mut self, bytes: &[u8]) -> Result<()> {
@@ -69,9 +97,7 @@ impl<W: Write + Send> Sink for StreamSink<W> {
         let rest = std::mem::take(&mut self.pending);
         for (_, o) in rest {
             if let Some(o) = o {
-                for (_, bytes) in &o.files {
-                    self.emit(bytes)?;
-                }
+                self.emit_output(&o)?;
             }
         }
         Ok(())

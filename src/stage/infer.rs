@@ -13,6 +13,7 @@ use super::tiling::{merge, split, TilePlan, Unit};
 use crate::config::InferConfig;
 use crate::error::Result;
 use crate::model::Model;
+use crate::sink::Code;
 
 /// How units are run.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +54,21 @@ const FLIPS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), 
 
 /// Runs units through the model; returns outputs in input order.
 pub fn run_units(model: &dyn Model, units: &[Unit], opts: RunOpts) -> Result<Vec<Vec<f32>>> {
+    Ok(run_units_with_codes(model, units, opts, false)?.0)
+}
+
+/// Runs units through the model; returns image outputs and (with `want_code`, for models that
+/// have one) each unit's code with its shape, in input order. Codes come from the un-flipped
+/// view only: a flipped image has a different code.
+#[allow(clippy::type_complexity)]
+pub fn run_units_with_codes(
+    model: &dyn Model,
+    units: &[Unit],
+    opts: RunOpts,
+    want_code: bool,
+) -> Result<(Vec<Vec<f32>>, Vec<Option<Code>>)> {
     let views = opts.ensemble.clamp(1, 4);
+    let mut codes: Vec<Option<Code>> = vec![None; units.len()];
     // Work items: (unit index, flip), grouped by shape so each batch is one tensor.
     let mut by_shape: BTreeMap<(usize, usize), Vec<(usize, usize)>> = BTreeMap::new();
     for (i, u) in units.iter().enumerate() {
@@ -78,7 +93,21 @@ pub fn run_units(model: &dyn Model, units: &[Unit], opts: RunOpts) -> Result<Vec
                 }
             }
             let x = Tensor::from_vec(data, (chunk.len(), uh, uw, 1), model.device())?;
-            let y = model.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            let o = model.run(&x, want_code)?;
+            let y = o.image.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(c) = o.code {
+                let shape = c.dims()[1..].to_vec();
+                let per: usize = shape.iter().product();
+                let flat = c.flatten_all()?.to_vec1::<f32>()?;
+                for (k, &(i, v)) in chunk.iter().enumerate() {
+                    if v == 0 {
+                        codes[i] = Some(Code {
+                            shape: shape.clone(),
+                            data: flat[k * per..(k + 1) * per].to_vec(),
+                        });
+                    }
+                }
+            }
             for (k, &(i, v)) in chunk.iter().enumerate() {
                 let out = &y[k * uh * uw..(k + 1) * uh * uw];
                 let (lr, ud) = FLIPS[v];
@@ -93,7 +122,7 @@ pub fn run_units(model: &dyn Model, units: &[Unit], opts: RunOpts) -> Result<Vec
             }
         }
     }
-    Ok(outputs)
+    Ok((outputs, codes))
 }
 
 /// Denoises one plane end to end (split, run, merge): for eval, training validation and tests.

@@ -48,6 +48,18 @@ pub struct TilePlan {
     pub pad: PadMode,
 }
 
+impl TilePlan {
+    /// The plan of a pipeline's `[model]` and `[normalise]` for a model of this size multiple.
+    pub fn for_pipeline(cfg: &crate::config::PipelineConfig, multiple: usize) -> Self {
+        Self {
+            multiple,
+            tile: cfg.model.tile,
+            overlap: cfg.model.tile_overlap,
+            pad: cfg.normalise.pad,
+        }
+    }
+}
+
 fn round_up(v: usize, m: usize) -> usize {
     v.div_ceil(m) * m
 }

@@ -73,7 +73,14 @@ impl AdamW {
             let m = ((&self.m[i] * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + p.eps)?)?;
-            let decayed = (var.as_tensor() * (1.0 - p.lr * p.weight_decay))?;
+            // Decay weight matrices and kernels only: decaying biases (rank 1) just pulls
+            // them off their needed offsets.
+            let w = var.as_tensor();
+            let decayed = if w.rank() >= 2 {
+                (w * (1.0 - p.lr * p.weight_decay))?
+            } else {
+                w.clone()
+            };
             var.set(&(decayed - (update * p.lr)?)?)?;
             self.m[i] = m.detach();
             self.v[i] = v.detach();

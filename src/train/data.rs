@@ -39,6 +39,19 @@ pub fn load_folder(dir: &Path) -> Result<Vec<TrainImage>> {
     Ok(out)
 }
 
+/// Where pixel `(x, y)` of a `p × p` patch reads from under symmetry `t` (0–7) of the square:
+/// bit 0 transposes, bit 1 mirrors x, bit 2 mirrors y.
+pub fn symmetry(t: u8, x: usize, y: usize, p: usize) -> (usize, usize) {
+    let (mut sx, mut sy) = if t & 1 == 1 { (y, x) } else { (x, y) };
+    if t & 2 == 2 {
+        sx = p - 1 - sx;
+    }
+    if t & 4 == 4 {
+        sy = p - 1 - sy;
+    }
+    (sx, sy)
+}
+
 /// Draws random patches, area-weighted over images, with random flips and rotations.
 pub struct PatchSampler<'a> {
     images: Vec<&'a TrainImage>,
@@ -89,14 +102,7 @@ impl<'a> PatchSampler<'a> {
         let mut out = vec![0f32; p * p];
         for y in 0..p {
             for x in 0..p {
-                // One of the 8 symmetries of the square.
-                let (mut sx, mut sy) = if t & 1 == 1 { (y, x) } else { (x, y) };
-                if t & 2 == 2 {
-                    sx = p - 1 - sx;
-                }
-                if t & 4 == 4 {
-                    sy = p - 1 - sy;
-                }
+                let (sx, sy) = symmetry(t, x, y, p);
                 out[y * p + x] = plane[(y0 + sy) * img.w + x0 + sx];
             }
         }
@@ -105,6 +111,28 @@ impl<'a> PatchSampler<'a> {
 
     /// A batch of (noisy, clean) patches, σ uniform in [0, sigma_max] per patch, quantised
     /// to 8-bit levels like a noisy file.
+    /// `n` clean patches, and copies that lost a random fraction in `[lo, hi]` of their pixels
+    /// (set to 0, "missing").
+    pub fn masked_batch<R: Rng>(
+        &self,
+        rng: &mut R,
+        n: usize,
+        lo: f32,
+        hi: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut masked = Vec::with_capacity(n * self.patch * self.patch);
+        let mut clean = Vec::with_capacity(n * self.patch * self.patch);
+        for _ in 0..n {
+            let c = self.clean(rng);
+            let mut x = c.clone();
+            let p = lo + rng.random::<f32>() * (hi - lo).max(0.0);
+            corrupt::mask(&mut x, p, rng);
+            masked.extend(x);
+            clean.extend(c);
+        }
+        (masked, clean)
+    }
+
     pub fn batch<R: Rng>(&self, rng: &mut R, n: usize, sigma_max: f32) -> (Vec<f32>, Vec<f32>) {
         let mut noisy = Vec::with_capacity(n * self.patch * self.patch);
         let mut clean = Vec::with_capacity(n * self.patch * self.patch);

@@ -1,0 +1,391 @@
+//! End-to-end tests of the autoencoder family through the real binary: the shipped `faces`,
+//! `digits-sparse`, `conv-ae` and `segment-nuclei` pipelines and weights on the sample frames,
+//! output kinds (latent `.npy` and JSON lines, label maps, overlays), eval scores, and training.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aestream::frame::{decode, DecodeLimits, Planes};
+use assert_cmd::cargo::cargo_bin;
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(cargo_bin("aestream"));
+    c.env("AESTREAM_LOG", "warn");
+    c
+}
+
+fn read(p: &Path) -> Planes {
+    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    decode(&bytes, DecodeLimits::default(), &p.display().to_string()).expect("decodes")
+}
+
+fn ok(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn eval_json(args: &[&str]) -> serde_json::Value {
+    let out = ok(bin().arg("eval").args(args).arg("--json").output().unwrap());
+    serde_json::from_slice(&out.stdout).expect("eval prints JSON")
+}
+
+/// Faces: two kinds go to their own folders; each latent is a 30-value `.npy` and each
+/// reconstruction a 25×25 image close to the resized input.
+#[test]
+fn faces_emit_npy_codes_and_reconstructions() {
+    let out = tempfile::tempdir().unwrap();
+    ok(bin()
+        .args(["run", "faces", "--once", "--input"])
+        .arg(samples().join("faces"))
+        .arg("--output")
+        .arg(out.path())
+        .output()
+        .unwrap());
+    let names: Vec<_> = std::fs::read_dir(samples().join("faces"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names.len(), 10);
+    for input in names {
+        let stem = input.file_stem().unwrap().to_string_lossy().into_owned();
+        let npy = std::fs::read(out.path().join("latent").join(format!("{stem}.npy"))).unwrap();
+        let f = npyz::NpyFile::new(&npy[..]).expect("a valid .npy");
+        assert_eq!(f.shape(), &[30]);
+        let code: Vec<f32> = f.into_vec().unwrap();
+        assert!(code.iter().all(|v| v.is_finite()));
+        assert!(code.iter().any(|v| v.abs() > 0.01), "code is all zeros");
+        let rec = read(
+            &out.path()
+                .join("reconstruction")
+                .join(format!("{stem}.png")),
+        );
+        assert_eq!((rec.width, rec.height), (25, 25));
+        let src = read(&input);
+        let small = aestream::frame::resize_plane(&src.planes[0], src.width, src.height, 25, 25);
+        let mse = aestream::metrics::mse(&rec.planes[0], &small);
+        // PCA with 30 components scores about 0.005 on unseen faces; a broken model ~0.05.
+        assert!(mse < 0.012, "{stem}: reconstruction MSE {mse}");
+    }
+}
+
+/// Latent codes on stdout are JSON lines with the sequence number, source and code.
+#[test]
+fn digits_codes_stream_as_json_lines() {
+    let mut input = Vec::new();
+    let dir = samples().join("digits/test");
+    for name in ["0-0.png", "7-3.png", "3-1.png"] {
+        input.extend(std::fs::read(dir.join(name)).unwrap());
+    }
+    let mut child = bin()
+        .args(["run", "digits-sparse", "--input", "-", "--output", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&input).unwrap();
+    }
+    let out = ok(child.wait_with_output().unwrap());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["seq"], i as u64);
+        let code = l["code"].as_array().unwrap();
+        assert_eq!(code.len(), 64);
+        let active = code
+            .iter()
+            .filter(|v| v.as_f64().unwrap().abs() >= 0.01)
+            .count();
+        assert!((1..=10).contains(&active), "{active} active units");
+    }
+    // Different digits get different codes.
+    assert_ne!(lines[0]["code"], lines[1]["code"]);
+}
+
+/// The sparse codes are sparse per frame and good features: 5-NN on them classifies the
+/// sample test digits about as well as on raw pixels.
+#[test]
+fn digits_sparse_eval_reports_sparsity_and_knn() {
+    let d = samples().join("digits");
+    let r = eval_json(&[
+        "digits-sparse",
+        "--data",
+        d.join("test").to_str().unwrap(),
+        "--labels",
+        d.join("test/labels.csv").to_str().unwrap(),
+        "--knn-fit",
+        d.join("fit.csv.gz").to_str().unwrap(),
+    ]);
+    assert_eq!(r["frames"], 100);
+    assert_eq!(r["code_len"], 64);
+    assert!(r["sparsity"].as_f64().unwrap() >= 0.8, "{r}");
+    let knn = r["knn5_accuracy"].as_f64().unwrap();
+    let px = r["knn5_accuracy_pixels"].as_f64().unwrap();
+    assert!(knn >= 0.75 && knn >= px - 0.1, "codes {knn}, pixels {px}");
+}
+
+/// Faces eval with --pca-fit and noise: both are scored against the clean faces, and the
+/// montage has a row each for inputs, noisy inputs, outputs and PCA reconstructions.
+#[test]
+fn faces_eval_compares_with_pca_and_draws_a_montage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let montage = tmp.path().join("m.png");
+    let faces = samples().join("faces");
+    let r = eval_json(&[
+        "faces",
+        "--data",
+        faces.to_str().unwrap(),
+        "--pca-fit",
+        faces.to_str().unwrap(),
+        "--noise",
+        "gaussian:10",
+        "--montage",
+        montage.to_str().unwrap(),
+    ]);
+    assert_eq!(r["frames"], 10);
+    let mse = r["mse"].as_f64().unwrap();
+    assert!(mse > 0.0 && mse < 0.015, "{r}");
+    // PCA fitted on these very faces (9 components fit 10 faces) passes the noise through;
+    // the autoencoder removes some of it.
+    let pca = r["pca_mse"].as_f64().unwrap();
+    assert!(pca > 0.0, "{r}");
+    assert!((r["pca_ratio"].as_f64().unwrap() - mse / pca).abs() < 1e-9);
+    let m = read(&montage);
+    // 4 rows of 75-pixel tiles (25×3) with 4-pixel gaps; 10 columns.
+    assert_eq!(m.height, 4 * (75 + 4) + 4);
+    assert_eq!(m.width, 10 * (75 + 4) + 4);
+}
+
+/// Segmentation: the label map holds only 0 and 1 and matches the sample's ground truth
+/// (a region the model never trained on); the overlay is a colour image of the input's size.
+#[test]
+fn nuclei_are_segmented_into_a_label_map_and_overlay() {
+    let out = tempfile::tempdir().unwrap();
+    let nuc = samples().join("nuclei");
+    ok(bin()
+        .args([
+            "run",
+            "segment-nuclei",
+            "--once",
+            "--emit",
+            "segmentation,overlay",
+        ])
+        .arg("--input")
+        .arg(nuc.join("images"))
+        .arg("--output")
+        .arg(out.path())
+        .output()
+        .unwrap());
+    let labels = image::open(out.path().join("segmentation/right-top.png"))
+        .unwrap()
+        .to_luma8();
+    assert_eq!(labels.dimensions(), (256, 256));
+    assert!(labels.pixels().all(|p| p.0[0] <= 1));
+    let truth = image::open(nuc.join("masks/right-top.png"))
+        .unwrap()
+        .to_luma8();
+    let mut o = aestream::analysis::Overlap::default();
+    for (a, b) in labels.pixels().zip(truth.pixels()) {
+        o.add(a.0[0] == 1, b.0[0] > 0);
+    }
+    assert!(o.iou() > 0.7, "IoU {}", o.iou());
+    let overlay = read(&out.path().join("overlay/right-top.png"));
+    assert_eq!(
+        (overlay.width, overlay.height, overlay.planes.len()),
+        (256, 256, 3)
+    );
+
+    let r = eval_json(&[
+        "segment-nuclei",
+        "--data",
+        nuc.join("images").to_str().unwrap(),
+        "--masks",
+        nuc.join("masks").to_str().unwrap(),
+    ]);
+    assert!((r["iou"].as_f64().unwrap() - o.iou()).abs() < 1e-3, "{r}");
+    assert!(r["dice"].as_f64().unwrap() > r["iou"].as_f64().unwrap());
+}
+
+/// The conv autoencoder reconstructs Fashion-MNIST frames it never saw.
+#[test]
+fn conv_ae_reconstructs_fashion() {
+    let r = eval_json(&[
+        "conv-ae",
+        "--data",
+        samples().join("fashion").to_str().unwrap(),
+    ]);
+    assert_eq!(r["frames"], 10);
+    assert_eq!(r["code_len"], 196);
+    let mse = r["mse"].as_f64().unwrap();
+    assert!(mse < 0.02, "{r}");
+}
+
+/// A kind the pipeline cannot make is a usage error that names it.
+#[test]
+fn emitting_a_kind_the_model_lacks_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["run", "denoise", "--once", "--emit", "latent", "--input"])
+        .arg(samples().join("clean"))
+        .arg("--output")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("latent") && err.contains("denoised"), "{err}");
+}
+
+/// `train` on a dense autoencoder: the loss falls, metadata is written, and --resume
+/// continues from the checkpoint to the same weights as an uninterrupted run.
+#[test]
+fn dense_ae_trains_and_resumes_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = tmp.path().join("tiny.toml");
+    std::fs::write(
+        &toml,
+        r#"name = "tiny"
+[normalise]
+colour = "grey"
+[model]
+arch = "dense-ae"
+weights = "tiny.safetensors"
+size = [28, 28]
+layers = [784, 32, 8]
+code_activation = "relu"
+topk = 4
+[output]
+kinds = ["latent"]
+[train]
+batch = 16
+steps_per_epoch = 20
+epochs = 2
+lr = 2e-3
+loss = "bce"
+l1 = 1e-4
+checkpoint_every = 10
+"#,
+    )
+    .unwrap();
+    let data = samples().join("digits/fit.csv.gz");
+    let train = |out: &Path, stop_after: &str, resume: bool| {
+        let mut c = bin();
+        c.args([
+            "train",
+            toml.to_str().unwrap(),
+            "--seed",
+            "3",
+            "--stop-after",
+            stop_after,
+        ])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(out);
+        if resume {
+            c.arg("--resume");
+        }
+        let o = ok(c.output().unwrap());
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let full = tmp.path().join("full.safetensors");
+    let r = train(&full, "40", false);
+    assert_eq!(r["steps"], 40);
+    assert!(r["val"]["sparsity"].as_f64().unwrap() >= 0.5);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("full.safetensors.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["arch"], "dense-ae");
+    assert_eq!(meta["loss"], "bce");
+
+    let part = tmp.path().join("part.safetensors");
+    // Interrupted at step 15 (between checkpoints of every 10 steps: the stop writes one).
+    assert_eq!(train(&part, "15", false)["steps"], 15);
+    let resumed = train(&part, "40", true);
+    assert_eq!(resumed["steps"], 40);
+    let a = std::fs::read(&full).unwrap();
+    let b = std::fs::read(&part).unwrap();
+    let ta = safetensors::SafeTensors::deserialize(&a).unwrap();
+    let tb = safetensors::SafeTensors::deserialize(&b).unwrap();
+    for (name, t) in ta.tensors() {
+        assert_eq!(t.data(), tb.tensor(&name).unwrap().data(), "{name} differs");
+    }
+}
+
+/// Inpainting: pixels given as 0 are filled in from their surroundings, every other pixel
+/// passes through unchanged; eval scores 30 % missing pixels far above the holed input.
+#[test]
+fn inpaint_fills_missing_pixels_and_keeps_the_rest() {
+    let clean = read(&samples().join("clean/china.png"));
+    let (w, h) = (clean.width, clean.height);
+    let q = |v: f32| (v * 255.0).round() / 255.0;
+    let clean_q: Vec<f32> = clean.planes[0].iter().map(|&v| q(v)).collect();
+    // Knock out 30 % of the pixels in a hashed pattern; a kept pixel is never 0.
+    let gone = |i: usize| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 10 < 3;
+    let holed: Vec<f32> = clean_q
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if gone(i) { 0.0 } else { v.max(1.0 / 255.0) })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let (inp, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::create_dir_all(&inp).unwrap();
+    let png = aestream::frame::encode_png(&Planes::grey(w, h, holed.clone()), "t").unwrap();
+    std::fs::write(inp.join("holed.png"), png).unwrap();
+    ok(bin()
+        .args(["run", "inpaint", "--once", "--input"])
+        .arg(&inp)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap());
+    let filled = read(&out.join("holed.png")).planes[0].clone();
+    let (mut se_hole, mut se_fill, mut n) = (0.0f64, 0.0f64, 0);
+    for i in 0..w * h {
+        if holed[i] == 0.0 {
+            se_hole += ((clean_q[i]) as f64).powi(2);
+            se_fill += ((filled[i] - clean_q[i]) as f64).powi(2);
+            n += 1;
+        } else {
+            let level = |v: f32| (v * 255.0).round() as u8;
+            assert_eq!(level(filled[i]), level(holed[i]), "known pixel {i} changed");
+        }
+    }
+    assert!(n > w * h / 4);
+    // On this textured crop filled pixels are ~27 grey levels (RMS) off; a hole is ~110.
+    let rmse = (se_fill / n as f64).sqrt() * 255.0;
+    assert!(
+        rmse < 35.0 && se_fill < se_hole / 10.0,
+        "RMSE {rmse} grey levels"
+    );
+
+    let r = eval_json(&[
+        "inpaint",
+        "--data",
+        samples().join("clean").to_str().unwrap(),
+        "--noise",
+        "mask:0.3",
+        "--grey",
+    ]);
+    let (psnr, input) = (
+        r["psnr"].as_f64().unwrap(),
+        r["psnr_input"].as_f64().unwrap(),
+    );
+    assert!(psnr > 25.0 && psnr > input + 10.0, "{r}");
+}
