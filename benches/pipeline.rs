@@ -76,6 +76,7 @@ fn end_to_end(c: &mut Criterion) {
                 src,
                 Box::new(NullSink(0)),
                 vec![OutputKind::Denoised],
+                None,
                 Stop::new(),
             )
             .unwrap()

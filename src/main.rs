@@ -82,6 +82,10 @@ enum Cmd {
         /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
         #[arg(long)]
         ensemble: Option<usize>,
+        /// Where undecodable input files are moved, each with a NAME.error.txt (default:
+        /// OUT/.failed, or INPUT/.failed when writing to stdout). Never deleted.
+        #[arg(long)]
+        quarantine: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -324,10 +328,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weights,
             emit,
             ensemble,
+            quarantine,
             device,
         } => {
             let cfg = with_ensemble(PipelineConfig::load(&pipeline)?, ensemble)?;
             let kinds = parse_kinds(emit, &cfg)?;
+            // Only files can be set aside; a bad stdin frame is reported and skipped.
+            let quarantine = (input != "-").then(|| {
+                aestream::pipeline::Quarantine::new(quarantine.unwrap_or_else(|| {
+                    let base = if output != "-" { &output } else { &input };
+                    PathBuf::from(base).join(".failed")
+                }))
+            });
             let device = aestream::model::select_device(&device)?;
             let model: Arc<dyn aestream::model::Model> =
                 Arc::from(aestream::model::load(&cfg, weights.as_deref(), &device)?);
@@ -368,6 +380,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if output != "-" {
                     exclude.push(PathBuf::from(&output));
                 }
+                if let Some(q) = &quarantine {
+                    exclude.push(q.dir().to_path_buf());
+                }
                 let src_cfg = FolderSourceConfig {
                     dir: PathBuf::from(&input),
                     recursive,
@@ -387,12 +402,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 input,
                 output
             );
-            let s = aestream::pipeline::run(&cfg, model, source, sink, kinds, stop)?;
+            let s = aestream::pipeline::run(&cfg, model, source, sink, kinds, quarantine, stop)?;
             tracing::info!(
-                "done: {} frames in, {} written, {} failed, {} batches, {:.2} s ({:.2} frames/s)",
+                "done: {} frames in, {} written, {} failed ({} quarantined), {} batches, {:.2} s ({:.2} frames/s)",
                 s.frames_in,
                 s.frames_out,
                 s.failed,
+                s.quarantined,
                 s.batches,
                 s.seconds,
                 s.frames_out as f64 / s.seconds.max(1e-9)

@@ -274,10 +274,19 @@ fn a_bad_file_in_a_folder_is_reported_and_the_rest_processed() {
     );
     assert!(out.join("good.png").is_file());
     assert!(!out.join("bad.png").exists() && !out.join(".hidden.png").exists());
-    assert!(
-        inp.join("bad.png").is_file(),
-        "bad input must not be deleted"
+    // Set aside, not deleted: moved to OUT/.failed with the reason beside it.
+    assert!(!inp.join("bad.png").exists());
+    let q = out.join(".failed");
+    assert_eq!(
+        std::fs::read(q.join("bad.png")).unwrap(),
+        b"\x89PNG\r\n\x1a\nnot really"
     );
+    let why = std::fs::read_to_string(q.join("bad.png.error.txt")).unwrap();
+    assert!(
+        why.contains("cannot decode") && why.contains("time:"),
+        "{why}"
+    );
+    assert!(inp.join(".hidden.png").is_file());
 }
 
 #[test]

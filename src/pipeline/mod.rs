@@ -8,6 +8,8 @@
 //! when the source ends (EOF, `--once` done) or a stop is requested, the stages drain what is in
 //! flight and the run returns.
 
+pub mod quarantine;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -25,6 +27,7 @@ use crate::stage::normalise::Prepared;
 use crate::stage::postprocess::Finished;
 use crate::stage::tiling::TilePlan;
 use crate::stage::{corrupt, decode, infer, normalise, postprocess};
+pub use quarantine::Quarantine;
 
 /// A frame between stages; `body` is `None` once it has failed (and been reported).
 struct Packet<T> {
@@ -40,6 +43,7 @@ pub struct Stats {
     pub frames_out: AtomicU64,
     pub failed: AtomicU64,
     pub batches: AtomicU64,
+    pub quarantined: AtomicU64,
 }
 
 /// What a finished run reports.
@@ -49,16 +53,20 @@ pub struct Summary {
     pub frames_out: u64,
     pub failed: u64,
     pub batches: u64,
+    /// Undecodable input files moved to the quarantine folder.
+    pub quarantined: u64,
     pub seconds: f64,
 }
 
-/// Runs a pipeline until its source ends or `stop` is requested, then drains.
+/// Runs a pipeline until its source ends or `stop` is requested, then drains. Input files
+/// that cannot be decoded are moved to `quarantine` when one is given.
 pub fn run(
     cfg: &PipelineConfig,
     model: Arc<dyn Model>,
     source: Box<dyn Source>,
     mut sink: Box<dyn Sink>,
     kinds: Vec<OutputKind>,
+    quarantine: Option<Quarantine>,
     stop: Stop,
 ) -> Result<Summary> {
     let started = Instant::now();
@@ -103,8 +111,9 @@ pub fn run(
     for i in 0..workers {
         let (rx, tx, stop, stats) = (raw_rx.clone(), dec_tx.clone(), stop.clone(), stats.clone());
         let decode_cfg = cfg.decode.clone();
+        let q = quarantine.clone();
         handles.push(spawn(format!("decode-{i}"), move || {
-            decode_worker(&decode_cfg, rx, tx, &stop, &stats)
+            decode_worker(&decode_cfg, q.as_ref(), rx, tx, &stop, &stats)
         })?);
     }
     drop((raw_rx, dec_tx));
@@ -227,6 +236,7 @@ pub fn run(
         frames_out: stats.frames_out.load(Ordering::Relaxed),
         failed: stats.failed.load(Ordering::Relaxed),
         batches: stats.batches.load(Ordering::Relaxed),
+        quarantined: stats.quarantined.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -310,6 +320,7 @@ where
 /// Decodes raw frames; on a stop request, drains what the source already handed over.
 fn decode_worker(
     cfg: &DecodeConfig,
+    quarantine: Option<&Quarantine>,
     rx: Receiver<RawFrame>,
     tx: Sender<Packet<Planes>>,
     stop: &Stop,
@@ -337,15 +348,32 @@ fn decode_worker(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        let body = match &raw.bytes {
+        let decoded = match &raw.bytes {
+            Err(msg) => Err(format!("{}: {msg}", raw.id)),
+            // Decoders are the code most exposed to hostile bytes: contain a panic too.
+            Ok(bytes) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode::run(bytes, &raw.id, cfg)
+            })) {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("{}: cannot decode: decoder panicked", raw.id)),
+            },
+        };
+        let body = match decoded {
+            Ok(p) => Some(p),
             Err(msg) => {
-                fail(stats, format!("{}: {msg}", raw.id));
+                fail(stats, &msg);
+                if let (Some(q), FrameId::File { abs, rel }) = (quarantine, &raw.id) {
+                    match q.put(abs, rel, &msg) {
+                        Ok(to) => {
+                            stats.quarantined.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("{}: moved to {}", abs.display(), to.display());
+                        }
+                        Err(e) => tracing::error!("{}: cannot quarantine: {e}", abs.display()),
+                    }
+                }
                 None
             }
-            // Decoders are the code most exposed to hostile bytes: contain a panic too.
-            Ok(bytes) => guarded(stats, &raw.id, "cannot decode: decoder panicked", || {
-                decode::run(bytes, &raw.id, cfg)
-            }),
         };
         let out = Packet {
             seq: raw.seq,
@@ -539,6 +567,7 @@ mod tests {
                 max_ahead: max_ahead.clone(),
             }),
             vec![OutputKind::Denoised],
+            None,
             Stop::new(),
         )
         .unwrap();
