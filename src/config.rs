@@ -282,7 +282,8 @@ impl ModelConfig {
     pub fn denoiser(&self) -> DenoiserConfig {
         DenoiserConfig {
             image_channels: 1,
-            extra_inputs: usize::from(self.arch == "unet-inpaint"),
+            // The inpainter also sees the known-pixel mask and the holed frame.
+            extra_inputs: if self.arch == "unet-inpaint" { 2 } else { 0 },
             channels: self.channels.clone(),
             blocks: self.blocks.clone(),
         }

@@ -76,7 +76,8 @@ enum Cmd {
         /// Weights to use instead of the pipeline's.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Outputs to write, overriding the pipeline's `output.kinds`.
+        /// Outputs to write, overriding the pipeline's `output.kinds`: denoised,
+        /// reconstruction, latent, segmentation, overlay (as the model allows).
         #[arg(long, value_delimiter = ',')]
         emit: Option<Vec<String>>,
         /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).

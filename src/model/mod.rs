@@ -113,9 +113,12 @@ impl Net {
                 code: None,
             },
             Net::Inpaint(n) => {
-                // Exactly-zero pixels are the missing ones.
+                // Exactly-zero pixels are the missing ones. The network refines a classical
+                // fill-in (normalised convolution) rather than starting from the holes: its
+                // residual is added to that base, so it only has to learn what the base misses.
                 let known = x.ne(0.0)?.to_dtype(x.dtype())?;
-                let pred = n.forward(&Tensor::cat(&[x, &known], 3)?)?;
+                let base = normalised_convolution(x, &known)?;
+                let pred = n.forward(&Tensor::cat(&[&base, &known, x], 3)?)?;
                 let missing = (1.0 - &known)?;
                 RawOutputs {
                     raw: ((x * &known)? + (pred * missing)?)?,
@@ -161,6 +164,33 @@ impl Net {
             Ok(raw.clone())
         }
     }
+}
+
+/// Fills each missing pixel with the Gaussian-weighted (σ = 0.7 px) mean of the known pixels
+/// around it: `G * (x·known) / G * known`; pixels with no known neighbour in reach get 0.
+/// `x`, `known`: `[b, h, w, 1]`.
+pub fn normalised_convolution(x: &Tensor, known: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    if c != 1 {
+        candle_core::bail!("normalised_convolution: one channel expected, got {c}");
+    }
+    const R: usize = 2;
+    let sigma = 0.7f32;
+    let k: Vec<f32> = (0..(2 * R + 1) * (2 * R + 1))
+        .map(|i| {
+            let (dy, dx) = (
+                (i / (2 * R + 1)) as f32 - R as f32,
+                (i % (2 * R + 1)) as f32 - R as f32,
+            );
+            (-(dx * dx + dy * dy) / (2.0 * sigma * sigma)).exp()
+        })
+        .collect();
+    let k = Tensor::from_vec(k, (1, 1, 2 * R + 1, 2 * R + 1), x.device())?.to_dtype(x.dtype())?;
+    // With one channel, NHWC and NCHW share a layout: reshapes are free.
+    let nchw = |t: &Tensor| t.reshape((b, 1, h, w));
+    let num = nchw(&(x * known)?)?.conv2d(&k, R, 1, 1, 1)?;
+    let den = nchw(known)?.conv2d(&k, R, 1, 1, 1)?;
+    (num / (den + 1e-6)?)?.reshape((b, h, w, 1))
 }
 
 /// A [`Net`] ready to serve.
@@ -254,4 +284,23 @@ pub fn load(
     })?;
     let fixed = cfg.model.size.map(|[w, h]| (w, h));
     Ok(Box::new(NetModel::new(net, device.clone(), fixed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A missing pixel in a flat region gets the flat value; known pixels stay as they are.
+    #[test]
+    fn normalised_convolution_fills_from_known_neighbours() -> candle_core::Result<()> {
+        let mut v = vec![0.5f32; 36];
+        v[14] = 0.0; // (2, 2) missing
+        let x = Tensor::from_vec(v, (1, 6, 6, 1), &Device::Cpu)?;
+        let known = x.ne(0.0)?.to_dtype(DType::F32)?;
+        let y = normalised_convolution(&x, &known)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert!(y.iter().all(|v| (v - 0.5).abs() < 1e-4), "{y:?}");
+        Ok(())
+    }
 }
