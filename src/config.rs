@@ -94,6 +94,10 @@ pub struct PipelineConfig {
     /// Folder that relative weight paths are resolved against (None for built-ins).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+    /// Inpainting run with `--masks DIR`: each input's mask image at its relative path there
+    /// (black = missing).
+    #[serde(skip)]
+    pub mask_dir: Option<PathBuf>,
 }
 
 /// Decoder limits per frame; guard against decompression bombs.

@@ -83,6 +83,10 @@ enum Cmd {
         /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
         #[arg(long)]
         ensemble: Option<usize>,
+        /// Inpainting: a folder of mask images, one per input at the same relative path (or
+        /// the same name as .png); black pixels are missing and get filled in.
+        #[arg(long)]
+        masks: Option<PathBuf>,
         /// Where undecodable input files are moved, each with a NAME.error.txt (default:
         /// OUT/.failed, or INPUT/.failed when writing to stdout). Never deleted.
         #[arg(long)]
@@ -329,10 +333,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weights,
             emit,
             ensemble,
+            masks,
             quarantine,
             device,
         } => {
-            let cfg = with_ensemble(PipelineConfig::load(&pipeline)?, ensemble)?;
+            let mut cfg = with_ensemble(PipelineConfig::load(&pipeline)?, ensemble)?;
+            if let Some(m) = masks {
+                let why = if cfg.model.arch != "unet-inpaint" {
+                    Some(format!(
+                        "only inpainting pipelines take masks ({} is a {})",
+                        cfg.name, cfg.model.arch
+                    ))
+                } else if input == "-" {
+                    Some("masks are matched to input files by name: needs a folder --input".into())
+                } else {
+                    None
+                };
+                if let Some(message) = why {
+                    return Err(aestream::Error::Config {
+                        origin: "--masks".into(),
+                        message,
+                    }
+                    .into());
+                }
+                cfg.mask_dir = Some(m);
+            }
             let kinds = parse_kinds(emit, &cfg)?;
             // Only files can be set aside; a bad stdin frame is reported and skipped.
             let quarantine = (input != "-").then(|| {

@@ -119,13 +119,24 @@ pub fn run(
     drop((raw_rx, dec_tx));
 
     let corrupt_cfg = cfg.corrupt.clone();
+    let mask_dir = cfg.mask_dir.clone();
     handles.extend(map_stage(
         "corrupt",
         workers,
         dec_rx,
         cor_tx,
         &stats,
-        move |seq, _, mut planes: Planes| {
+        move |seq, id, mut planes: Planes| {
+            if let (Some(dir), FrameId::File { rel, .. }) = (&mask_dir, id) {
+                let path = corrupt::mask_path(dir, rel).ok_or_else(|| {
+                    Error::Other(format!(
+                        "{id}: no mask {} in {}",
+                        rel.display(),
+                        dir.display()
+                    ))
+                })?;
+                corrupt::apply_mask_file(&path, &mut planes)?;
+            }
             corrupt::apply(&corrupt_cfg, &mut planes, seq);
             Ok(planes)
         },

@@ -51,6 +51,38 @@ pub fn mask<R: Rng>(plane: &mut [f32], p: f32, rng: &mut R) -> Vec<f32> {
         .collect()
 }
 
+/// Where the mask of the input at relative path `rel` is: the same path under `dir`, or the
+/// same name with a `.png` extension.
+pub fn mask_path(dir: &std::path::Path, rel: &std::path::Path) -> Option<std::path::PathBuf> {
+    [dir.join(rel), dir.join(rel).with_extension("png")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Marks the pixels that are black in the mask image at `path` as missing (0) in every plane.
+pub fn apply_mask_file(path: &std::path::Path, planes: &mut Planes) -> crate::error::Result<()> {
+    let m = crate::frame::read_image(path, Default::default())?;
+    if (m.width, m.height) != (planes.width, planes.height) {
+        return Err(crate::error::Error::Other(format!(
+            "{}: mask is {}×{}, the frame {}×{}",
+            path.display(),
+            m.width,
+            m.height,
+            planes.width,
+            planes.height
+        )));
+    }
+    let missing: Vec<bool> = m.luma().iter().map(|&v| v < 0.5).collect();
+    for p in planes.planes.iter_mut() {
+        for (v, &gone) in p.iter_mut().zip(&missing) {
+            if gone {
+                *v = 0.0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies the configured corruptions to every colour plane of a frame.
 pub fn apply(cfg: &CorruptConfig, planes: &mut Planes, frame_key: u64) {
     if cfg.is_off() {
