@@ -38,20 +38,23 @@ pub struct NormaliseOpts {
 }
 
 pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
-    let (w, h) = (planes.width, planes.height);
     let grey = opts.cfg.colour == ColourMode::Grey || opts.fixed_size.is_some();
-    let mut chans: Vec<Vec<f32>> = if grey && planes.is_colour() {
-        vec![planes.luma()]
-    } else {
-        planes.planes.clone()
-    };
+    let luma = (grey && planes.is_colour()).then(|| planes.luma());
+    // The frame itself is kept only when an output draws on it (no copy otherwise).
+    let input = opts.keep_input.then(|| planes.clone());
+    let Planes {
+        width: w,
+        height: h,
+        planes: chans,
+        alpha,
+    } = planes;
+    let mut chans = luma.map(|l| vec![l]).unwrap_or(chans);
     if opts.cfg.stretch == Stretch::Percentile {
         let [lo, hi] = opts.cfg.percentiles;
         chans
             .iter_mut()
             .for_each(|p| stretch_percentiles(p, lo, hi));
     }
-    let input = opts.keep_input.then(|| planes.clone());
     if let Some((mw, mh)) = opts.fixed_size {
         let data = resize_plane(&chans[0], w, h, mw, mh);
         let unit = Unit {
@@ -77,7 +80,7 @@ pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
         width: w,
         height: h,
         planes: chans.iter().map(|p| split(p, w, h, &opts.plan)).collect(),
-        alpha: planes.alpha,
+        alpha,
         input,
     }
 }
