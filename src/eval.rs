@@ -601,28 +601,23 @@ fn evaluate_segment(
     let pairs = dataset::load_pairs(&args.data, masks, &cfg.normalise)?;
     let spec = model.spec();
     let plan = TilePlan::for_pipeline(cfg, spec.size_multiple);
-    let mut tally = crate::analysis::SegTally::default();
     let mut tiles = Vec::new();
-    for pair in &pairs {
-        let prob = infer::run_plane(
-            model,
-            &pair.image,
-            pair.w,
-            pair.h,
-            &plan,
-            (&cfg.infer).into(),
-        )?;
-        tally.add_frame(&prob, &pair.mask, pair.w, |x, y| {
-            dataset::in_region(args.crop, x, y)
-        });
-        if tiles.len() < 3 * MONTAGE_COLUMNS {
-            let img: Vec<f32> = pair.image.iter().map(|v| v.clamp(0.0, 1.0)).collect();
-            tiles.push((0, tile_of(&img, pair.w, pair.h)));
-            tiles.push((1, tile_of(&pair.mask, pair.w, pair.h)));
-            let lab: Vec<f32> = prob.iter().map(|&p| f32::from(p > 0.5)).collect();
-            tiles.push((2, tile_of(&lab, pair.w, pair.h)));
-        }
-    }
+    let tally = crate::train::score_segmentation(
+        model,
+        &pairs,
+        &plan,
+        (&cfg.infer).into(),
+        |x, y| dataset::in_region(args.crop, x, y),
+        |pair, prob| {
+            if tiles.len() < 3 * MONTAGE_COLUMNS {
+                let img: Vec<f32> = pair.image.iter().map(|v| v.clamp(0.0, 1.0)).collect();
+                tiles.push((0, tile_of(&img, pair.w, pair.h)));
+                tiles.push((1, tile_of(&pair.mask, pair.w, pair.h)));
+                let lab: Vec<f32> = prob.iter().map(|&p| f32::from(p > 0.5)).collect();
+                tiles.push((2, tile_of(&lab, pair.w, pair.h)));
+            }
+        },
+    )?;
     if let Some(m) = &args.montage {
         write_montage(m, &tiles, 3)?;
     }

@@ -1,29 +1,16 @@
 //! End-to-end tests of the real `aestream` binary with the shipped pipeline and weights.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aestream::frame::{decode, DecodeLimits, Planes};
 use aestream::metrics::psnr;
 use aestream::source::split::{Framing, Split, Splitter};
-use assert_cmd::cargo::cargo_bin;
-
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(cargo_bin("aestream"));
-    c.env("AESTREAM_LOG", "info");
-    c
-}
-
-fn read(p: &Path) -> Planes {
-    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    decode(&bytes, DecodeLimits::default(), &p.display().to_string()).expect("decodes")
-}
+use common::{bin, read, samples};
 
 /// Splits a stream of PNG frames (stdout of a run) into decoded frames.
 fn split_frames(bytes: &[u8], framing: Framing) -> Vec<Planes> {

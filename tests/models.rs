@@ -2,26 +2,12 @@
 //! `digits-sparse`, `conv-ae` and `segment-nuclei` pipelines and weights on the sample frames,
 //! output kinds (latent `.npy` and JSON lines, label maps, overlays), eval scores, and training.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use aestream::frame::{decode, DecodeLimits, Planes};
-use assert_cmd::cargo::cargo_bin;
+use std::path::Path;
 
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(cargo_bin("aestream"));
-    c.env("AESTREAM_LOG", "warn");
-    c
-}
-
-fn read(p: &Path) -> Planes {
-    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    decode(&bytes, DecodeLimits::default(), &p.display().to_string()).expect("decodes")
-}
+use aestream::frame::Planes;
+use common::{bin, read, samples};
 
 fn ok(out: std::process::Output) -> std::process::Output {
     assert!(

@@ -225,12 +225,6 @@ impl Model for NetModel {
     }
 
     fn run(&self, x: &Tensor, want_code: bool) -> Result<Outputs> {
-        if let Net::Denoise(n) = &self.net {
-            return Ok(Outputs {
-                image: n.forward(x)?,
-                code: None,
-            });
-        }
         let o = self.net.forward_raw(x)?;
         Ok(Outputs {
             image: self.net.activate(&o.raw)?,

@@ -175,12 +175,19 @@ pub fn split(
         }
         return (train, val);
     }
+    every_kth(samples, val_fraction)
+}
+
+/// Holds out every k-th item (k from `val_fraction`, at least one item) for validation; if that
+/// would leave nothing to train on, everything trains and nothing validates.
+pub fn every_kth<T>(items: Vec<T>, val_fraction: f64) -> (Vec<T>, Vec<T>) {
     let k = ((1.0 / val_fraction.max(1e-3)).round() as usize).max(2);
-    for (i, s) in samples.into_iter().enumerate() {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, item) in items.into_iter().enumerate() {
         if i % k == k - 1 {
-            val.push(s)
+            val.push(item)
         } else {
-            train.push(s)
+            train.push(item)
         }
     }
     if train.is_empty() {

@@ -391,28 +391,10 @@ fn denoise_job<'a>(
     model: &'a NetModel,
 ) -> Result<Job<'a>> {
     let tc = &cfg.train;
-    let mut train_imgs = load_folder(&args.data)?;
-    let val_imgs = match &args.val {
-        Some(dir) => load_folder(dir)?,
-        None => {
-            // Hold out every k-th image (at least one) when no validation folder is given.
-            let k = ((1.0 / tc.val_fraction.max(1e-3)).round() as usize).max(2);
-            let mut val = Vec::new();
-            let mut keep = Vec::new();
-            for (i, img) in train_imgs.into_iter().enumerate() {
-                if i % k == k - 1 {
-                    val.push(img)
-                } else {
-                    keep.push(img)
-                }
-            }
-            if keep.is_empty() {
-                keep = std::mem::take(&mut val);
-                val = Vec::new();
-            }
-            train_imgs = keep;
-            val
-        }
+    let (train_imgs, val_imgs) = match &args.val {
+        Some(dir) => (load_folder(&args.data)?, load_folder(dir)?),
+        // Hold out every k-th image when no validation folder is given.
+        None => dataset::every_kth(load_folder(&args.data)?, tc.val_fraction),
     };
     let (train_names, val_names) = (names_of(&train_imgs), names_of(&val_imgs));
     // Fail before training starts if no image is large enough.
@@ -701,6 +683,25 @@ pub fn recon_stats(
     })
 }
 
+/// Runs the segmentation model over each image/mask pair and tallies the pixels for which
+/// `include(x, y)` holds; `each` sees every pair with its foreground probabilities.
+pub fn score_segmentation(
+    model: &dyn Model,
+    pairs: &[dataset::Pair],
+    plan: &TilePlan,
+    opts: infer::RunOpts,
+    include: impl Fn(usize, usize) -> bool,
+    mut each: impl FnMut(&dataset::Pair, &[f32]),
+) -> Result<crate::analysis::SegTally> {
+    let mut tally = crate::analysis::SegTally::default();
+    for pair in pairs {
+        let prob = infer::run_plane(model, &pair.image, pair.w, pair.h, plan, opts)?;
+        tally.add_frame(&prob, &pair.mask, pair.w, &include);
+        each(pair, &prob);
+    }
+    Ok(tally)
+}
+
 /// Segmentation: random patches of the training region with their masks, BCE on the logits;
 /// validated by IoU of the foreground outside the training region.
 fn segment_job<'a>(
@@ -736,21 +737,15 @@ fn segment_job<'a>(
             Ok(loss_of(net, tc.loss, &net.forward_raw(&x)?.raw, &y)?)
         }),
         validate: Box::new(move || {
-            let mut tally = crate::analysis::SegTally::default();
-            for pair in pairs2.iter() {
-                let prob = infer::run_plane(
-                    model,
-                    &pair.image,
-                    pair.w,
-                    pair.h,
-                    &plan,
-                    (&cfg.infer).into(),
-                )?;
-                // With a training region, validate on everything outside it.
-                tally.add_frame(&prob, &pair.mask, pair.w, |x, y| {
-                    region.is_none() || !dataset::in_region(region, x, y)
-                });
-            }
+            // With a training region, validate on everything outside it.
+            let tally = score_segmentation(
+                model,
+                &pairs2,
+                &plan,
+                (&cfg.infer).into(),
+                |x, y| region.is_none() || !dataset::in_region(region, x, y),
+                |_, _| {},
+            )?;
             let m = tally.overlap;
             Ok(Val {
                 loss: 1.0 - m.iou(),
