@@ -70,13 +70,14 @@ fn end_to_end(c: &mut Criterion) {
                 Framing::Concat,
                 1 << 30,
             ));
+            let gen =
+                aestream::pipeline::Generation::new(cfg.clone(), model.clone(), "bench".into(), 1);
             aestream::pipeline::run(
-                &cfg,
-                model.clone(),
+                aestream::pipeline::slot(gen),
                 src,
                 Box::new(NullSink(0)),
                 vec![OutputKind::Denoised],
-                None,
+                Default::default(),
                 Stop::new(),
             )
             .unwrap()

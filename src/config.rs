@@ -226,6 +226,11 @@ pub struct ModelConfig {
     /// `conv-ae`: depth of the latent feature map.
     #[serde(default)]
     pub code_channels: usize,
+    /// `unet-denoiser`: `[channels, blocks]` of a refinement stage at full resolution after
+    /// the U-Net (`[0, 0]`: none). It restores the fine texture the half-resolution U-Net
+    /// smooths away at low noise.
+    #[serde(default)]
+    pub full_res: [usize; 2],
 }
 
 fn default_channels() -> Vec<usize> {
@@ -290,6 +295,7 @@ impl ModelConfig {
             extra_inputs: if self.arch == "unet-inpaint" { 2 } else { 0 },
             channels: self.channels.clone(),
             blocks: self.blocks.clone(),
+            full_res: self.full_res,
         }
     }
 }
@@ -420,12 +426,29 @@ impl Default for OutputConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelConfig {
     pub capacity: usize,
+    /// What a stream source (stdin) does when the pipeline is full. Folder sources always
+    /// block: their files wait safely on disk.
+    pub overload: Overload,
 }
 
 impl Default for ChannelConfig {
     fn default() -> Self {
-        Self { capacity: 8 }
+        Self {
+            capacity: 8,
+            overload: Overload::Block,
+        }
     }
+}
+
+/// Overload policy of stream sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overload {
+    /// Wait for room: lossless, the writer of the stream is slowed down.
+    #[default]
+    Block,
+    /// Drop the oldest waiting frame to make room (counted in `aestream_dropped_total`).
+    DropOldest,
 }
 
 /// Offline training settings (`aestream train`).

@@ -14,10 +14,51 @@ use crate::error::{Error, Result};
 /// Where a frame came from; kept end to end so outputs and errors can name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FrameId {
-    /// A file from a folder source: its path relative to the folder, and the full path.
-    File { rel: PathBuf, abs: PathBuf },
+    /// A file from a folder source: its path relative to the folder, the full path, and
+    /// what the file was when it was read (for the journal and the changed-since check).
+    File {
+        rel: PathBuf,
+        abs: PathBuf,
+        stamp: FileStamp,
+    },
     /// A frame of a byte stream: its sequence number (from 0) and byte offset.
     Stream { seq: u64, offset: u64 },
+}
+
+/// A file's size, modification time and content hash (xxh3-128, hex) as it was read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch (0 when the filesystem gives none).
+    pub mtime_ns: u64,
+    pub hash: String,
+}
+
+impl FileStamp {
+    /// Size and mtime of `meta`; the hash is filled in once the bytes are read.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Self {
+            size: meta.len(),
+            mtime_ns,
+            hash: String::new(),
+        }
+    }
+
+    /// The content hash of `bytes` as stored in stamps and the journal.
+    pub fn hash_of(bytes: &[u8]) -> String {
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+    }
+
+    /// Same size and mtime (the cheap check, without reading the file).
+    pub fn same_file_state(&self, other: &FileStamp) -> bool {
+        self.size == other.size && self.mtime_ns == other.mtime_ns
+    }
 }
 
 impl std::fmt::Display for FrameId {
@@ -199,6 +240,8 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits, what: &str) -> Result<Planes> 
             | ImageFormat::Pnm
             | ImageFormat::Tiff
             | ImageFormat::WebP
+            | ImageFormat::Bmp
+            | ImageFormat::Gif
     ) {
         return Err(err(format!("unsupported format {format:?}")));
     }

@@ -5,23 +5,20 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use aestream::config::{OutputKind, PipelineConfig, BUILTIN_PIPELINES};
 use aestream::eval::{EvalArgs, Noise};
-use aestream::sink::{folder::FolderSink, stdout::StreamSink, Sink};
-use aestream::source::folder::{FolderSource, FolderSourceConfig};
 use aestream::source::split::Framing;
-use aestream::source::stdin::StreamSource;
-use aestream::source::{Source, Stop};
 
 // Large tensors are allocated and freed every step; glibc returns them to the OS each time
 // (page faults dominated training time), mimalloc keeps and reuses them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod daemon;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +29,54 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log format: human (terminal), json (one object per line), journald, or auto
+    /// (journald when stderr is the journal, else human).
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Human,
+    Json,
+    Journald,
+}
+
+/// Sets up tracing; `AESTREAM_LOG` filters (default `info`).
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("AESTREAM_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    // systemd sets JOURNAL_STREAM to the device:inode of the journal stream it gave us.
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let format = match format {
+        LogFormat::Auto if under_journal => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Human,
+        f => f,
+    };
+    if format == LogFormat::Journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("aestream: journald unavailable ({e}); logging to stderr"),
+        }
+    }
+    let base = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter());
+    if format == LogFormat::Json {
+        base.json().init();
+    } else {
+        base.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,46 +99,7 @@ impl From<FramingArg> for Framing {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline: folder or stdin in, folder or stdout out.
-    Run {
-        /// Built-in pipeline name or path to a .toml file.
-        #[arg(default_value = "denoise")]
-        pipeline: String,
-        /// Folder to read (and watch), or - for stdin.
-        #[arg(long, short)]
-        input: String,
-        /// Folder to write into, or - for stdout.
-        #[arg(long, short)]
-        output: String,
-        /// Process what is there (or stdin until EOF) and exit instead of watching.
-        #[arg(long)]
-        once: bool,
-        /// Include sub-folders of the input folder.
-        #[arg(long)]
-        recursive: bool,
-        /// Framing of stdin and stdout streams.
-        #[arg(long, value_enum, default_value = "concat")]
-        framing: FramingArg,
-        /// Weights to use instead of the pipeline's.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Outputs to write, overriding the pipeline's `output.kinds`: denoised,
-        /// reconstruction, latent, segmentation, overlay (as the model allows).
-        #[arg(long, value_delimiter = ',')]
-        emit: Option<Vec<String>>,
-        /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
-        #[arg(long)]
-        ensemble: Option<usize>,
-        /// Inpainting: a folder of mask images, one per input at the same relative path (or
-        /// the same name as .png); black pixels are missing and get filled in.
-        #[arg(long)]
-        masks: Option<PathBuf>,
-        /// Where undecodable input files are moved, each with a NAME.error.txt (default:
-        /// OUT/.failed, or INPUT/.failed when writing to stdout). Never deleted.
-        #[arg(long)]
-        quarantine: Option<PathBuf>,
-        #[arg(long, default_value = "auto")]
-        device: String,
-    },
+    Run(daemon::RunArgs),
     /// Train a pipeline's model on a folder of images.
     Train {
         /// Built-in pipeline name or path to a .toml file.
@@ -118,6 +124,10 @@ enum Cmd {
         /// Continue from OUT.ckpt if it exists.
         #[arg(long)]
         resume: bool,
+        /// Start from these weights (safetensors) where names and shapes match; layers the
+        /// file lacks keep their fresh initialisation (warm start of a grown model).
+        #[arg(long)]
+        init: Option<PathBuf>,
         /// Segmentation: the foreground mask file (or folder of masks named as the images).
         #[arg(long)]
         masks: Option<PathBuf>,
@@ -180,14 +190,6 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AESTREAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -199,6 +201,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -215,38 +218,6 @@ fn main() -> ExitCode {
 }
 
 /// Ctrl-C / SIGTERM request a drain; a second one exits at once.
-fn install_signal_handler(stop: Stop) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            tracing::warn!("no signal handling: cannot start the runtime");
-            return;
-        };
-        rt.block_on(async {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            for round in 0.. {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                if round == 0 {
-                    tracing::info!("stopping: finishing the frames in flight");
-                    stop.request();
-                } else {
-                    tracing::warn!("second signal: exiting now");
-                    std::process::exit(130);
-                }
-            }
-        });
-    });
-}
-
 fn parse_kinds(emit: Option<Vec<String>>, cfg: &PipelineConfig) -> anyhow::Result<Vec<OutputKind>> {
     let Some(list) = emit else {
         return Ok(cfg.output.kinds.clone());
@@ -323,124 +294,7 @@ fn with_ensemble(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Run {
-            pipeline,
-            input,
-            output,
-            once,
-            recursive,
-            framing,
-            weights,
-            emit,
-            ensemble,
-            masks,
-            quarantine,
-            device,
-        } => {
-            let mut cfg = with_ensemble(PipelineConfig::load(&pipeline)?, ensemble)?;
-            if let Some(m) = masks {
-                let why = if cfg.model.arch != "unet-inpaint" {
-                    Some(format!(
-                        "only inpainting pipelines take masks ({} is a {})",
-                        cfg.name, cfg.model.arch
-                    ))
-                } else if input == "-" {
-                    Some("masks are matched to input files by name: needs a folder --input".into())
-                } else {
-                    None
-                };
-                if let Some(message) = why {
-                    return Err(aestream::Error::Config {
-                        origin: "--masks".into(),
-                        message,
-                    }
-                    .into());
-                }
-                cfg.mask_dir = Some(m);
-            }
-            let kinds = parse_kinds(emit, &cfg)?;
-            // Only files can be set aside; a bad stdin frame is reported and skipped.
-            let quarantine = (input != "-").then(|| {
-                aestream::pipeline::Quarantine::new(quarantine.unwrap_or_else(|| {
-                    let base = if output != "-" { &output } else { &input };
-                    PathBuf::from(base).join(".failed")
-                }))
-            });
-            let device = aestream::model::select_device(&device)?;
-            let model: Arc<dyn aestream::model::Model> =
-                Arc::from(aestream::model::load(&cfg, weights.as_deref(), &device)?);
-            let framing: Framing = framing.into();
-            if input != "-" && output != "-" {
-                let same = std::fs::canonicalize(&input)
-                    .ok()
-                    .zip(std::fs::canonicalize(&output).ok());
-                if matches!(same, Some((a, b)) if a == b) {
-                    return Err(aestream::Error::Config {
-                        origin: "--output".into(),
-                        message: format!(
-                            "{output} is the input folder; outputs would be taken as inputs"
-                        ),
-                    }
-                    .into());
-                }
-            }
-            // The output folder exists before the source starts, so it can be excluded.
-            let sink: Box<dyn Sink> = if output == "-" {
-                Box::new(StreamSink::new(
-                    std::io::BufWriter::new(std::io::stdout()),
-                    framing,
-                ))
-            } else {
-                Box::new(
-                    FolderSink::new(PathBuf::from(&output).as_path())?.per_kind(kinds.len() > 1),
-                )
-            };
-            let source: Box<dyn Source> = if input == "-" {
-                Box::new(StreamSource::new(
-                    std::io::stdin(),
-                    framing,
-                    cfg.decode.max_alloc_mib.saturating_mul(1 << 20) as usize,
-                ))
-            } else {
-                let mut exclude = Vec::new();
-                if output != "-" {
-                    exclude.push(PathBuf::from(&output));
-                }
-                if let Some(q) = &quarantine {
-                    exclude.push(q.dir().to_path_buf());
-                }
-                let src_cfg = FolderSourceConfig {
-                    dir: PathBuf::from(&input),
-                    recursive,
-                    once,
-                    exclude,
-                    max_file_bytes: cfg.decode.max_alloc_mib.saturating_mul(1 << 20),
-                };
-                Box::new(FolderSource::new(src_cfg).with_context(|| format!("--input {input}"))?)
-            };
-            let stop = Stop::new();
-            install_signal_handler(stop.clone());
-            tracing::info!(
-                "pipeline {} ({}) on {:?}: {} -> {}",
-                cfg.name,
-                cfg.origin,
-                device,
-                input,
-                output
-            );
-            let s = aestream::pipeline::run(&cfg, model, source, sink, kinds, quarantine, stop)?;
-            tracing::info!(
-                "done: {} frames in, {} written, {} failed ({} quarantined), {} batches, {:.2} s ({:.2} frames/s)",
-                s.frames_in,
-                s.frames_out,
-                s.failed,
-                s.quarantined,
-                s.batches,
-                s.seconds,
-                s.frames_out as f64 / s.seconds.max(1e-9)
-            );
-            Ok(())
-        }
+        Cmd::Run(args) => daemon::run(args),
         Cmd::Train {
             pipeline,
             data,
@@ -450,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             seed,
             resume,
+            init,
             masks,
             stop_after,
             device,
@@ -464,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out,
                 seed,
                 resume,
+                init,
                 progress: std::io::stderr().is_terminal(),
                 steps_per_epoch,
                 masks,

@@ -13,7 +13,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{Down2x2, ResBlock, Up2x2};
+use super::layers::{Conv3x3, Down2x2, ResBlock, Up2x2};
 
 /// Architecture of the denoiser; lives in the pipeline file under `[model]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +26,8 @@ pub struct DenoiserConfig {
     pub channels: Vec<usize>,
     /// Residual blocks per level (the coarsest level's blocks form the bottleneck).
     pub blocks: Vec<usize>,
+    /// `[channels, blocks]` of the full-resolution refinement stage (`[0, 0]`: none).
+    pub full_res: [usize; 2],
 }
 
 impl Default for DenoiserConfig {
@@ -35,7 +37,41 @@ impl Default for DenoiserConfig {
             extra_inputs: 0,
             channels: vec![64, 128, 192],
             blocks: vec![1, 1, 2],
+            full_res: [0, 0],
         }
+    }
+}
+
+/// Full-resolution refinement: sees the input and the U-Net's estimate, adds a correction.
+/// Its last layer starts near zero, so it can be added to trained U-Net weights
+/// (`train --init`) without changing their output at first.
+#[derive(Debug, Clone)]
+struct Refine {
+    head: Conv3x3,
+    blocks: Vec<ResBlock>,
+    tail: Conv3x3,
+}
+
+impl Refine {
+    fn new(vb: VarBuilder, cin: usize, cout: usize, c: usize, nb: usize) -> Result<Self> {
+        Ok(Self {
+            head: Conv3x3::new(vb.pp("head"), cin + cout, c)?,
+            blocks: (0..nb)
+                .map(|j| ResBlock::new(vb.pp(format!("block{j}")), c))
+                .collect::<Result<Vec<_>>>()?,
+            tail: Conv3x3::with_gain(vb.pp("tail"), c, cout, 0.01)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, estimate: &Tensor) -> Result<Tensor> {
+        let mut h = self
+            .head
+            .forward(&Tensor::cat(&[x, estimate], 3)?)?
+            .relu()?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        estimate + self.tail.forward(&h)?
     }
 }
 
@@ -53,6 +89,7 @@ pub struct Denoiser {
     downs: Vec<Down2x2>,
     ups: Vec<Up2x2>,
     tail: Up2x2,
+    refine: Option<Refine>,
     multiple: usize,
     image_channels: usize,
 }
@@ -94,12 +131,25 @@ impl Denoiser {
             }
         }
         let tail = Up2x2::with_gain(vb.pp("tail"), cfg.channels[0], cfg.image_channels, 0.01)?;
+        let [rc, rb] = cfg.full_res;
+        let refine = if rc > 0 {
+            Some(Refine::new(
+                vb.pp("refine"),
+                cfg.image_channels + cfg.extra_inputs,
+                cfg.image_channels,
+                rc,
+                rb,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             head,
             levels,
             downs,
             ups,
             tail,
+            refine,
             multiple: 1 << n,
             image_channels: cfg.image_channels,
         })
@@ -138,7 +188,11 @@ impl Module for Denoiser {
         } else {
             x.clone()
         };
-        image - noise
+        let estimate = (image - noise)?;
+        match &self.refine {
+            Some(r) => r.forward(x, &estimate),
+            None => Ok(estimate),
+        }
     }
 }
 

@@ -251,6 +251,22 @@ pub fn select_device(name: &str) -> Result<Device> {
 }
 
 /// Builds the pipeline's network with its weights (or `weights_override`).
+/// The version a model is known by in logs, outputs and the journal: the pipeline's name, a
+/// hash of its weights and a hash of its settings, e.g. `denoise@1f2e3d4c.9a8b`.
+pub fn weights_version(
+    cfg: &PipelineConfig,
+    weights_override: Option<&std::path::Path>,
+) -> Result<String> {
+    let bytes = cfg.weights_bytes(weights_override)?;
+    let settings = serde_json::to_vec(cfg).unwrap_or_default();
+    Ok(format!(
+        "{}@{:08x}.{:04x}",
+        cfg.name,
+        xxhash_rust::xxh3::xxh3_64(&bytes) as u32,
+        xxhash_rust::xxh3::xxh3_64(&settings) as u16
+    ))
+}
+
 pub fn load(
     cfg: &PipelineConfig,
     weights_override: Option<&std::path::Path>,

@@ -7,32 +7,76 @@
 //! reported (naming it) and passed on as a gap, so ordered sinks never wait for it. Shutdown:
 //! when the source ends (EOF, `--once` done) or a stop is requested, the stages drain what is in
 //! flight and the run returns.
+//!
+//! Hot swap: the pipeline settings and the model live in a [`Generation`] behind an
+//! [`ModelSlot`]. Each frame takes the generation current when it is decoded and keeps it to
+//! the end, so a reload (SIGHUP) or a fine-tuning swap never changes a frame in flight, and
+//! every output names the model version that made it.
 
+pub mod journal;
 pub mod quarantine;
+pub mod telemetry;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use arc_swap::ArcSwap;
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::config::{DecodeConfig, OutputKind, PipelineConfig};
+use crate::config::{OutputKind, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::frame::{FrameId, Planes};
 use crate::model::Model;
 use crate::sink::{Code, Output, Payload, Sink};
-use crate::source::{RawFrame, Source, Stop};
+use crate::source::{Intake, RawFrame, Source, Stop};
 use crate::stage::normalise::Prepared;
 use crate::stage::postprocess::Finished;
 use crate::stage::tiling::TilePlan;
 use crate::stage::{corrupt, decode, infer, normalise, postprocess};
+pub use journal::Journal;
 pub use quarantine::Quarantine;
+pub use telemetry::Telemetry;
+
+/// The settings and model a frame is processed with, from decode to sink.
+pub struct Generation {
+    pub cfg: PipelineConfig,
+    pub model: Arc<dyn Model>,
+    /// Names the pipeline and weights, e.g. `denoise@1f2e3d4c`; recorded with every output.
+    pub version: String,
+    /// 1 for the model a run starts with, +1 for each swap.
+    pub number: u64,
+    plan: TilePlan,
+}
+
+impl Generation {
+    pub fn new(cfg: PipelineConfig, model: Arc<dyn Model>, version: String, number: u64) -> Self {
+        let plan = TilePlan::for_pipeline(&cfg, model.spec().size_multiple);
+        Self {
+            cfg,
+            model,
+            version,
+            number,
+            plan,
+        }
+    }
+}
+
+/// The serving generation; swapped atomically, read once per frame.
+pub type ModelSlot = Arc<ArcSwap<Generation>>;
+
+/// Creates a slot holding `g`.
+pub fn slot(g: Generation) -> ModelSlot {
+    Arc::new(ArcSwap::from_pointee(g))
+}
 
 /// A frame between stages; `body` is `None` once it has failed (and been reported).
 struct Packet<T> {
     seq: u64,
     id: FrameId,
+    gen: Arc<Generation>,
     body: Option<T>,
 }
 
@@ -55,32 +99,47 @@ pub struct Summary {
     pub batches: u64,
     /// Undecodable input files moved to the quarantine folder.
     pub quarantined: u64,
+    /// Stream frames dropped under `overload = "drop-oldest"`.
+    pub dropped: u64,
     pub seconds: f64,
 }
 
-/// Runs a pipeline until its source ends or `stop` is requested, then drains. Input files
-/// that cannot be decoded are moved to `quarantine` when one is given.
+/// The service parts of a run beside the stages: where bad files go, the journal of
+/// finished files, where finished inputs are moved, and the counters `/metrics` shows.
+#[derive(Default)]
+pub struct RunOptions {
+    pub quarantine: Option<Quarantine>,
+    pub journal: Option<Arc<Journal>>,
+    /// Move each finished input file here (keeping its relative path) after its outputs and
+    /// its journal record are durable.
+    pub done_dir: Option<PathBuf>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Runs a pipeline until its source ends or `stop` is requested, then drains. Channel sizes
+/// and stage threads come from the generation in `slot` at start; everything else is read per
+/// frame from the generation it started with.
 pub fn run(
-    cfg: &PipelineConfig,
-    model: Arc<dyn Model>,
+    slot: ModelSlot,
     source: Box<dyn Source>,
     mut sink: Box<dyn Sink>,
     kinds: Vec<OutputKind>,
-    quarantine: Option<Quarantine>,
+    opts: RunOptions,
     stop: Stop,
 ) -> Result<Summary> {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
-    let cap = cfg.channels.capacity;
-    let workers = match cfg.infer.workers {
+    let tel = opts.telemetry.clone();
+    let first = slot.load_full();
+    let cap = first.cfg.channels.capacity;
+    let workers = match first.cfg.infer.workers {
         0 => thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .min(4),
         n => n,
     };
-    let spec = model.spec();
-    let plan = TilePlan::for_pipeline(cfg, spec.size_multiple);
+    tel.set_model(&first.version, first.number);
 
     let (raw_tx, raw_rx) = bounded::<RawFrame>(cap);
     let (dec_tx, dec_rx) = bounded::<Packet<Planes>>(cap);
@@ -89,16 +148,46 @@ pub fn run(
     let (inf_tx, inf_rx) = bounded::<Packet<Inferred>>(cap);
     let (post_tx, post_rx) = bounded::<Packet<Finished>>(cap);
     let (out_tx, out_rx) = bounded::<Packet<Vec<(OutputKind, Payload)>>>(cap);
+    // Frames dropped at intake: tiny notices, so an ordered sink does not wait for them.
+    let (gap_tx, gap_rx) = unbounded::<u64>();
     let want_code = kinds.contains(&OutputKind::Latent);
+    {
+        let (a, b, c, d, e, f, g) = (
+            raw_rx.clone(),
+            dec_rx.clone(),
+            cor_rx.clone(),
+            prep_rx.clone(),
+            inf_rx.clone(),
+            post_rx.clone(),
+            out_rx.clone(),
+        );
+        tel.watch_queue("source", Box::new(move || a.len()));
+        tel.watch_queue("decoded", Box::new(move || b.len()));
+        tel.watch_queue("corrupted", Box::new(move || c.len()));
+        tel.watch_queue("normalised", Box::new(move || d.len()));
+        tel.watch_queue("inferred", Box::new(move || e.len()));
+        tel.watch_queue("postprocessed", Box::new(move || f.len()));
+        tel.watch_queue("encoded", Box::new(move || g.len()));
+    }
 
     // The source's result comes back on a channel rather than by joining it: after a stop
     // request a stdin read may block forever.
     let src_stop = stop.clone();
     let (src_res_tx, src_res_rx) = bounded::<Result<()>>(1);
+    let intake = Intake::new(
+        raw_tx,
+        raw_rx.clone(),
+        first.cfg.channels.overload,
+        gap_tx,
+        tel.clone(),
+    );
+    let src_tel = tel.clone();
     thread::Builder::new()
         .name("source".into())
         .spawn(move || {
-            let r = source.run(raw_tx, src_stop.clone());
+            src_tel.set_ready(true);
+            let r = source.run(intake, src_stop.clone());
+            src_tel.set_ready(false);
             if let Err(e) = &r {
                 tracing::error!("source: {e}");
                 src_stop.request();
@@ -110,24 +199,22 @@ pub fn run(
     let mut handles = Vec::new();
     for i in 0..workers {
         let (rx, tx, stop, stats) = (raw_rx.clone(), dec_tx.clone(), stop.clone(), stats.clone());
-        let decode_cfg = cfg.decode.clone();
-        let q = quarantine.clone();
+        let (q, slot, tel) = (opts.quarantine.clone(), slot.clone(), tel.clone());
         handles.push(spawn(format!("decode-{i}"), move || {
-            decode_worker(&decode_cfg, q.as_ref(), rx, tx, &stop, &stats)
+            decode_worker(&slot, q.as_ref(), rx, tx, &stop, &stats, &tel)
         })?);
     }
     drop((raw_rx, dec_tx));
 
-    let corrupt_cfg = cfg.corrupt.clone();
-    let mask_dir = cfg.mask_dir.clone();
     handles.extend(map_stage(
         "corrupt",
         workers,
         dec_rx,
         cor_tx,
         &stats,
-        move |seq, id, mut planes: Planes| {
-            if let (Some(dir), FrameId::File { rel, .. }) = (&mask_dir, id) {
+        &tel,
+        move |seq, id, gen, mut planes: Planes| {
+            if let (Some(dir), FrameId::File { rel, .. }) = (&gen.cfg.mask_dir, id) {
                 let path = corrupt::mask_path(dir, rel).ok_or_else(|| {
                     Error::Other(format!(
                         "{id}: no mask {} in {}",
@@ -137,53 +224,64 @@ pub fn run(
                 })?;
                 corrupt::apply_mask_file(&path, &mut planes)?;
             }
-            corrupt::apply(&corrupt_cfg, &mut planes, seq);
+            corrupt::apply(&gen.cfg.corrupt, &mut planes, seq);
             Ok(planes)
         },
     )?);
 
-    let norm = normalise::NormaliseOpts {
-        cfg: cfg.normalise.clone(),
-        plan,
-        fixed_size: spec.fixed_size,
-        keep_input: kinds.contains(&OutputKind::Overlay),
-    };
+    let keep_input = kinds.contains(&OutputKind::Overlay);
     handles.extend(map_stage(
         "normalise",
         workers,
         cor_rx,
         prep_tx,
         &stats,
-        move |_, _, planes| Ok(normalise::run(planes, &norm)),
+        &tel,
+        move |_, _, gen, planes| {
+            let norm = normalise::NormaliseOpts {
+                cfg: gen.cfg.normalise.clone(),
+                plan: gen.plan,
+                fixed_size: gen.model.spec().fixed_size,
+                keep_input,
+            };
+            Ok(normalise::run(planes, &norm))
+        },
     )?);
 
     {
-        let (stats, cfg) = (stats.clone(), cfg.clone());
+        let (stats, tel) = (stats.clone(), tel.clone());
         handles.push(spawn("infer".into(), move || {
-            infer_worker(&cfg, model.as_ref(), want_code, prep_rx, inf_tx, &stats)
+            infer_worker(want_code, prep_rx, inf_tx, &stats, &tel)
         })?);
     }
 
-    let post_cfg = cfg.postprocess.clone();
     handles.extend(map_stage(
         "post",
         workers,
         inf_rx,
         post_tx,
         &stats,
-        move |_, _, (prep, outs, code): Inferred| {
-            Ok(postprocess::assemble(prep, &outs, code, &post_cfg))
+        &tel,
+        move |_, _, gen, (prep, outs, code): Inferred| {
+            Ok(postprocess::assemble(
+                prep,
+                &outs,
+                code,
+                &gen.cfg.postprocess,
+            ))
         },
     )?);
 
+    let enc_kinds = kinds.clone();
     handles.extend(map_stage(
         "encode",
         workers,
         post_rx,
         out_tx,
         &stats,
-        move |_, id, finished| {
-            kinds
+        &tel,
+        move |_, id, _, finished| {
+            enc_kinds
                 .iter()
                 .map(|&k| Ok((k, postprocess::encode(&finished, k, &id.to_string())?)))
                 .collect()
@@ -192,31 +290,76 @@ pub fn run(
 
     // The sink runs here; its failure (disk full, closed stdout) stops the whole pipeline.
     let mut sink_result = Ok(());
-    for p in out_rx.iter() {
+    let mut gaps_open = true;
+    loop {
+        let p = if gaps_open {
+            crossbeam_channel::select! {
+                recv(out_rx) -> p => match p { Ok(p) => p, Err(_) => break },
+                recv(gap_rx) -> g => {
+                    match g {
+                        Ok(seq) => {
+                            if let Err(e) = sink.skip(seq) {
+                                stop.request();
+                                sink_result = Err(e);
+                                break;
+                            }
+                        }
+                        Err(_) => gaps_open = false,
+                    }
+                    continue;
+                }
+            }
+        } else {
+            match out_rx.recv() {
+                Ok(p) => p,
+                Err(_) => break,
+            }
+        };
+        let t0 = Instant::now();
         let r = match p.body {
-            Some(files) => sink
-                .write(Output {
+            Some(files) => {
+                let out = Output {
                     seq: p.seq,
                     id: p.id,
+                    version: p.gen.version.clone(),
                     files,
-                })
-                .map(|_| {
+                };
+                let id = out.id.clone();
+                sink.write(out).and_then(|_| {
                     stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                }),
+                    finish_input(&opts, &id, &p.gen.version)
+                })
+            }
             None => sink.skip(p.seq),
         };
+        tel.latency("sink", t0.elapsed());
+        tel.in_flight(-1);
         match r {
-            Ok(()) => {}
+            Ok(()) => tel.frame("sink", "ok"),
             // One output that cannot be written (a name too long, a folder in the way) fails
             // that frame; anything else (disk full, read-only, closed stdout) stops the run.
-            Err(Error::FrameFailed(msg)) => fail(&stats, msg),
+            Err(Error::FrameFailed(msg)) => {
+                tel.frame("sink", "failed");
+                fail(&stats, msg)
+            }
             Err(e) => {
+                tel.frame("sink", "failed");
                 stop.request();
                 sink_result = Err(e);
                 break;
             }
         }
     }
+    // Gaps of frames dropped at the very end still reach the ordered sink.
+    if sink_result.is_ok() {
+        for seq in gap_rx.try_iter() {
+            if let Err(e) = sink.skip(seq) {
+                sink_result = Err(e);
+                break;
+            }
+        }
+    }
+    tel.clear_queues();
     drop(out_rx);
     if sink_result.is_ok() {
         sink_result = sink.finish();
@@ -235,6 +378,7 @@ pub fn run(
             .recv()
             .unwrap_or_else(|_| Err(Error::Other("the source thread panicked".into())))
     };
+    tel.set_ready(false);
     if panicked {
         return Err(Error::Other("a pipeline stage panicked".into()));
     }
@@ -248,8 +392,32 @@ pub fn run(
         failed: stats.failed.load(Ordering::Relaxed),
         batches: stats.batches.load(Ordering::Relaxed),
         quarantined: stats.quarantined.load(Ordering::Relaxed),
+        dropped: tel.dropped.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// After a file's outputs are in place: its journal record, then (with `--done`) the move of
+/// the input. A journal that cannot be written stops the run: exactly-once depends on it.
+fn finish_input(opts: &RunOptions, id: &FrameId, version: &str) -> Result<()> {
+    let FrameId::File { rel, abs, stamp } = id else {
+        return Ok(());
+    };
+    if let Some(j) = &opts.journal {
+        j.record(rel, stamp, version)?;
+    }
+    if let Some(done) = &opts.done_dir {
+        let to = done.join(rel);
+        let moved = to
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::rename(abs, &to));
+        // A failed move leaves the input where it was; the journal still marks it finished.
+        if let Err(e) = moved {
+            tracing::warn!("{}: cannot move to {}: {e}", abs.display(), to.display());
+        }
+    }
+    Ok(())
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<thread::JoinHandle<()>> {
@@ -286,24 +454,34 @@ fn fail(stats: &Stats, what: impl std::fmt::Display) {
 
 /// Starts `n` threads that apply `f` to every packet that has not failed; a failure is
 /// reported (it names the frame) and passed on as a gap.
+#[allow(clippy::too_many_arguments)]
 fn map_stage<A, B, F>(
-    name: &str,
+    name: &'static str,
     n: usize,
     rx: Receiver<Packet<A>>,
     tx: Sender<Packet<B>>,
     stats: &Arc<Stats>,
+    tel: &Arc<Telemetry>,
     f: F,
 ) -> Result<Vec<thread::JoinHandle<()>>>
 where
     A: Send + 'static,
     B: Send + 'static,
-    F: Fn(u64, &FrameId, A) -> Result<B> + Clone + Send + 'static,
+    F: Fn(u64, &FrameId, &Generation, A) -> Result<B> + Clone + Send + 'static,
 {
     (0..n)
         .map(|i| {
-            let (rx, tx, stats, f) = (rx.clone(), tx.clone(), stats.clone(), f.clone());
+            let (rx, tx, stats, tel, f) = (
+                rx.clone(),
+                tx.clone(),
+                stats.clone(),
+                tel.clone(),
+                f.clone(),
+            );
             spawn(format!("{name}-{i}"), move || {
                 for p in rx.iter() {
+                    let t0 = Instant::now();
+                    let had_body = p.body.is_some();
                     // A bug hit by one odd frame must not take the stage (and every later
                     // frame) down with it: a panic fails that frame only.
                     let body = p.body.and_then(|a| {
@@ -311,12 +489,17 @@ where
                             &stats,
                             &p.id,
                             "internal error (panic), frame skipped",
-                            || f(p.seq, &p.id, a),
+                            || f(p.seq, &p.id, &p.gen, a),
                         )
                     });
+                    if had_body {
+                        tel.latency(name, t0.elapsed());
+                        tel.frame(name, if body.is_some() { "ok" } else { "failed" });
+                    }
                     let out = Packet {
                         seq: p.seq,
                         id: p.id,
+                        gen: p.gen,
                         body,
                     };
                     if tx.send(out).is_err() {
@@ -328,14 +511,27 @@ where
         .collect()
 }
 
+/// Whether a file changed since it was read (then it is not quarantined: it will be taken
+/// again once its writer is done).
+fn changed_since_read(id: &FrameId) -> bool {
+    let FrameId::File { abs, stamp, .. } = id else {
+        return false;
+    };
+    match std::fs::metadata(abs) {
+        Ok(m) => !crate::frame::FileStamp::of(&m).same_file_state(stamp),
+        Err(_) => true,
+    }
+}
+
 /// Decodes raw frames; on a stop request, drains what the source already handed over.
 fn decode_worker(
-    cfg: &DecodeConfig,
+    slot: &ModelSlot,
     quarantine: Option<&Quarantine>,
     rx: Receiver<RawFrame>,
     tx: Sender<Packet<Planes>>,
     stop: &Stop,
     stats: &Stats,
+    tel: &Telemetry,
 ) {
     // After a stop request, keep taking frames until the source has been quiet for a while
     // (a frame it was handing over when the stop came still gets through), then end.
@@ -358,37 +554,59 @@ fn decode_worker(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        tel.in_flight(1);
+        let t0 = Instant::now();
+        // The frame keeps this generation (settings and model) until it is written.
+        let gen = slot.load_full();
         stats.frames_in.fetch_add(1, Ordering::Relaxed);
         let decoded = match &raw.bytes {
             Err(msg) => Err(format!("{}: {msg}", raw.id)),
             // Decoders are the code most exposed to hostile bytes: contain a panic too.
             Ok(bytes) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decode::run(bytes, &raw.id, cfg)
+                decode::run(bytes, &raw.id, &gen.cfg.decode)
             })) {
                 Ok(Ok(p)) => Ok(p),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("{}: cannot decode: decoder panicked", raw.id)),
             },
         };
+        tel.latency("decode", t0.elapsed());
         let body = match decoded {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                tel.frame("decode", "ok");
+                Some(p)
+            }
             Err(msg) => {
                 fail(stats, &msg);
-                if let (Some(q), FrameId::File { abs, rel }) = (quarantine, &raw.id) {
-                    match q.put(abs, rel, &msg) {
-                        Ok(to) => {
-                            stats.quarantined.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!("{}: moved to {}", abs.display(), to.display());
+                let mut outcome = "failed";
+                if let (Some(q), FrameId::File { abs, rel, .. }) = (quarantine, &raw.id) {
+                    if changed_since_read(&raw.id) {
+                        tracing::info!(
+                            "{}: changed while being read; it will be taken again",
+                            abs.display()
+                        );
+                    } else {
+                        match q.put(abs, rel, &msg) {
+                            Ok(to) => {
+                                stats.quarantined.fetch_add(1, Ordering::Relaxed);
+                                tel.quarantined.fetch_add(1, Ordering::Relaxed);
+                                outcome = "quarantined";
+                                tracing::warn!("{}: moved to {}", abs.display(), to.display());
+                            }
+                            Err(e) => {
+                                tracing::error!("{}: cannot quarantine: {e}", abs.display())
+                            }
                         }
-                        Err(e) => tracing::error!("{}: cannot quarantine: {e}", abs.display()),
                     }
                 }
+                tel.frame("decode", outcome);
                 None
             }
         };
         let out = Packet {
             seq: raw.seq,
             id: raw.id,
+            gen,
             body,
         };
         if tx.send(out).is_err() {
@@ -400,23 +618,36 @@ fn decode_worker(
 /// A frame after the model: its preparation, the units' outputs and its code.
 type Inferred = (Prepared, Vec<Vec<f32>>, Option<Code>);
 
+/// Batches frames (up to the generation's `infer.max_batch`, waiting at most `max_wait_ms`
+/// after the first) and runs the model. A batch never mixes generations.
 fn infer_worker(
-    cfg: &PipelineConfig,
-    model: &dyn Model,
     want_code: bool,
     rx: Receiver<Packet<Prepared>>,
     tx: Sender<Packet<Inferred>>,
     stats: &Stats,
+    tel: &Telemetry,
 ) {
-    let max_batch = cfg.infer.max_batch;
-    let wait = Duration::from_millis(cfg.infer.max_wait_ms);
-    while let Ok(first) = rx.recv() {
-        // Collect up to max_batch frames, or until max_wait after the first one.
-        let deadline = Instant::now() + wait;
+    // A frame of another generation that ended a batch starts the next one.
+    let mut carry: Option<Packet<Prepared>> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv() {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let gen = first.gen.clone();
+        let max_batch = gen.cfg.infer.max_batch.max(1);
+        let deadline = Instant::now() + Duration::from_millis(gen.cfg.infer.max_wait_ms);
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.recv_deadline(deadline) {
-                Ok(p) => batch.push(p),
+                Ok(p) if Arc::ptr_eq(&p.gen, &gen) => batch.push(p),
+                Ok(p) => {
+                    carry = Some(p);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -431,14 +662,13 @@ fn infer_worker(
                     ready.push((p.seq, p.id, prep));
                 }
                 None => {
-                    if tx
-                        .send(Packet {
-                            seq: p.seq,
-                            id: p.id,
-                            body: None,
-                        })
-                        .is_err()
-                    {
+                    let gap = Packet {
+                        seq: p.seq,
+                        id: p.id,
+                        gen: p.gen,
+                        body: None,
+                    };
+                    if tx.send(gap).is_err() {
                         return;
                     }
                 }
@@ -448,23 +678,31 @@ fn infer_worker(
             continue;
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        tel.batch(ready.len());
+        let t0 = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            infer::run_units_with_codes(model, &units, (&cfg.infer).into(), want_code)
+            infer::run_units_with_codes(
+                gen.model.as_ref(),
+                &units,
+                (&gen.cfg.infer).into(),
+                want_code,
+            )
         }))
         .unwrap_or_else(|_| Err(Error::Other("the model panicked".into())));
+        tel.latency("infer", t0.elapsed());
         let (mut outputs, mut codes) = match result {
             Ok((o, c)) => (o.into_iter(), c.into_iter()),
             Err(e) => {
                 for (seq, id, _) in ready {
                     fail(stats, format!("{id}: model failed: {e}"));
-                    if tx
-                        .send(Packet {
-                            seq,
-                            id,
-                            body: None,
-                        })
-                        .is_err()
-                    {
+                    tel.frame("infer", "failed");
+                    let gap = Packet {
+                        seq,
+                        id,
+                        gen: gen.clone(),
+                        body: None,
+                    };
+                    if tx.send(gap).is_err() {
                         return;
                     }
                 }
@@ -476,14 +714,14 @@ fn infer_worker(
             let outs: Vec<Vec<f32>> = outputs.by_ref().take(n).collect();
             // A frame's code is its first unit's (fixed-size models have exactly one unit).
             let code = codes.by_ref().take(n).next().flatten();
-            if tx
-                .send(Packet {
-                    seq,
-                    id,
-                    body: Some((prep, outs, code)),
-                })
-                .is_err()
-            {
+            tel.frame("infer", "ok");
+            let p = Packet {
+                seq,
+                id,
+                gen: gen.clone(),
+                body: Some((prep, outs, code)),
+            };
+            if tx.send(p).is_err() {
                 return;
             }
         }
@@ -506,14 +744,14 @@ mod tests {
     }
 
     impl Source for CountingSource {
-        fn run(self: Box<Self>, tx: Sender<RawFrame>, _stop: Stop) -> Result<()> {
+        fn run(self: Box<Self>, intake: Intake, _stop: Stop) -> Result<()> {
             for seq in 0..self.n {
                 let f = RawFrame {
                     seq,
                     id: FrameId::Stream { seq, offset: 0 },
                     bytes: Ok(self.frame.clone()),
                 };
-                if tx.send(f).is_err() {
+                if !intake.send(f) {
                     break;
                 }
                 self.sent.fetch_add(1, Ordering::SeqCst);
@@ -565,8 +803,7 @@ mod tests {
         let max_ahead = Arc::new(AtomicU64::new(0));
         let n = 80;
         let summary = run(
-            &cfg,
-            model,
+            slot(Generation::new(cfg, model, "test".into(), 1)),
             Box::new(CountingSource {
                 n,
                 frame,
@@ -578,7 +815,7 @@ mod tests {
                 max_ahead: max_ahead.clone(),
             }),
             vec![OutputKind::Denoised],
-            None,
+            RunOptions::default(),
             Stop::new(),
         )
         .unwrap();

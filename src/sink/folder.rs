@@ -23,6 +23,7 @@ impl FolderSink {
             path: dir.to_path_buf(),
             source: e,
         })?;
+        remove_stale_temps(dir);
         Ok(Self {
             dir: dir.to_path_buf(),
             written: 0,
@@ -85,6 +86,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// Removes our own temporary files (`.aestream-PID-N.tmp`) left in `dir`'s tree by a process
+/// that was killed mid-write. Only those of processes no longer running: another daemon
+/// writing into the same folder keeps its own.
+fn remove_stale_temps(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut removed = 0;
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            let Some(pid) = name
+                .strip_prefix(".aestream-")
+                .and_then(|r| r.strip_suffix(".tmp"))
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+            if !alive && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            "{}: removed {removed} temporary files of an interrupted run",
+            dir.display()
+        );
+    }
 }
 
 /// Whether a write error means no later write can succeed either.

@@ -46,6 +46,8 @@ pub enum Payload {
 pub struct Output {
     pub seq: u64,
     pub id: FrameId,
+    /// The model version that made it.
+    pub version: String,
     pub files: Vec<(OutputKind, Payload)>,
 }
 

@@ -1,21 +1,34 @@
-//! The folder source: an initial scan, then (unless `--once`) a notify watch.
+//! The folder source: an initial scan, then (unless `--once`) a watch, with rules for when a
+//! file is complete.
 //!
-//! Only complete files are taken: on close-after-write, or when renamed into the folder.
-//! Dot-files and partial files (`*.tmp`, `*.part`, …) are ignored. When notify reports that it
-//! lost events (`Flag::Rescan`), the folder is scanned again. A file is taken again only if its
-//! size or modification time changed since it was last taken.
+//! - A file renamed into the folder is complete: taken at once.
+//! - A file written in place (close-after-write, create or modify events, or found by a scan
+//!   with a recent mtime) is taken once its size and mtime have not changed for the quiet
+//!   period (`--quiet-ms`): a writer that closes and reopens it, or writes it in pieces, is
+//!   not caught half-way.
+//! - With `--poll SECS` notify's `PollWatcher` replaces native events (network filesystems
+//!   send none) and every file must be seen unchanged over the quiet period (size-stable
+//!   rule), whatever its mtime says: a remote clock may be off.
+//! - A full rescan runs every `--rescan` seconds and whenever notify reports lost events, as a
+//!   safety net; it takes nothing twice.
+//! - A file that changes after it was taken is taken again.
+//! - Files the journal records as finished (same size and mtime, or same content) are skipped.
+//!
+//! Dot-files and partial files (`*.tmp`, `*.part`, …) are never taken.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::RecvTimeoutError;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use super::{RawFrame, Source, Stop};
+use super::{Intake, RawFrame, Source, Stop};
 use crate::error::{Error, Result};
-use crate::frame::FrameId;
+use crate::frame::{FileStamp, FrameId};
+use crate::pipeline::Journal;
 
 /// Settings of a folder source.
 #[derive(Debug, Clone)]
@@ -28,20 +41,51 @@ pub struct FolderSourceConfig {
     pub exclude: Vec<PathBuf>,
     /// Files larger than this are reported instead of read.
     pub max_file_bytes: u64,
+    /// How long a file written in place must stay unchanged before it is taken.
+    pub quiet: Duration,
+    /// Poll the folder at this interval instead of using native events.
+    pub poll: Option<Duration>,
+    /// Full rescan period (`None`: only on lost events).
+    pub rescan: Option<Duration>,
+    /// Finished inputs: skipped.
+    pub journal: Option<Arc<Journal>>,
+}
+
+impl FolderSourceConfig {
+    /// A source with the service defaults: 2 s quiet period, native events, rescan every 5 min.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            recursive: false,
+            once: false,
+            exclude: vec![],
+            max_file_bytes: 1 << 30,
+            quiet: Duration::from_secs(2),
+            poll: None,
+            rescan: Some(Duration::from_secs(300)),
+            journal: None,
+        }
+    }
+}
+
+/// Size and mtime: what says a file changed, without reading it.
+type Shape = (u64, u64);
+
+fn shape_of(meta: &std::fs::Metadata) -> Shape {
+    let s = FileStamp::of(meta);
+    (s.size, s.mtime_ns)
 }
 
 pub struct FolderSource {
     cfg: FolderSourceConfig,
     root: PathBuf,
     exclude: Vec<PathBuf>,
-    seen: HashMap<PathBuf, (u64, Option<SystemTime>)>,
-    /// Files a scan found still changing: taken once quiet (or on their close-write event).
-    pending: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    /// Files taken (or skipped as finished) this run, as they were then.
+    seen: HashMap<PathBuf, Shape>,
+    /// Files waiting to be quiet: their shape and since when it has not changed.
+    pending: HashMap<PathBuf, (Shape, Instant)>,
     seq: u64,
 }
-
-/// A file modified more recently than this may still be being written.
-const QUIET: Duration = Duration::from_secs(1);
 
 /// Whether a file name is one we never take: hidden or partial.
 pub fn is_ignored_name(name: &str) -> bool {
@@ -58,6 +102,16 @@ pub fn is_ignored_name(name: &str) -> bool {
         ]
         .iter()
         .any(|s| lower.ends_with(s))
+}
+
+/// What [`FolderSource::take`] did with a file.
+enum Taken {
+    Sent,
+    Skipped,
+    /// It changed while being read: wait for it to be quiet.
+    Changing,
+    /// The pipeline is gone.
+    Closed,
 }
 
 impl FolderSource {
@@ -107,41 +161,94 @@ impl FolderSource {
         Some(rel)
     }
 
-    /// Takes one file (if new or changed) and sends it; false when the receiver is gone.
-    fn take(&mut self, path: &Path, tx: &Sender<RawFrame>) -> bool {
+    /// Takes one file if it is new or changed and not finished on record, and sends it.
+    fn take(&mut self, path: &Path, intake: &Intake) -> Taken {
         let Some(rel) = self.candidate(path) else {
-            return true;
+            return Taken::Skipped;
         };
         let Ok(meta) = std::fs::metadata(path) else {
-            return true; // gone again: nothing to do
+            return Taken::Skipped; // gone again (or a dangling link): nothing to do
         };
         if !meta.is_file() {
-            return true;
+            return Taken::Skipped;
         }
-        let stamp = (meta.len(), meta.modified().ok());
-        if self.seen.get(&rel) == Some(&stamp) {
-            return true;
+        let mut stamp = FileStamp::of(&meta);
+        let shape = (stamp.size, stamp.mtime_ns);
+        if self.seen.get(path) == Some(&shape) {
+            return Taken::Skipped;
         }
-        self.seen.insert(rel.clone(), stamp);
-        let bytes = if meta.len() > self.cfg.max_file_bytes {
+        if let Some(j) = &self.cfg.journal {
+            if j.is_done(&rel, &stamp) {
+                self.seen.insert(path.to_path_buf(), shape);
+                return Taken::Skipped;
+            }
+        }
+        let bytes = if stamp.size > self.cfg.max_file_bytes {
             Err(format!(
                 "file of {} bytes is over the limit of {}",
-                meta.len(),
-                self.cfg.max_file_bytes
+                stamp.size, self.cfg.max_file_bytes
             ))
         } else {
-            std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
+            match std::fs::read(path) {
+                Ok(b) => {
+                    // Written to while we read it: not complete after all.
+                    let after = std::fs::metadata(path).map(|m| shape_of(&m)).ok();
+                    if after != Some(shape) || b.len() as u64 != stamp.size {
+                        return Taken::Changing;
+                    }
+                    stamp.hash = FileStamp::hash_of(&b);
+                    Ok(b)
+                }
+                Err(e) => Err(format!("cannot read: {e}")),
+            }
         };
+        if let Some(j) = &self.cfg.journal {
+            if !stamp.hash.is_empty() && j.is_done_content(&rel, &stamp.hash) {
+                tracing::debug!("{}: finished before (same content)", path.display());
+                self.seen.insert(path.to_path_buf(), shape);
+                return Taken::Skipped;
+            }
+        }
+        self.seen.insert(path.to_path_buf(), shape);
         let frame = RawFrame {
             seq: self.seq,
             id: FrameId::File {
                 rel,
                 abs: path.to_path_buf(),
+                stamp,
             },
             bytes,
         };
         self.seq += 1;
-        tx.send(frame).is_ok()
+        if intake.send(frame) {
+            Taken::Sent
+        } else {
+            Taken::Closed
+        }
+    }
+
+    /// Puts a file aside until it has been unchanged for the quiet period.
+    fn wait_quiet(&mut self, path: PathBuf) {
+        if self.candidate(&path).is_none() {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return;
+        };
+        let shape = shape_of(&meta);
+        if self.seen.get(&path) == Some(&shape) {
+            return;
+        }
+        match self.pending.get_mut(&path) {
+            Some((s, since)) if *s != shape => {
+                *s = shape;
+                *since = Instant::now();
+            }
+            Some(_) => {}
+            None => {
+                self.pending.insert(path, (shape, Instant::now()));
+            }
+        }
     }
 
     /// Files under `dir` (recursively if configured), sorted for a stable order.
@@ -173,99 +280,150 @@ impl FolderSource {
         out
     }
 
-    /// Takes what a scan finds; while watching, files modified within [`QUIET`] are put aside
-    /// (a writer may still have them open) and taken by [`Self::take_quiet`] or their event.
-    fn scan_and_take(&mut self, dir: &Path, tx: &Sender<RawFrame>, stop: &Stop) -> bool {
-        for p in self.scan(dir) {
+    /// Takes what a scan finds. While watching, a file modified within the quiet period (or,
+    /// when polling, any file not yet seen) waits in `pending` instead. A scan of the whole
+    /// folder also forgets files that are gone, so `seen` stays as large as the folder.
+    fn scan_and_take(&mut self, dir: &Path, intake: &Intake, stop: &Stop) -> bool {
+        let found = self.scan(dir);
+        if dir == self.root {
+            let present: HashSet<&PathBuf> = found.iter().collect();
+            self.seen.retain(|p, _| present.contains(p));
+        }
+        for p in found {
             if stop.requested() {
                 return false;
             }
-            if !self.cfg.once {
-                if let Some(stamp) = recent_stamp(&p) {
-                    self.pending.insert(p, stamp);
-                    continue;
-                }
+            if !self.cfg.once && !self.is_quiet_on_disk(&p) {
+                self.wait_quiet(p);
+                continue;
             }
-            if !self.take(&p, tx) {
-                return false;
+            match self.take(&p, intake) {
+                Taken::Closed => return false,
+                Taken::Changing => self.wait_quiet(p),
+                Taken::Sent | Taken::Skipped => {}
             }
         }
         true
     }
 
-    /// Takes the put-aside files that have not changed for [`QUIET`].
-    fn take_quiet(&mut self, tx: &Sender<RawFrame>) -> bool {
-        let paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
+    /// Whether a file found by a scan may be taken at once: not polling (a network clock may
+    /// be off) and its mtime older than the quiet period.
+    fn is_quiet_on_disk(&self, p: &Path) -> bool {
+        if self.cfg.poll.is_some() {
+            // Already taken and unchanged: nothing to wait for.
+            return std::fs::metadata(p)
+                .map(|m| self.seen.get(p) == Some(&shape_of(&m)))
+                .unwrap_or(true);
+        }
+        let Ok(meta) = std::fs::metadata(p) else {
+            return true;
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok());
+        // An mtime in the future (clock skew) counts as quiet, or the file would wait forever.
+        age.is_none_or(|a| a >= self.cfg.quiet)
+    }
+
+    /// Takes the pending files whose shape has not changed for the quiet period.
+    fn take_quiet(&mut self, intake: &Intake) -> bool {
+        let mut paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
+        paths.sort();
         for p in paths {
-            match recent_stamp(&p) {
-                // Still changing: keep waiting.
-                Some(stamp) => {
-                    self.pending.insert(p, stamp);
-                }
-                None => {
-                    self.pending.remove(&p);
-                    if !self.take(&p, tx) {
-                        return false;
-                    }
-                }
+            let Ok(meta) = std::fs::metadata(&p) else {
+                self.pending.remove(&p);
+                continue;
+            };
+            let shape = shape_of(&meta);
+            let Some((s, since)) = self.pending.get_mut(&p) else {
+                continue;
+            };
+            if *s != shape {
+                *s = shape;
+                *since = Instant::now();
+                continue;
+            }
+            if since.elapsed() < self.cfg.quiet {
+                continue;
+            }
+            self.pending.remove(&p);
+            match self.take(&p, intake) {
+                Taken::Closed => return false,
+                Taken::Changing => self.wait_quiet(p),
+                Taken::Sent | Taken::Skipped => {}
             }
         }
         true
     }
-}
 
-/// `(size, mtime)` of a file modified less than [`QUIET`] ago; `None` when quiet (or gone).
-fn recent_stamp(p: &Path) -> Option<(u64, Option<SystemTime>)> {
-    let meta = std::fs::metadata(p).ok()?;
-    let mtime = meta.modified().ok();
-    let age = mtime.and_then(|m| SystemTime::now().duration_since(m).ok());
-    // An mtime in the future (clock skew) counts as quiet, or the file would wait forever.
-    match age {
-        Some(a) if a < QUIET => Some((meta.len(), mtime)),
-        _ => None,
-    }
-}
-
-impl Source for FolderSource {
-    fn run(mut self: Box<Self>, tx: Sender<RawFrame>, stop: Stop) -> Result<()> {
-        let root = self.root.clone();
-        if self.cfg.once {
-            self.scan_and_take(&root, &tx, &stop);
-            return Ok(());
-        }
-        // Watch before scanning so nothing that arrives during the scan is missed.
-        let (etx, erx) = crossbeam_channel::unbounded();
-        let mut watcher = notify::recommended_watcher(etx)
-            .map_err(|e| Error::Other(format!("{}: cannot watch: {e}", root.display())))?;
+    fn watch(
+        &self,
+        etx: crossbeam_channel::Sender<notify::Result<notify::Event>>,
+    ) -> Result<Box<dyn Watcher + Send>> {
+        let err =
+            |e: notify::Error| Error::Other(format!("{}: cannot watch: {e}", self.root.display()));
+        let mut w: Box<dyn Watcher + Send> = match self.cfg.poll {
+            Some(every) => Box::new(
+                notify::PollWatcher::new(etx, notify::Config::default().with_poll_interval(every))
+                    .map_err(err)?,
+            ),
+            None => Box::new(notify::recommended_watcher(etx).map_err(err)?),
+        };
         let mode = if self.cfg.recursive {
             RecursiveMode::Recursive
         } else {
             RecursiveMode::NonRecursive
         };
-        watcher
-            .watch(&root, mode)
-            .map_err(|e| Error::Other(format!("{}: cannot watch: {e}", root.display())))?;
-        tracing::info!("watching {}", root.display());
-        if !self.scan_and_take(&root, &tx, &stop) {
+        w.watch(&self.root, mode).map_err(err)?;
+        Ok(w)
+    }
+}
+
+impl Source for FolderSource {
+    fn run(mut self: Box<Self>, intake: Intake, stop: Stop) -> Result<()> {
+        // Files wait safely on disk: a folder is never read lossily.
+        let intake = intake.lossless();
+        let root = self.root.clone();
+        if self.cfg.once {
+            self.scan_and_take(&root, &intake, &stop);
             return Ok(());
         }
-        let mut last_quiet_check = std::time::Instant::now();
+        // Watch before scanning so nothing that arrives during the scan is missed.
+        let (etx, erx) = crossbeam_channel::unbounded();
+        let _watcher = self.watch(etx)?;
+        match self.cfg.poll {
+            Some(p) => tracing::info!("watching {} (polling every {p:?})", root.display()),
+            None => tracing::info!("watching {}", root.display()),
+        }
+        if !self.scan_and_take(&root, &intake, &stop) {
+            return Ok(());
+        }
+        let mut last_quiet_check = Instant::now();
+        let mut last_rescan = Instant::now();
         loop {
             if stop.requested() {
                 return Ok(());
             }
-            if !self.pending.is_empty() && last_quiet_check.elapsed() >= Duration::from_millis(200)
+            if !self.pending.is_empty() && last_quiet_check.elapsed() >= Duration::from_millis(100)
             {
-                last_quiet_check = std::time::Instant::now();
-                if !self.take_quiet(&tx) {
+                last_quiet_check = Instant::now();
+                if !self.take_quiet(&intake) {
                     return Ok(());
                 }
             }
-            let ev = match erx.recv_timeout(Duration::from_millis(100)) {
+            if self.cfg.rescan.is_some_and(|r| last_rescan.elapsed() >= r) {
+                last_rescan = Instant::now();
+                tracing::debug!("{}: periodic rescan", root.display());
+                if !self.scan_and_take(&root, &intake, &stop) {
+                    return Ok(());
+                }
+            }
+            let ev = match erx.recv_timeout(Duration::from_millis(50)) {
                 Ok(Ok(ev)) => ev,
                 Ok(Err(e)) => {
                     tracing::warn!("{}: watch error: {e}; rescanning", root.display());
-                    if !self.scan_and_take(&root, &tx, &stop) {
+                    if !self.scan_and_take(&root, &intake, &stop) {
                         return Ok(());
                     }
                     continue;
@@ -280,30 +438,62 @@ impl Source for FolderSource {
             };
             if ev.need_rescan() {
                 tracing::warn!("{}: events were lost; rescanning", root.display());
-                if !self.scan_and_take(&root, &tx, &stop) {
+                if !self.scan_and_take(&root, &intake, &stop) {
                     return Ok(());
                 }
                 continue;
             }
-            let targets: Vec<PathBuf> = match ev.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => ev.paths.clone(),
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => ev.paths.clone(),
+            let polling = self.cfg.poll.is_some();
+            let mut now = Vec::new();
+            let mut later = Vec::new();
+            match ev.kind {
+                // Renamed in: complete by the writer's own declaration.
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => now = ev.paths,
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-                    ev.paths.get(1).cloned().into_iter().collect()
+                    now = ev.paths.get(1).cloned().into_iter().collect()
                 }
-                EventKind::Create(CreateKind::Folder) => ev.paths.clone(),
-                _ => vec![],
-            };
-            for p in targets {
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
+                    for p in &ev.paths {
+                        self.pending.remove(p);
+                        self.seen.remove(p);
+                    }
+                }
+                EventKind::Create(CreateKind::Folder) => now = ev.paths,
+                // Written in place: wait for it to be quiet.
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Create(_)
+                | EventKind::Modify(_) => later = ev.paths,
+                _ => {}
+            }
+            for p in now {
                 let ok = if p.is_dir() {
                     // A folder created or moved in: its files raise no events of their own.
-                    !self.cfg.recursive || self.scan_and_take(&p, &tx, &stop)
+                    !self.cfg.recursive || self.scan_and_take(&p, &intake, &stop)
+                } else if polling {
+                    self.wait_quiet(p);
+                    true
                 } else {
                     self.pending.remove(&p);
-                    self.take(&p, &tx)
+                    match self.take(&p, &intake) {
+                        Taken::Closed => false,
+                        Taken::Changing => {
+                            self.wait_quiet(p);
+                            true
+                        }
+                        Taken::Sent | Taken::Skipped => true,
+                    }
                 };
                 if !ok {
                     return Ok(());
+                }
+            }
+            for p in later {
+                if p.is_dir() {
+                    if self.cfg.recursive && !self.scan_and_take(&p, &intake, &stop) {
+                        return Ok(());
+                    }
+                } else {
+                    self.wait_quiet(p);
                 }
             }
         }

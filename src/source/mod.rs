@@ -8,10 +8,12 @@ pub mod stdin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::config::Overload;
 use crate::error::Result;
 use crate::frame::FrameId;
+use crate::pipeline::telemetry::Telemetry;
 
 /// An undecoded frame: its identity, its place in the source's order, and its bytes.
 #[derive(Debug)]
@@ -38,8 +40,70 @@ impl Stop {
     }
 }
 
+/// Where a source puts its frames: the pipeline's first bounded channel, under an overload
+/// policy. `Block` waits for room (lossless backpressure: folder sources always use it);
+/// `DropOldest` makes room by dropping the oldest waiting frame, counts it, and tells the sink
+/// (through `gaps`) so ordered output does not wait for it.
+#[derive(Clone)]
+pub struct Intake {
+    tx: Sender<RawFrame>,
+    rx: Receiver<RawFrame>,
+    policy: Overload,
+    gaps: Sender<u64>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Intake {
+    pub fn new(
+        tx: Sender<RawFrame>,
+        rx: Receiver<RawFrame>,
+        policy: Overload,
+        gaps: Sender<u64>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        Self {
+            tx,
+            rx,
+            policy,
+            gaps,
+            telemetry,
+        }
+    }
+
+    /// Hands a frame to the pipeline; false when the pipeline is gone.
+    pub fn send(&self, frame: RawFrame) -> bool {
+        match self.policy {
+            Overload::Block => self.tx.send(frame).is_ok(),
+            Overload::DropOldest => {
+                let mut frame = frame;
+                loop {
+                    match self.tx.try_send(frame) {
+                        Ok(()) => return true,
+                        Err(TrySendError::Disconnected(_)) => return false,
+                        Err(TrySendError::Full(f)) => {
+                            frame = f;
+                            if let Ok(old) = self.rx.try_recv() {
+                                self.telemetry.dropped.fetch_add(1, Ordering::Relaxed);
+                                self.telemetry.frame("source", "dropped");
+                                tracing::warn!("overload: dropped {}", old.id);
+                                let _ = self.gaps.send(old.seq);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lossless intake whatever the configured policy (folder sources).
+    pub fn lossless(mut self) -> Self {
+        self.policy = Overload::Block;
+        self
+    }
+}
+
 /// A producer of frames.
 pub trait Source: Send {
-    /// Sends frames until the input ends (`Ok`), `stop` is requested, or the receiver is gone.
-    fn run(self: Box<Self>, tx: Sender<RawFrame>, stop: Stop) -> Result<()>;
+    /// Sends frames until the input ends (`Ok`), `stop` is requested, or the pipeline is gone.
+    fn run(self: Box<Self>, intake: Intake, stop: Stop) -> Result<()>;
 }

@@ -2,10 +2,8 @@
 
 use std::io::Read;
 
-use crossbeam_channel::Sender;
-
 use super::split::{Framing, Split, Splitter};
-use super::{RawFrame, Source, Stop};
+use super::{Intake, RawFrame, Source, Stop};
 use crate::error::{Error, Result};
 use crate::frame::FrameId;
 
@@ -27,7 +25,7 @@ impl<R: Read + Send> StreamSource<R> {
 }
 
 impl<R: Read + Send> Source for StreamSource<R> {
-    fn run(mut self: Box<Self>, tx: Sender<RawFrame>, stop: Stop) -> Result<()> {
+    fn run(mut self: Box<Self>, intake: Intake, stop: Stop) -> Result<()> {
         let mut splitter = Splitter::new(self.framing).with_max_frame(self.max_frame);
         let mut buf = vec![0u8; 1 << 16];
         let send = |s: Split| -> bool {
@@ -49,7 +47,7 @@ impl<R: Read + Send> Source for StreamSource<R> {
                     bytes: Err(e.message),
                 },
             };
-            tx.send(frame).is_ok()
+            intake.send(frame)
         };
         loop {
             if stop.requested() {

@@ -37,6 +37,8 @@ pub struct TrainArgs {
     pub out: PathBuf,
     pub seed: u64,
     pub resume: bool,
+    /// Warm start: weights whose names and shapes match are copied from this file.
+    pub init: Option<PathBuf>,
     pub progress: bool,
     /// Overrides `train.steps_per_epoch` (small runs in tests).
     pub steps_per_epoch: Option<usize>,
@@ -196,6 +198,37 @@ pub fn train(cfg: &PipelineConfig, args: &TrainArgs) -> Result<TrainReport> {
     fit(cfg, args, &vm, job)
 }
 
+/// Copies every tensor of `path` whose name and shape match a variable of `vm`.
+fn warm_start(vm: &VarMap, path: &Path, device: &Device) -> Result<()> {
+    let state = candle_core::safetensors::load(path, device)
+        .map_err(|e| Error::Other(format!("--init {}: {e}", path.display())))?;
+    let d = vm.data().lock().expect("varmap lock");
+    let (mut copied, mut fresh) = (0, Vec::new());
+    for (k, v) in d.iter() {
+        match state.get(k) {
+            Some(t) if t.dims() == v.dims() => {
+                v.set(t)?;
+                copied += 1;
+            }
+            _ => fresh.push(k.clone()),
+        }
+    }
+    if copied == 0 {
+        return Err(Error::Other(format!(
+            "--init {}: no tensor matches this model",
+            path.display()
+        )));
+    }
+    fresh.sort();
+    tracing::info!(
+        "warm start from {}: {copied} tensors copied, {} fresh: {}",
+        path.display(),
+        fresh.len(),
+        fresh.join(", ")
+    );
+    Ok(())
+}
+
 /// The shared loop: AdamW with warm-up and cosine decay, progress, checkpoints, validation
 /// every epoch, weights and metadata at the end.
 fn fit(cfg: &PipelineConfig, args: &TrainArgs, vm: &VarMap, mut job: Job) -> Result<TrainReport> {
@@ -234,11 +267,16 @@ fn fit(cfg: &PipelineConfig, args: &TrainArgs, vm: &VarMap, mut job: Job) -> Res
         }
         opt.load_state(&state, step)?;
         tracing::info!("resumed from {} at step {step}", ckpt.display());
-    } else if args.resume {
-        tracing::warn!(
-            "--resume: no checkpoint at {}, starting fresh",
-            ckpt.display()
-        );
+    } else {
+        if args.resume {
+            tracing::warn!(
+                "--resume: no checkpoint at {}, starting fresh",
+                ckpt.display()
+            );
+        }
+        if let Some(init) = &args.init {
+            warm_start(vm, init, &args.device)?;
+        }
     }
     let bar = if args.progress {
         let b = indicatif::ProgressBar::new(total as u64);

@@ -1,4 +1,5 @@
 //! Helpers shared by the end-to-end tests: the sample folder, the binary, reading an image.
+#![allow(dead_code)] // each test binary uses only some of the helpers
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

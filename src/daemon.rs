@@ -1,0 +1,357 @@
+//! `aestream run`: wires a pipeline to its source and sink and runs it as a service: the
+//! journal of finished inputs, quarantine, arrival rules, signals (SIGTERM drains, SIGHUP
+//! reloads), the systemd notify protocol and the metrics endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use aestream::config::PipelineConfig;
+use aestream::pipeline::{self, Generation, Journal, ModelSlot, Quarantine, RunOptions, Telemetry};
+use aestream::service;
+use aestream::sink::{folder::FolderSink, stdout::StreamSink, Sink};
+use aestream::source::folder::{FolderSource, FolderSourceConfig};
+use aestream::source::split::Framing;
+use aestream::source::stdin::StreamSource;
+use aestream::source::{Source, Stop};
+
+use crate::{parse_kinds, with_ensemble, FramingArg};
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Built-in pipeline name or path to a .toml file.
+    #[arg(default_value = "denoise")]
+    pipeline: String,
+    /// Folder to read (and watch), or - for stdin.
+    #[arg(long, short)]
+    input: String,
+    /// Folder to write into, or - for stdout.
+    #[arg(long, short)]
+    output: String,
+    /// Process what is there (or stdin until EOF) and exit instead of watching.
+    #[arg(long)]
+    once: bool,
+    /// Include sub-folders of the input folder.
+    #[arg(long)]
+    recursive: bool,
+    /// Framing of stdin and stdout streams.
+    #[arg(long, value_enum, default_value = "concat")]
+    framing: FramingArg,
+    /// Weights to use instead of the pipeline's.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Outputs to write, overriding the pipeline's `output.kinds`: denoised,
+    /// reconstruction, latent, segmentation, overlay (as the model allows).
+    #[arg(long, value_delimiter = ',')]
+    emit: Option<Vec<String>>,
+    /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
+    #[arg(long)]
+    ensemble: Option<usize>,
+    /// Inpainting: a folder of mask images, one per input at the same relative path (or
+    /// the same name as .png); black pixels are missing and get filled in.
+    #[arg(long)]
+    masks: Option<PathBuf>,
+    /// Where undecodable input files are moved, each with a NAME.error.txt (default:
+    /// OUT/.failed, or INPUT/.failed when writing to stdout). Never deleted.
+    #[arg(long)]
+    quarantine: Option<PathBuf>,
+    /// Folder of the journal of finished inputs, so that a restart processes each input
+    /// exactly once (default: $STATE_DIRECTORY under systemd, else OUT/.aestream, or
+    /// INPUT/.aestream when writing to stdout).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Move each finished input here (keeping its relative path) once its outputs are written.
+    #[arg(long)]
+    done: Option<PathBuf>,
+    /// A file written in place is taken once unchanged for this long (milliseconds).
+    #[arg(long, default_value_t = 2000)]
+    quiet_ms: u64,
+    /// Poll the input folder every SECS seconds instead of using file events (network
+    /// filesystems); files are taken once their size is stable.
+    #[arg(long, value_name = "SECS")]
+    poll: Option<f64>,
+    /// Rescan the whole input folder every SECS seconds, a safety net against lost events
+    /// (0: only when events were lost).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    rescan: f64,
+    /// Serve /metrics, /healthz and /readyz over HTTP (default address 127.0.0.1:9464; give
+    /// another to expose it).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    metrics: Option<SocketAddr>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|_| {
+        aestream::Error::Config {
+            origin: what.into(),
+            message: format!("{v} is not a number of seconds"),
+        }
+        .into()
+    })
+}
+
+/// Loads the pipeline file and its weights as generation `number` (at start, and on SIGHUP).
+fn load_generation(
+    a: &RunArgs,
+    device: &candle_core::Device,
+    number: u64,
+) -> anyhow::Result<Generation> {
+    let mut cfg = with_ensemble(PipelineConfig::load(&a.pipeline)?, a.ensemble)?;
+    if let Some(m) = &a.masks {
+        let why = if cfg.model.arch != "unet-inpaint" {
+            Some(format!(
+                "only inpainting pipelines take masks ({} is a {})",
+                cfg.name, cfg.model.arch
+            ))
+        } else if a.input == "-" {
+            Some("masks are matched to input files by name: needs a folder --input".into())
+        } else {
+            None
+        };
+        if let Some(message) = why {
+            return Err(aestream::Error::Config {
+                origin: "--masks".into(),
+                message,
+            }
+            .into());
+        }
+        cfg.mask_dir = Some(m.clone());
+    }
+    let model: Arc<dyn aestream::model::Model> =
+        Arc::from(aestream::model::load(&cfg, a.weights.as_deref(), device)?);
+    let version = aestream::model::weights_version(&cfg, a.weights.as_deref())?;
+    Ok(Generation::new(cfg, model, version, number))
+}
+
+/// The state folder: `--state`, else systemd's StateDirectory, else beside the outputs.
+fn state_dir(a: &RunArgs) -> PathBuf {
+    if let Some(s) = &a.state {
+        return s.clone();
+    }
+    if let Some(s) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd lists several directories separated by ':' when the unit names several.
+        if let Some(first) = s.to_string_lossy().split(':').next() {
+            if !first.is_empty() {
+                return PathBuf::from(first);
+            }
+        }
+    }
+    let base = if a.output != "-" { &a.output } else { &a.input };
+    PathBuf::from(base).join(".aestream")
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let device = aestream::model::select_device(&a.device)?;
+    let first = load_generation(&a, &device, 1)?;
+    let kinds = parse_kinds(a.emit.clone(), &first.cfg)?;
+    let telemetry = Arc::new(Telemetry::new());
+    // Only files can be set aside; a bad stdin frame is reported and skipped.
+    let quarantine = (a.input != "-").then(|| {
+        Quarantine::new(a.quarantine.clone().unwrap_or_else(|| {
+            let base = if a.output != "-" { &a.output } else { &a.input };
+            PathBuf::from(base).join(".failed")
+        }))
+    });
+    let framing: Framing = a.framing.into();
+    if a.input != "-" && a.output != "-" {
+        let same = std::fs::canonicalize(&a.input)
+            .ok()
+            .zip(std::fs::canonicalize(&a.output).ok());
+        if matches!(same, Some((x, y)) if x == y) {
+            return Err(aestream::Error::Config {
+                origin: "--output".into(),
+                message: format!(
+                    "{} is the input folder; outputs would be taken as inputs",
+                    a.output
+                ),
+            }
+            .into());
+        }
+    }
+    // The output folder exists before the source starts, so it can be excluded.
+    let sink: Box<dyn Sink> = if a.output == "-" {
+        Box::new(StreamSink::new(
+            std::io::BufWriter::new(std::io::stdout()),
+            framing,
+        ))
+    } else {
+        Box::new(FolderSink::new(PathBuf::from(&a.output).as_path())?.per_kind(kinds.len() > 1))
+    };
+    let mut journal = None;
+    let source: Box<dyn Source> = if a.input == "-" {
+        Box::new(StreamSource::new(
+            std::io::stdin(),
+            framing,
+            first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20) as usize,
+        ))
+    } else {
+        let state = state_dir(&a);
+        let j = Arc::new(
+            Journal::open(&state, &first.cfg.name, &first.version)
+                .with_context(|| format!("--state {}", state.display()))?,
+        );
+        if !j.is_empty() {
+            tracing::info!(
+                "{} inputs are already finished on record in {}; they are skipped",
+                j.len(),
+                j.path().display()
+            );
+        }
+        journal = Some(j.clone());
+        let mut exclude = vec![state];
+        if a.output != "-" {
+            exclude.push(PathBuf::from(&a.output));
+        }
+        if let Some(q) = &quarantine {
+            exclude.push(q.dir().to_path_buf());
+        }
+        if let Some(d) = &a.done {
+            std::fs::create_dir_all(d).with_context(|| format!("--done {}", d.display()))?;
+            exclude.push(d.clone());
+        }
+        let src_cfg = FolderSourceConfig {
+            recursive: a.recursive,
+            once: a.once,
+            exclude,
+            max_file_bytes: first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20),
+            quiet: Duration::from_millis(a.quiet_ms),
+            poll: a.poll.map(|p| secs("--poll", p)).transpose()?,
+            rescan: (a.rescan > 0.0)
+                .then(|| secs("--rescan", a.rescan))
+                .transpose()?,
+            journal: Some(j),
+            ..FolderSourceConfig::new(PathBuf::from(&a.input))
+        };
+        Box::new(FolderSource::new(src_cfg).with_context(|| format!("--input {}", a.input))?)
+    };
+    if let Some(addr) = a.metrics {
+        service::serve_http(addr, telemetry.clone())?;
+    }
+    tracing::info!(
+        "pipeline {} ({}, model {}) on {:?}: {} -> {}",
+        first.cfg.name,
+        first.cfg.origin,
+        first.version,
+        device,
+        a.input,
+        a.output
+    );
+    let slot = pipeline::slot(first);
+    let stop = Stop::new();
+    install_signals(
+        a.clone(),
+        device,
+        slot.clone(),
+        telemetry.clone(),
+        stop.clone(),
+    );
+    service::spawn_watchdog(telemetry.clone(), stop.clone());
+    service::ready(&format!("running {}", slot.load().version));
+    let opts = RunOptions {
+        quarantine,
+        journal,
+        done_dir: a.done.clone(),
+        telemetry: telemetry.clone(),
+    };
+    let s = pipeline::run(slot, source, sink, kinds, opts, stop)?;
+    tracing::info!(
+        "done: {} frames in, {} written, {} failed ({} quarantined), {} dropped, {} batches, {:.2} s ({:.2} frames/s)",
+        s.frames_in,
+        s.frames_out,
+        s.failed,
+        s.quarantined,
+        s.dropped,
+        s.batches,
+        s.seconds,
+        s.frames_out as f64 / s.seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+/// SIGTERM / SIGINT: stop taking input and drain (a second one exits at once).
+/// SIGHUP: reload the pipeline file and weights; frames in flight finish on the old ones.
+fn install_signals(
+    a: RunArgs,
+    device: candle_core::Device,
+    slot: ModelSlot,
+    telemetry: Arc<Telemetry>,
+    stop: Stop,
+) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            tracing::warn!("no signal handling: cannot start the runtime");
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                tracing::warn!("no signal handling: cannot install handlers");
+                return;
+            };
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {
+                        reload(&a, &device, &slot, &telemetry);
+                        continue;
+                    }
+                }
+                if !stopping {
+                    stopping = true;
+                    tracing::info!("stopping: finishing the frames in flight");
+                    service::stopping();
+                    stop.request();
+                } else {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        });
+    });
+}
+
+fn reload(a: &RunArgs, device: &candle_core::Device, slot: &ModelSlot, telemetry: &Telemetry) {
+    service::reloading();
+    let old = slot.load_full();
+    tracing::info!("SIGHUP: reloading {}", a.pipeline);
+    match load_generation(a, device, old.number + 1) {
+        Ok(g) => {
+            if g.cfg.channels.capacity != old.cfg.channels.capacity
+                || g.cfg.infer.workers != old.cfg.infer.workers
+            {
+                tracing::warn!(
+                    "reload: channel capacity and worker counts take effect on restart only"
+                );
+            }
+            let msg = format!(
+                "reloaded: model {} (generation {}), was {}",
+                g.version, g.number, old.version
+            );
+            telemetry.set_model(&g.version, g.number);
+            telemetry.reloads.fetch_add(1, Ordering::Relaxed);
+            slot.store(Arc::new(g));
+            tracing::info!("{msg}");
+            service::ready(&msg);
+        }
+        Err(e) => {
+            // A broken file must not take a running service down: keep serving the old one.
+            tracing::error!("reload failed, still serving {}: {e:#}", old.version);
+            service::ready(&format!("reload failed, serving {}: {e}", old.version));
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The journal: an append-only, fsync'd record of finished input files, so that a restart
+//! (after a crash, `kill -9`, a reboot) processes every input that has no record and none twice.
+//!
+//! One JSON object per line in `STATE/<pipeline>.journal.jsonl`: the input's path relative to the input
+//! folder, its size, mtime and content hash, the model version that made its outputs, and when.
+//! A record is appended only after the frame's outputs were renamed into place, so a record
+//! always means "complete outputs exist". A crash between the rename and the record makes the
+//! frame run again on restart, and its outputs are replaced atomically by identical ones: still
+//! exactly one complete output. A torn last line (crash mid-append) is ignored and cut off.
+//!
+//! The first line is a header with the format version, the pipeline and its weights' hash.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::frame::FileStamp;
+
+const FORMAT: u32 = 1;
+
+/// One finished input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub path: String,
+    #[serde(flatten)]
+    pub stamp: FileStamp,
+    /// The model version (pipeline, weights hash, generation) that made the outputs.
+    pub model: String,
+    /// RFC 3339 time the record was written.
+    pub time: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    aestream_journal: u32,
+    pipeline: String,
+    model: String,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    done: Mutex<HashMap<String, FileStamp>>,
+}
+
+fn key(rel: &Path) -> String {
+    rel.to_string_lossy().into_owned()
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`; `pipeline`/`model` go into a new file's header.
+    pub fn open(dir: &Path, pipeline: &str, model: &str) -> Result<Self> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e| Error::Io { path, source: e }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(format!("{pipeline}.journal.jsonl"));
+        let mut done = HashMap::new();
+        let mut lines = 0usize;
+        let mut valid_len = 0u64;
+        let mut have_header = false;
+        if path.exists() {
+            let f = std::fs::File::open(&path).map_err(io(&path))?;
+            let mut r = std::io::BufReader::new(f);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let n = r.read_until(b'\n', &mut buf).map_err(io(&path))?;
+                if n == 0 {
+                    break;
+                }
+                // A line without its newline was cut short by a crash: drop it.
+                if buf.last() != Some(&b'\n') {
+                    tracing::warn!("{}: dropping a torn last record", path.display());
+                    break;
+                }
+                if let Ok(rec) = serde_json::from_slice::<Record>(&buf) {
+                    done.insert(rec.path, rec.stamp);
+                    lines += 1;
+                } else if serde_json::from_slice::<Header>(&buf).is_ok() {
+                    have_header = true;
+                } else {
+                    return Err(Error::Other(format!(
+                        "{}: line {} is not a journal record; move the file away to start afresh",
+                        path.display(),
+                        lines + 1
+                    )));
+                }
+                valid_len += n as u64;
+            }
+        }
+        let journal_file = |truncate_to: Option<u64>| -> Result<std::fs::File> {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            if let Some(len) = truncate_to {
+                f.set_len(len).map_err(io(&path))?;
+            }
+            Ok(f)
+        };
+        // Compact when most lines are superseded records of files taken again.
+        if lines > 1024 && lines > 2 * done.len() {
+            let mut text = header_line(pipeline, model)?;
+            let mut recs: Vec<_> = done.iter().collect();
+            recs.sort_by(|a, b| a.0.cmp(b.0));
+            for (p, stamp) in recs {
+                text.push_str(&record_line(p, stamp, "compacted")?);
+            }
+            crate::sink::folder::write_atomic(&path, text.as_bytes())?;
+            valid_len = text.len() as u64;
+            have_header = true;
+            tracing::info!(
+                "{}: compacted {lines} records to {}",
+                path.display(),
+                done.len()
+            );
+        }
+        let exists = path.exists();
+        let mut file = journal_file(exists.then_some(valid_len))?;
+        if !have_header || !exists {
+            file.write_all(header_line(pipeline, model)?.as_bytes())
+                .map_err(io(&path))?;
+            file.sync_data().map_err(io(&path))?;
+            // The new file's name must be durable too.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        tracing::info!(
+            "journal {}: {} finished inputs on record",
+            path.display(),
+            done.len()
+        );
+        Ok(Self {
+            path,
+            file: Mutex::new(file),
+            done: Mutex::new(done),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of finished inputs on record.
+    pub fn len(&self) -> usize {
+        self.done.lock().map(|d| d.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `rel` was finished as it is now (same size and mtime).
+    pub fn is_done(&self, rel: &Path, now: &FileStamp) -> bool {
+        let d = self.done.lock().expect("journal lock");
+        d.get(&key(rel)).is_some_and(|s| s.same_file_state(now))
+    }
+
+    /// Whether `rel` was finished with exactly this content (a touched or re-copied file).
+    pub fn is_done_content(&self, rel: &Path, hash: &str) -> bool {
+        let d = self.done.lock().expect("journal lock");
+        d.get(&key(rel)).is_some_and(|s| s.hash == hash)
+    }
+
+    /// Records `rel` as finished, durably (fdatasync) before returning.
+    pub fn record(&self, rel: &Path, stamp: &FileStamp, model: &str) -> Result<()> {
+        let line = record_line(&key(rel), stamp, model)?;
+        let mut f = self.file.lock().expect("journal lock");
+        let io = |e| Error::Io {
+            path: self.path.clone(),
+            source: e,
+        };
+        f.write_all(line.as_bytes()).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        drop(f);
+        self.done
+            .lock()
+            .expect("journal lock")
+            .insert(key(rel), stamp.clone());
+        Ok(())
+    }
+}
+
+fn header_line(pipeline: &str, model: &str) -> Result<String> {
+    let h = Header {
+        aestream_journal: FORMAT,
+        pipeline: pipeline.into(),
+        model: model.into(),
+    };
+    Ok(serde_json::to_string(&h).map_err(|e| Error::Other(e.to_string()))? + "\n")
+}
+
+fn record_line(path: &str, stamp: &FileStamp, model: &str) -> Result<String> {
+    let r = Record {
+        path: path.into(),
+        stamp: stamp.clone(),
+        model: model.into(),
+        time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    Ok(serde_json::to_string(&r).map_err(|e| Error::Other(e.to_string()))? + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(size: u64, hash: &str) -> FileStamp {
+        FileStamp {
+            size,
+            mtime_ns: 7,
+            hash: hash.into(),
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_a_torn_tail_is_dropped() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path(), "p", "v1")?;
+            j.record(Path::new("a.png"), &stamp(10, "aa"), "v1")?;
+            j.record(Path::new("sub/b.png"), &stamp(20, "bb"), "v1")?;
+        }
+        // A crash in the middle of an append leaves half a line.
+        let path = dir.path().join("p.journal.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"path\":\"c.png\",\"si").unwrap();
+        drop(f);
+        let j = Journal::open(dir.path(), "p", "v1")?;
+        assert_eq!(j.len(), 2);
+        assert!(j.is_done(Path::new("a.png"), &stamp(10, "")));
+        assert!(!j.is_done(Path::new("a.png"), &stamp(11, "")));
+        assert!(j.is_done_content(Path::new("sub/b.png"), "bb"));
+        assert!(!j.is_done(Path::new("c.png"), &stamp(0, "")));
+        // The torn tail was cut, so the next record starts on a line of its own.
+        j.record(Path::new("c.png"), &stamp(30, "cc"), "v1")?;
+        drop(j);
+        let j = Journal::open(dir.path(), "p", "v1")?;
+        assert_eq!(j.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.journal.jsonl"), "hello\n").unwrap();
+        let e = Journal::open(dir.path(), "p", "v").unwrap_err().to_string();
+        assert!(e.contains("not a journal record"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("p.journal.jsonl")).unwrap(),
+            "hello\n"
+        );
+    }
+}
