@@ -876,3 +876,41 @@ fn polling_takes_stable_files_and_retakes_changed_ones() {
     .is_ok_and(|b| b != first)));
     assert_eq!(read(&target).width, 24);
 }
+
+/// `--done` moves each finished input away (keeping its relative path) only after its output
+/// exists; `--log-format json` logs one JSON object per line.
+#[test]
+fn done_moves_finished_inputs_and_json_logs_parse() {
+    let t = tempfile::tempdir().unwrap();
+    let (input, out, done) = (
+        t.path().join("in"),
+        t.path().join("out"),
+        t.path().join("done"),
+    );
+    frames_into(&input.join("sub"), 6, 24);
+    let r = bin()
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "denoise-fast",
+            "--recursive",
+            "--once",
+        ])
+        .args(["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .args(["--done", done.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    assert_eq!(outputs(&out).len(), 6);
+    assert_eq!(outputs(&done).len(), 6);
+    assert!(done.join("sub/f0000.png").exists());
+    assert!(tree(&input).is_empty(), "{:?}", tree(&input));
+    let log = String::from_utf8_lossy(&r.stderr);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let j: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        assert!(j.get("level").is_some() && j.get("fields").is_some(), "{l}");
+    }
+}

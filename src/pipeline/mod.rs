@@ -825,4 +825,65 @@ mod tests {
         let ahead = max_ahead.load(Ordering::SeqCst);
         assert!(ahead <= 16, "source ran {ahead} frames ahead of the sink");
     }
+
+    struct TallySink {
+        written: Arc<Mutex<Vec<u64>>>,
+        skipped: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl Sink for TallySink {
+        fn write(&mut self, out: Output) -> Result<()> {
+            std::thread::sleep(Duration::from_millis(5));
+            self.written.lock().unwrap().push(out.seq);
+            Ok(())
+        }
+        fn skip(&mut self, seq: u64) -> Result<()> {
+            self.skipped.lock().unwrap().push(seq);
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Under `overload = "drop-oldest"` a fast stream into a slow sink drops frames, counts
+    /// them, and tells the sink of each, so every sequence number is accounted for once.
+    #[test]
+    fn drop_oldest_accounts_for_every_frame() {
+        let mut cfg = PipelineConfig::load("denoise").unwrap();
+        cfg.channels.capacity = 1;
+        cfg.channels.overload = crate::config::Overload::DropOldest;
+        cfg.infer.workers = 1;
+        cfg.model.channels = vec![4];
+        cfg.model.blocks = vec![1];
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let net = Denoiser::new(vb, &cfg.model.denoiser()).unwrap();
+        let model: Arc<dyn Model> = Arc::new(NetModel::new(Net::Denoise(net), Device::Cpu, None));
+        let frame = encode_png(&Planes::grey(16, 16, vec![0.5; 256]), "t").unwrap();
+        let (written, skipped) = (Arc::default(), Arc::default());
+        let n = 200;
+        let summary = run(
+            slot(Generation::new(cfg, model, "test".into(), 1)),
+            Box::new(CountingSource {
+                n,
+                frame,
+                sent: Arc::default(),
+            }),
+            Box::new(TallySink {
+                written: Arc::clone(&written),
+                skipped: Arc::clone(&skipped),
+            }),
+            vec![OutputKind::Denoised],
+            RunOptions::default(),
+            Stop::new(),
+        )
+        .unwrap();
+        let (w, s) = (written.lock().unwrap(), skipped.lock().unwrap());
+        assert!(summary.dropped > 0, "nothing dropped");
+        assert_eq!(summary.dropped as usize, s.len());
+        let all: BTreeSet<u64> = w.iter().chain(s.iter()).copied().collect();
+        assert_eq!(all.len() as u64, n, "a frame was lost or counted twice");
+        assert_eq!(w.len() + s.len(), n as usize);
+    }
 }

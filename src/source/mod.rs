@@ -107,3 +107,47 @@ pub trait Source: Send {
     /// Sends frames until the input ends (`Ok`), `stop` is requested, or the pipeline is gone.
     fn run(self: Box<Self>, intake: Intake, stop: Stop) -> Result<()>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::{bounded, unbounded};
+
+    fn frame(seq: u64) -> RawFrame {
+        RawFrame {
+            seq,
+            id: FrameId::Stream { seq, offset: 0 },
+            bytes: Ok(vec![]),
+        }
+    }
+
+    /// With nobody reading, `drop-oldest` keeps the newest frames, counts the dropped ones and
+    /// reports each as a gap; `block` would wait (checked with a reader draining later).
+    #[test]
+    fn drop_oldest_keeps_the_newest_and_reports_gaps() {
+        let (tx, rx) = bounded(2);
+        let (gtx, grx) = unbounded();
+        let tel = Arc::new(Telemetry::new());
+        let intake = Intake::new(tx, rx.clone(), Overload::DropOldest, gtx, tel.clone());
+        for seq in 0..5 {
+            assert!(intake.send(frame(seq)));
+        }
+        let kept: Vec<u64> = rx.try_iter().map(|f| f.seq).collect();
+        assert_eq!(kept, vec![3, 4]);
+        assert_eq!(grx.try_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(tel.dropped.load(Ordering::Relaxed), 3);
+
+        let (tx, rx) = bounded(1);
+        let (gtx, _grx) = unbounded();
+        let intake = Intake::new(tx, rx.clone(), Overload::Block, gtx, tel);
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            rx.iter().map(|f| f.seq).collect::<Vec<_>>()
+        });
+        for seq in 0..5 {
+            assert!(intake.send(frame(seq)));
+        }
+        drop(intake);
+        assert_eq!(reader.join().unwrap(), vec![0, 1, 2, 3, 4]);
+    }
+}
