@@ -783,21 +783,33 @@ mod tests {
         }
     }
 
-    /// A slow sink holds the source back: frames in flight stay within what the bounded
-    /// channels and stages can hold, and every frame still arrives.
-    #[test]
-    fn slow_sink_backpressures_the_source_and_loses_nothing() {
+    /// The denoise pipeline with one-frame channels, one worker per stage and a tiny model.
+    fn tiny_config() -> PipelineConfig {
         let mut cfg = PipelineConfig::load("denoise").unwrap();
         cfg.channels.capacity = 1;
         cfg.infer.workers = 1;
-        cfg.infer.max_batch = 2;
         cfg.model.channels = vec![4];
         cfg.model.blocks = vec![1];
+        cfg
+    }
+
+    /// An untrained model for `cfg` and a 16×16 PNG frame.
+    fn tiny_model_and_frame(cfg: &PipelineConfig) -> (Arc<dyn Model>, Vec<u8>) {
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
         let net = Denoiser::new(vb, &cfg.model.denoiser()).unwrap();
         let model: Arc<dyn Model> = Arc::new(NetModel::new(Net::Denoise(net), Device::Cpu, None));
         let frame = encode_png(&Planes::grey(16, 16, vec![0.5; 256]), "t").unwrap();
+        (model, frame)
+    }
+
+    /// A slow sink holds the source back: frames in flight stay within what the bounded
+    /// channels and stages can hold, and every frame still arrives.
+    #[test]
+    fn slow_sink_backpressures_the_source_and_loses_nothing() {
+        let mut cfg = tiny_config();
+        cfg.infer.max_batch = 2;
+        let (model, frame) = tiny_model_and_frame(&cfg);
         let sent = Arc::new(AtomicU64::new(0));
         let written = Arc::new(Mutex::new(BTreeSet::new()));
         let max_ahead = Arc::new(AtomicU64::new(0));
@@ -850,17 +862,9 @@ mod tests {
     /// them, and tells the sink of each, so every sequence number is accounted for once.
     #[test]
     fn drop_oldest_accounts_for_every_frame() {
-        let mut cfg = PipelineConfig::load("denoise").unwrap();
-        cfg.channels.capacity = 1;
+        let mut cfg = tiny_config();
         cfg.channels.overload = crate::config::Overload::DropOldest;
-        cfg.infer.workers = 1;
-        cfg.model.channels = vec![4];
-        cfg.model.blocks = vec![1];
-        let vm = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let net = Denoiser::new(vb, &cfg.model.denoiser()).unwrap();
-        let model: Arc<dyn Model> = Arc::new(NetModel::new(Net::Denoise(net), Device::Cpu, None));
-        let frame = encode_png(&Planes::grey(16, 16, vec![0.5; 256]), "t").unwrap();
+        let (model, frame) = tiny_model_and_frame(&cfg);
         let (written, skipped) = (Arc::default(), Arc::default());
         let n = 200;
         let summary = run(
