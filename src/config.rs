@@ -88,6 +88,8 @@ pub struct PipelineConfig {
     pub channels: ChannelConfig,
     #[serde(default)]
     pub train: TrainConfig,
+    #[serde(default)]
+    pub finetune: FinetuneConfig,
     /// Where the file came from (set on load; a path, or `builtin:NAME`).
     #[serde(skip)]
     pub origin: String,
@@ -440,6 +442,73 @@ impl Default for ChannelConfig {
     }
 }
 
+/// Online fine-tuning while the daemon runs (`--finetune` or `enabled = true`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub enabled: bool,
+    /// `clean`: incoming frames are clean, the model learns corrupted → frame. `noisy`: they
+    /// are already noisy; Neighbor2Neighbor (self-supervised) is used.
+    pub target: FinetuneTarget,
+    /// Frames kept in the replay buffer (reservoir sampling over the whole stream).
+    pub buffer: usize,
+    /// Frames held back for validation (every 8th offered frame goes to their reservoir).
+    pub holdout: usize,
+    /// Frames needed in the buffer before training starts.
+    pub min_frames: usize,
+    pub patch: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// Threads of the trainer's own pool (the serving pipeline keeps the rest).
+    pub threads: usize,
+    /// Upper bound on the trainer's pace.
+    pub max_steps_per_minute: usize,
+    /// Steps per round; after each round the candidate is validated.
+    pub round_steps: usize,
+    /// A candidate replaces the serving model only if its validation loss is lower by at
+    /// least this fraction.
+    pub min_improvement: f64,
+    /// Noise of the clean target: σ uniform in [0, sigma_max] (0-255 scale).
+    pub sigma_max: f32,
+    /// Validation noise (clean target), 0-255 scale.
+    pub val_sigma: f32,
+    /// Patches in the validation set.
+    pub val_patches: usize,
+    /// Checkpoints kept (`--checkpoints DIR`).
+    pub keep: usize,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            target: FinetuneTarget::Clean,
+            buffer: 256,
+            holdout: 32,
+            min_frames: 8,
+            patch: 64,
+            batch: 4,
+            lr: 1e-4,
+            threads: 1,
+            max_steps_per_minute: 600,
+            round_steps: 40,
+            min_improvement: 0.01,
+            sigma_max: 50.0,
+            val_sigma: 25.0,
+            val_patches: 16,
+            keep: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinetuneTarget {
+    #[default]
+    Clean,
+    Noisy,
+}
+
 /// Overload policy of stream sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -710,6 +779,28 @@ impl PipelineConfig {
         }
         if self.channels.capacity == 0 {
             return Err(bad("channels.capacity", "must be at least 1".into()));
+        }
+        let f = &self.finetune;
+        let multiple = self.model.size_multiple().max(1);
+        if f.patch < 16 || !f.patch.is_multiple_of(multiple) {
+            return Err(bad(
+                "finetune.patch",
+                format!("must be at least 16 and a multiple of {multiple}"),
+            ));
+        }
+        for (key, v) in [
+            ("finetune.buffer", f.buffer),
+            ("finetune.holdout", f.holdout),
+            ("finetune.batch", f.batch),
+            ("finetune.threads", f.threads),
+            ("finetune.round_steps", f.round_steps),
+            ("finetune.max_steps_per_minute", f.max_steps_per_minute),
+            ("finetune.val_patches", f.val_patches),
+            ("finetune.keep", f.keep),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
         }
         for (key, v) in [
             ("corrupt.salt_pepper", self.corrupt.salt_pepper),

@@ -19,6 +19,7 @@ use aestream::source::folder::{FolderSource, FolderSourceConfig};
 use aestream::source::split::Framing;
 use aestream::source::stdin::StreamSource;
 use aestream::source::{Source, Stop};
+use aestream::train::online::{self, Checkpoints};
 
 use crate::{parse_kinds, with_ensemble, FramingArg};
 
@@ -83,6 +84,12 @@ pub struct RunArgs {
     /// another to expose it).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
     metrics: Option<SocketAddr>,
+    /// Fine-tune the model on the stream while serving it (also `[finetune] enabled = true`).
+    #[arg(long)]
+    finetune: bool,
+    /// Write every swapped-in fine-tuned version here, and start from the newest one.
+    #[arg(long)]
+    checkpoints: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: String,
 }
@@ -124,10 +131,20 @@ fn load_generation(
         }
         cfg.mask_dir = Some(m.clone());
     }
+    if a.finetune {
+        cfg.finetune.enabled = true;
+    }
     let model: Arc<dyn aestream::model::Model> =
         Arc::from(aestream::model::load(&cfg, a.weights.as_deref(), device)?);
     let version = aestream::model::weights_version(&cfg, a.weights.as_deref())?;
-    Ok(Generation::new(cfg, model, version, number))
+    let mut g = Generation::new(cfg, model, version, number);
+    if g.cfg.finetune.enabled {
+        // The fine-tuner starts from these.
+        let bytes = g.cfg.weights_bytes(a.weights.as_deref())?;
+        let t = candle_core::safetensors::load_buffer(&bytes, device)?;
+        g = g.with_tensors(Arc::new(t));
+    }
+    Ok(g)
 }
 
 /// The state folder: `--state`, else systemd's StateDirectory, else beside the outputs.
@@ -149,9 +166,45 @@ fn state_dir(a: &RunArgs) -> PathBuf {
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let device = aestream::model::select_device(&a.device)?;
-    let first = load_generation(&a, &device, 1)?;
-    let kinds = parse_kinds(a.emit.clone(), &first.cfg)?;
+    let mut first = load_generation(&a, &device, 1)?;
+    let stop = Stop::new();
     let telemetry = Arc::new(Telemetry::new());
+    // Fine-tuning: serve the newest checkpoint if there is one, and resume its optimizer.
+    let mut restored_opt = None;
+    let checkpoints = match (&a.checkpoints, first.cfg.finetune.enabled) {
+        (Some(dir), true) => {
+            let c = Checkpoints::new(dir.clone(), &first.cfg.name, first.cfg.finetune.keep)?;
+            if let Some(r) = c.newest(&device) {
+                let step = r
+                    .opt
+                    .as_ref()
+                    .and_then(|o| o.get("train.step"))
+                    .and_then(|t| t.to_vec1::<f32>().ok())
+                    .and_then(|v| v.first().copied())
+                    .map(|s| s as u64);
+                if let (Some(step), Some(o)) = (step, r.opt.clone()) {
+                    restored_opt = Some((step, o));
+                }
+                let cfg = first.cfg.clone();
+                first = online::restored_generation(&cfg, r, &device, 1)?;
+                tracing::info!(
+                    "fine-tune: serving checkpoint {} ({} steps on record)",
+                    first.version,
+                    restored_opt.as_ref().map_or(0, |(s, _)| *s)
+                );
+            }
+            Some(c)
+        }
+        (Some(_), false) => {
+            return Err(aestream::Error::Config {
+                origin: "--checkpoints".into(),
+                message: "only with --finetune".into(),
+            }
+            .into())
+        }
+        _ => None,
+    };
+    let kinds = parse_kinds(a.emit.clone(), &first.cfg)?;
     // Only files can be set aside; a bad stdin frame is reported and skipped.
     let quarantine = (a.input != "-").then(|| {
         Quarantine::new(a.quarantine.clone().unwrap_or_else(|| {
@@ -243,14 +296,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         a.input,
         a.output
     );
+    let finetune_on = first.cfg.finetune.enabled;
     let slot = pipeline::slot(first);
-    let stop = Stop::new();
+    let (offer, control) = if finetune_on {
+        let trainer =
+            online::Finetuner::new(slot.clone(), telemetry.clone(), checkpoints, restored_opt)?;
+        let (o, c, _handle) = online::spawn(trainer, stop.clone())?;
+        (Some(o), Some(c))
+    } else {
+        (None, None)
+    };
     install_signals(
         a.clone(),
         device,
         slot.clone(),
         telemetry.clone(),
         stop.clone(),
+        control,
     );
     service::spawn_watchdog(telemetry.clone(), stop.clone());
     service::ready(&format!("running {}", slot.load().version));
@@ -259,15 +321,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         journal,
         done_dir: a.done.clone(),
         telemetry: telemetry.clone(),
+        finetune: offer,
     };
     let s = pipeline::run(slot, source, sink, kinds, opts, stop)?;
     tracing::info!(
-        "done: {} frames in, {} written, {} failed ({} quarantined), {} dropped, {} batches, {:.2} s ({:.2} frames/s)",
+        "done: {} frames in, {} written, {} failed ({} quarantined), {} dropped, {} left for the next run, {} batches, {:.2} s ({:.2} frames/s)",
         s.frames_in,
         s.frames_out,
         s.failed,
         s.quarantined,
         s.dropped,
+        s.deferred,
         s.batches,
         s.seconds,
         s.frames_out as f64 / s.seconds.max(1e-9)
@@ -277,12 +341,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 
 /// SIGTERM / SIGINT: stop taking input and drain (a second one exits at once).
 /// SIGHUP: reload the pipeline file and weights; frames in flight finish on the old ones.
+/// SIGUSR1: with fine-tuning, return to the previous version.
 fn install_signals(
     a: RunArgs,
     device: candle_core::Device,
     slot: ModelSlot,
     telemetry: Arc<Telemetry>,
     stop: Stop,
+    control: Option<online::Control>,
 ) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -294,9 +360,10 @@ fn install_signals(
         };
         rt.block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut hup)) = (
+            let (Ok(mut term), Ok(mut hup), Ok(mut usr1)) = (
                 signal(SignalKind::terminate()),
                 signal(SignalKind::hangup()),
+                signal(SignalKind::user_defined1()),
             ) else {
                 tracing::warn!("no signal handling: cannot install handlers");
                 return;
@@ -308,6 +375,13 @@ fn install_signals(
                     _ = term.recv() => {}
                     _ = hup.recv() => {
                         reload(&a, &device, &slot, &telemetry);
+                        continue;
+                    }
+                    _ = usr1.recv() => {
+                        match &control {
+                            Some(c) => c.rollback(),
+                            None => tracing::warn!("SIGUSR1: rollback needs --finetune"),
+                        }
                         continue;
                     }
                 }

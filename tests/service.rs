@@ -632,6 +632,15 @@ fn kill_9_then_restart_gives_exactly_one_complete_output_each() {
     assert!(log.contains("already finished on record"), "{log}");
 }
 
+/// The shipped `denoise-fast` pipeline file under another name.
+fn fast_pipeline(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/denoise-fast.toml"),
+    )
+    .unwrap()
+    .replace("name = \"denoise-fast\"", &format!("name = \"{name}\""))
+}
+
 /// A socket standing in for systemd's: collects every datagram the daemon sends.
 struct NotifySocket {
     sock: UnixDatagram,
@@ -686,15 +695,8 @@ fn sighup_reloads_mid_stream_and_sigterm_drains() {
     let t = tempfile::tempdir().unwrap();
     let (input, out) = (t.path().join("in"), t.path().join("out"));
     let pipe = t.path().join("hup.toml");
-    let base = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/denoise-fast.toml"),
-    )
-    .unwrap();
-    std::fs::write(
-        &pipe,
-        base.replace("name = \"denoise-fast\"", "name = \"hup\""),
-    )
-    .unwrap();
+    let base = fast_pipeline("hup");
+    std::fs::write(&pipe, &base).unwrap();
     let mut ns = NotifySocket::new(t.path());
     let n = 80;
     frames_into(&input, n / 2, 48);
@@ -735,12 +737,7 @@ fn sighup_reloads_mid_stream_and_sigterm_drains() {
     assert!(d.log().contains("reload failed"), "{}", d.log());
 
     // Now a real change: another ensemble size, hence another pipeline version.
-    std::fs::write(
-        &pipe,
-        base.replace("name = \"denoise-fast\"", "name = \"hup\"")
-            .replace("ensemble = 1", "ensemble = 2"),
-    )
-    .unwrap();
+    std::fs::write(&pipe, base.replace("ensemble = 1", "ensemble = 2")).unwrap();
     signal(&d.child, "HUP");
     let r2 = ns
         .find(after_fail + 1, "RELOADING=1", Duration::from_secs(10))
@@ -913,4 +910,96 @@ fn done_moves_finished_inputs_and_json_logs_parse() {
         let j: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
         assert!(j.get("level").is_some() && j.get("fields").is_some(), "{l}");
     }
+}
+
+/// Fine-tuning under `kill -9`: killed repeatedly while it writes checkpoints (every round
+/// swaps, so it writes all the time), each restart serves the newest complete checkpoint and
+/// resumes its step count; every frame still gets exactly one output.
+#[test]
+fn finetune_survives_kill_9_and_resumes_from_its_newest_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let (input, out, ck) = (
+        t.path().join("in"),
+        t.path().join("out"),
+        t.path().join("ck"),
+    );
+    let pipe = t.path().join("ft.toml");
+    let settings = "\n[finetune]\npatch = 32\nbatch = 2\nround_steps = 2\nmin_frames = 2\n\
+                    min_improvement = -1.0\nkeep = 3\n";
+    std::fs::write(&pipe, fast_pipeline("ft") + settings).unwrap();
+    frames_into(&input, 40, 48);
+    let args = [
+        pipe.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--finetune",
+        "--checkpoints",
+        ck.to_str().unwrap(),
+    ];
+    let versions = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let mut last_steps = 0u64;
+    for round in 0..3 {
+        // The replay buffer lives in memory: after a restart it fills from new frames.
+        for i in 0..16 {
+            rename_in(
+                &input,
+                &format!("r{round}-{i:02}.png"),
+                &png(48, 48, 1000 + 16 * round + i),
+            );
+        }
+        let mut d = Daemon::start(&args, t.path().join(format!("log{round}")), &[]);
+        if round > 0 {
+            assert!(
+                wait_until(Duration::from_secs(60), || d
+                    .log()
+                    .contains("fine-tune: serving checkpoint")),
+                "restart {round} did not serve a checkpoint:\n{}",
+                d.log()
+            );
+        }
+        let before = versions(&ck).len();
+        assert!(
+            wait_until(Duration::from_secs(120), || versions(&ck).len() > before
+                || (before >= 3 && d.log().matches("swapped in").count() >= 2)),
+            "no new checkpoint:\n{}",
+            d.log()
+        );
+        // Somewhere in the middle of the next write.
+        std::thread::sleep(Duration::from_millis(150 * round as u64 + 50));
+        d.child.kill().unwrap();
+        d.child.wait().unwrap();
+        if round > 0 {
+            let line = d
+                .log()
+                .lines()
+                .find(|l| l.contains("serving checkpoint"))
+                .unwrap()
+                .to_string();
+            let steps: u64 = line
+                .split('(')
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{line}"));
+            assert!(steps >= last_steps && steps > 0, "{line}");
+            last_steps = steps;
+        }
+    }
+    let r = bin().arg("run").args(args).arg("--once").output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(outputs(&out).len(), 40 + 3 * 16);
+    assert!(temps(&out).is_empty());
 }

@@ -48,6 +48,8 @@ pub struct Generation {
     pub version: String,
     /// 1 for the model a run starts with, +1 for each swap.
     pub number: u64,
+    /// The weights, when known (the fine-tuner starts from them).
+    pub tensors: Option<Arc<std::collections::HashMap<String, candle_core::Tensor>>>,
     plan: TilePlan,
 }
 
@@ -59,8 +61,23 @@ impl Generation {
             model,
             version,
             number,
+            tensors: None,
             plan,
         }
+    }
+
+    /// N of a fine-tuned version `NAME-vN@HASH`.
+    pub fn version_number(&self) -> Option<u64> {
+        let (head, _) = self.version.split_once('@')?;
+        head.rsplit_once("-v")?.1.parse().ok()
+    }
+
+    pub fn with_tensors(
+        mut self,
+        t: Arc<std::collections::HashMap<String, candle_core::Tensor>>,
+    ) -> Self {
+        self.tensors = Some(t);
+        self
     }
 }
 
@@ -88,6 +105,7 @@ pub struct Stats {
     pub failed: AtomicU64,
     pub batches: AtomicU64,
     pub quarantined: AtomicU64,
+    pub deferred: AtomicU64,
 }
 
 /// What a finished run reports.
@@ -101,6 +119,8 @@ pub struct Summary {
     pub quarantined: u64,
     /// Stream frames dropped under `overload = "drop-oldest"`.
     pub dropped: u64,
+    /// File frames left for the next run by a stop (not yet at the model when it came).
+    pub deferred: u64,
     pub seconds: f64,
 }
 
@@ -114,6 +134,8 @@ pub struct RunOptions {
     /// its journal record are durable.
     pub done_dir: Option<PathBuf>,
     pub telemetry: Arc<Telemetry>,
+    /// Decoded frames are also offered to the online fine-tuner here.
+    pub finetune: Option<crate::train::online::Offer>,
 }
 
 /// Runs a pipeline until its source ends or `stop` is requested, then drains. Channel sizes
@@ -200,8 +222,18 @@ pub fn run(
     for i in 0..workers {
         let (rx, tx, stop, stats) = (raw_rx.clone(), dec_tx.clone(), stop.clone(), stats.clone());
         let (q, slot, tel) = (opts.quarantine.clone(), slot.clone(), tel.clone());
+        let offer = opts.finetune.clone();
         handles.push(spawn(format!("decode-{i}"), move || {
-            decode_worker(&slot, q.as_ref(), rx, tx, &stop, &stats, &tel)
+            decode_worker(
+                &slot,
+                q.as_ref(),
+                offer.as_ref(),
+                rx,
+                tx,
+                &stop,
+                &stats,
+                &tel,
+            )
         })?);
     }
     drop((raw_rx, dec_tx));
@@ -213,6 +245,7 @@ pub fn run(
         cor_tx,
         &stats,
         &tel,
+        Some(&stop),
         move |seq, id, gen, mut planes: Planes| {
             if let (Some(dir), FrameId::File { rel, .. }) = (&gen.cfg.mask_dir, id) {
                 let path = corrupt::mask_path(dir, rel).ok_or_else(|| {
@@ -237,6 +270,7 @@ pub fn run(
         prep_tx,
         &stats,
         &tel,
+        Some(&stop),
         move |_, _, gen, planes| {
             let norm = normalise::NormaliseOpts {
                 cfg: gen.cfg.normalise.clone(),
@@ -249,9 +283,9 @@ pub fn run(
     )?);
 
     {
-        let (stats, tel) = (stats.clone(), tel.clone());
+        let (stats, tel, stop) = (stats.clone(), tel.clone(), stop.clone());
         handles.push(spawn("infer".into(), move || {
-            infer_worker(want_code, prep_rx, inf_tx, &stats, &tel)
+            infer_worker(want_code, prep_rx, inf_tx, &stats, &tel, &stop)
         })?);
     }
 
@@ -262,6 +296,7 @@ pub fn run(
         post_tx,
         &stats,
         &tel,
+        None,
         move |_, _, gen, (prep, outs, code): Inferred| {
             Ok(postprocess::assemble(
                 prep,
@@ -280,6 +315,7 @@ pub fn run(
         out_tx,
         &stats,
         &tel,
+        None,
         move |_, id, _, finished| {
             enc_kinds
                 .iter()
@@ -393,6 +429,7 @@ pub fn run(
         batches: stats.batches.load(Ordering::Relaxed),
         quarantined: stats.quarantined.load(Ordering::Relaxed),
         dropped: tel.dropped.load(Ordering::Relaxed),
+        deferred: stats.deferred.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -462,6 +499,7 @@ fn map_stage<A, B, F>(
     tx: Sender<Packet<B>>,
     stats: &Arc<Stats>,
     tel: &Arc<Telemetry>,
+    defer_on: Option<&Stop>,
     f: F,
 ) -> Result<Vec<thread::JoinHandle<()>>>
 where
@@ -478,8 +516,12 @@ where
                 tel.clone(),
                 f.clone(),
             );
+            let defer_on = defer_on.cloned();
             spawn(format!("{name}-{i}"), move || {
-                for p in rx.iter() {
+                for mut p in rx.iter() {
+                    if defer(defer_on.as_ref(), &p.id, p.body.is_some(), &stats, &tel) {
+                        p.body = None;
+                    }
                     let t0 = Instant::now();
                     let had_body = p.body.is_some();
                     // A bug hit by one odd frame must not take the stage (and every later
@@ -511,6 +553,18 @@ where
         .collect()
 }
 
+/// After a stop request, a file frame that has not reached the model yet is left for the next
+/// run (it is on disk and has no journal record), so that a drain takes about one batch, not
+/// a pipeline's worth of model time. Stream frames cannot be read again: they are finished.
+fn defer(stop: Option<&Stop>, id: &FrameId, live: bool, stats: &Stats, tel: &Telemetry) -> bool {
+    let yes = live && matches!(id, FrameId::File { .. }) && stop.is_some_and(|s| s.requested());
+    if yes {
+        stats.deferred.fetch_add(1, Ordering::Relaxed);
+        tel.frame("drain", "deferred");
+    }
+    yes
+}
+
 /// Whether a file changed since it was read (then it is not quarantined: it will be taken
 /// again once its writer is done).
 fn changed_since_read(id: &FrameId) -> bool {
@@ -524,9 +578,11 @@ fn changed_since_read(id: &FrameId) -> bool {
 }
 
 /// Decodes raw frames; on a stop request, drains what the source already handed over.
+#[allow(clippy::too_many_arguments)]
 fn decode_worker(
     slot: &ModelSlot,
     quarantine: Option<&Quarantine>,
+    offer: Option<&crate::train::online::Offer>,
     rx: Receiver<RawFrame>,
     tx: Sender<Packet<Planes>>,
     stop: &Stop,
@@ -555,6 +611,18 @@ fn decode_worker(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         tel.in_flight(1);
+        if defer(Some(stop), &raw.id, true, stats, tel) {
+            let gap = Packet {
+                seq: raw.seq,
+                id: raw.id,
+                gen: slot.load_full(),
+                body: None,
+            };
+            if tx.send(gap).is_err() {
+                return;
+            }
+            continue;
+        }
         let t0 = Instant::now();
         // The frame keeps this generation (settings and model) until it is written.
         let gen = slot.load_full();
@@ -574,6 +642,9 @@ fn decode_worker(
         let body = match decoded {
             Ok(p) => {
                 tel.frame("decode", "ok");
+                if let Some(o) = offer {
+                    o.offer(&p);
+                }
                 Some(p)
             }
             Err(msg) => {
@@ -626,6 +697,7 @@ fn infer_worker(
     tx: Sender<Packet<Inferred>>,
     stats: &Stats,
     tel: &Telemetry,
+    stop: &Stop,
 ) {
     // A frame of another generation that ended a batch starts the next one.
     let mut carry: Option<Packet<Prepared>> = None;
@@ -653,7 +725,10 @@ fn infer_worker(
         }
         let mut ready = Vec::new();
         let mut units = Vec::new();
-        for p in batch {
+        for mut p in batch {
+            if defer(Some(stop), &p.id, p.body.is_some(), stats, tel) {
+                p.body = None;
+            }
             match p.body {
                 Some(prep) => {
                     for plane in &prep.planes {
@@ -889,5 +964,102 @@ mod tests {
         let all: BTreeSet<u64> = w.iter().chain(s.iter()).copied().collect();
         assert_eq!(all.len() as u64, n, "a frame was lost or counted twice");
         assert_eq!(w.len() + s.len(), n as usize);
+    }
+
+    /// A model whose output is one constant: which model made a frame shows in its pixels.
+    struct Constant {
+        value: f32,
+        spec: crate::model::ModelSpec,
+        delay: Duration,
+    }
+
+    impl Model for Constant {
+        fn spec(&self) -> crate::model::ModelSpec {
+            self.spec
+        }
+        fn run(&self, x: &candle_core::Tensor, _: bool) -> Result<crate::model::Outputs> {
+            std::thread::sleep(self.delay);
+            Ok(crate::model::Outputs {
+                image: (x.zeros_like()? + self.value as f64)?,
+                code: None,
+            })
+        }
+        fn device(&self) -> &Device {
+            &Device::Cpu
+        }
+    }
+
+    struct VersionSink {
+        seen: Arc<Mutex<Vec<(String, f32)>>>,
+    }
+
+    impl Sink for VersionSink {
+        fn write(&mut self, out: Output) -> Result<()> {
+            let Payload::Bytes(png) = &out.files[0].1 else {
+                panic!("an image")
+            };
+            let img = crate::frame::decode(png, Default::default(), "out").unwrap();
+            self.seen
+                .lock()
+                .unwrap()
+                .push((out.version.clone(), img.planes[0][0]));
+            Ok(())
+        }
+        fn skip(&mut self, seq: u64) -> Result<()> {
+            panic!("frame {seq} failed");
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Swapping the model while frames are in flight: every frame is finished by the model it
+    /// started with, and says so.
+    #[test]
+    fn a_swap_never_changes_a_frame_in_flight() {
+        let cfg = tiny_config();
+        let (real, frame) = tiny_model_and_frame(&cfg);
+        let model = |value: f32| -> Arc<dyn Model> {
+            Arc::new(Constant {
+                value,
+                spec: real.spec(),
+                delay: Duration::from_millis(3),
+            })
+        };
+        let s = slot(Generation::new(cfg.clone(), model(0.25), "a".into(), 1));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let swapper = {
+            let (s, cfg, b) = (s.clone(), cfg.clone(), model(0.75));
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(40));
+                s.store(Arc::new(Generation::new(cfg, b, "b".into(), 2)));
+            })
+        };
+        let n = 120;
+        let summary = run(
+            s,
+            Box::new(CountingSource {
+                n,
+                frame,
+                sent: Arc::default(),
+            }),
+            Box::new(VersionSink { seen: seen.clone() }),
+            vec![OutputKind::Denoised],
+            RunOptions::default(),
+            Stop::new(),
+        )
+        .unwrap();
+        swapper.join().unwrap();
+        assert_eq!(summary.frames_out, n);
+        let seen = seen.lock().unwrap();
+        let count = |v: &str| seen.iter().filter(|(x, _)| x == v).count();
+        assert!(
+            count("a") > 0 && count("b") > 0,
+            "the swap came too early or late"
+        );
+        for (version, pixel) in seen.iter() {
+            let want = if version == "a" { 0.25 } else { 0.75 };
+            assert!((pixel - want).abs() < 0.01, "{version}: pixel {pixel}");
+        }
     }
 }

@@ -84,6 +84,8 @@ pub struct Telemetry {
     last_beat_ms: AtomicU64,
     /// Frames taken in and not yet through the sink.
     in_flight: std::sync::atomic::AtomicI64,
+    /// Further series (the trainer's): name → (type, help, value).
+    extra: Mutex<BTreeMap<&'static str, (&'static str, &'static str, f64)>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -108,6 +110,7 @@ impl Default for Telemetry {
             started: std::time::Instant::now(),
             last_beat_ms: AtomicU64::new(0),
             in_flight: std::sync::atomic::AtomicI64::new(0),
+            extra: Mutex::default(),
         }
     }
 }
@@ -187,6 +190,28 @@ impl Telemetry {
             *v = version.to_string();
         }
         self.model_generation.store(generation, Ordering::SeqCst);
+    }
+
+    /// Sets a gauge.
+    pub fn gauge(&self, name: &'static str, help: &'static str, v: f64) {
+        if let Ok(mut m) = self.extra.lock() {
+            m.insert(name, ("gauge", help, v));
+        }
+    }
+
+    /// Adds to a counter.
+    pub fn count(&self, name: &'static str, help: &'static str, dv: f64) {
+        if let Ok(mut m) = self.extra.lock() {
+            m.entry(name).or_insert(("counter", help, 0.0)).2 += dv;
+        }
+    }
+
+    /// A gauge's or counter's value (0 when never set).
+    pub fn value(&self, name: &str) -> f64 {
+        self.extra
+            .lock()
+            .map(|m| m.get(name).map(|e| e.2).unwrap_or(0.0))
+            .unwrap_or(0.0)
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -285,7 +310,16 @@ impl Telemetry {
                 self.started.elapsed().as_secs(),
             ),
         ];
-        for (name, kind, help, v) in gauges {
+        let extra: Vec<_> = self
+            .extra
+            .lock()
+            .map(|m| m.iter().map(|(n, (k, h, v))| (*n, *k, *h, *v)).collect())
+            .unwrap_or_default();
+        for (name, kind, help, v) in gauges
+            .into_iter()
+            .map(|(n, k, h, v)| (n, k, h, v as f64))
+            .chain(extra)
+        {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"

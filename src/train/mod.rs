@@ -8,6 +8,7 @@ pub mod adamw;
 pub mod data;
 pub mod dataset;
 pub mod init;
+pub mod online;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
