@@ -461,6 +461,11 @@ pub struct FinetuneConfig {
     pub lr: f64,
     /// Threads of the trainer's own pool (the serving pipeline keeps the rest).
     pub threads: usize,
+    /// Threads while the pipeline holds no frame (0: one per core): idle CPU is not wasted.
+    pub idle_threads: usize,
+    /// While frames are being served, the trainer is busy at most this share of the time
+    /// (it sleeps between steps), so serving keeps most of its throughput.
+    pub busy_share: f64,
     /// Upper bound on the trainer's pace.
     pub max_steps_per_minute: usize,
     /// Steps per round; after each round the candidate is validated.
@@ -488,8 +493,10 @@ impl Default for FinetuneConfig {
             min_frames: 8,
             patch: 64,
             batch: 4,
-            lr: 1e-4,
+            lr: 3e-4,
             threads: 1,
+            idle_threads: 0,
+            busy_share: 0.4,
             max_steps_per_minute: 600,
             round_steps: 40,
             min_improvement: 0.01,

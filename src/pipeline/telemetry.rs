@@ -135,6 +135,11 @@ impl Telemetry {
         self.started.elapsed().saturating_sub(last)
     }
 
+    /// Whether the pipeline holds no frame.
+    pub fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) <= 0
+    }
+
     /// A frame entered (`+1`) or left (`-1`) the pipeline.
     pub fn in_flight(&self, delta: i64) {
         self.in_flight.fetch_add(delta, Ordering::Relaxed);

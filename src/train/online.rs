@@ -7,8 +7,9 @@
 //! `max_steps_per_minute`. After every `round_steps` steps the shadow is validated against the
 //! serving model on the same held-out patches; only if it is better by `min_improvement` is a
 //! copy swapped in (the slot is swapped atomically: frames in flight finish on the model they
-//! started with) and written as a checkpoint. A worse candidate is rejected; after three
-//! rejections in a row the shadow restarts from the serving weights. `rollback` returns to the
+//! started with) and written as a checkpoint. Otherwise it is rejected and training goes on
+//! from it; a candidate worse than the serving model three rounds in a row is thrown away and
+//! the shadow restarts from the serving weights. `rollback` returns to the
 //! previous version.
 //!
 //! Objectives (`target`):
@@ -594,7 +595,13 @@ impl Finetuner {
                 "Candidates not swapped in (not better by the margin).",
                 1.0,
             );
-            self.rejected_in_a_row += 1;
+            // Not better enough yet: training goes on from the candidate. Only a candidate
+            // that is worse than what serves, three rounds in a row, is thrown away.
+            if candidate > serving * (1.0 + self.fc.min_improvement) || !candidate.is_finite() {
+                self.rejected_in_a_row += 1;
+            } else {
+                self.rejected_in_a_row = 0;
+            }
             tracing::info!(
                 "fine-tune: candidate rejected (validation {candidate:.4e} vs serving {serving:.4e})"
             );
@@ -710,17 +717,28 @@ impl Finetuner {
     /// Runs until `stop`: takes offered frames, trains at the configured pace, validates
     /// every round, and answers rollbacks.
     pub fn run(mut self, inbox: Receiver<Planes>, control: Receiver<()>, stop: Stop) {
-        let pool = match rayon::ThreadPoolBuilder::new()
-            .num_threads(self.fc.threads)
-            .thread_name(|i| format!("finetune-{i}"))
-            .build()
-        {
-            Ok(p) => p,
-            Err(e) => {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let idle_threads = match self.fc.idle_threads {
+            0 => cores,
+            n => n,
+        };
+        let build = |n: usize, name: &'static str| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(move |i| format!("{name}-{i}"))
+                .build()
+        };
+        let (pool, idle_pool) = match (
+            build(self.fc.threads, "finetune"),
+            build(idle_threads, "finetune-idle"),
+        ) {
+            (Ok(p), Ok(q)) => (p, q),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::error!("fine-tune: cannot start its threads: {e}");
                 return;
             }
         };
+        let mut last_busy = Instant::now();
         let min_gap = Duration::from_secs_f64(60.0 / self.fc.max_steps_per_minute as f64);
         let mut last_step = Instant::now() - min_gap;
         let mut in_round = 0;
@@ -749,9 +767,20 @@ impl Finetuner {
                 continue;
             }
             last_step = Instant::now();
+            // Serving comes first: the full pool only once the pipeline has been idle a while.
+            if !self.tel.idle() {
+                last_busy = Instant::now();
+            }
+            let busy = last_busy.elapsed() <= Duration::from_secs(1);
+            let pool = if busy { &pool } else { &idle_pool };
+            let t_step = Instant::now();
+            // CPU time summed over the pool's threads, before and after.
+            let cpu = |p: &rayon::ThreadPool| -> f64 {
+                p.broadcast(|_| thread_cpu_seconds()).iter().sum()
+            };
+            let cpu0 = cpu(pool);
             let res = pool.install(|| {
-                let cpu0 = thread_cpu_seconds();
-                let r = self.step().and_then(|_| {
+                self.step().and_then(|_| {
                     in_round += 1;
                     if in_round >= self.fc.round_steps {
                         in_round = 0;
@@ -759,15 +788,20 @@ impl Finetuner {
                     } else {
                         Ok(())
                     }
-                });
-                (r, thread_cpu_seconds() - cpu0)
+                })
             });
             self.tel.count(
                 "aestream_finetune_cpu_seconds_total",
                 "CPU time of the fine-tuner's threads.",
-                res.1,
+                (cpu(pool) - cpu0).max(0.0),
             );
-            if let Err(e) = res.0 {
+            if busy && self.fc.busy_share < 1.0 {
+                // Leave the serving pipeline the rest of the time.
+                let share = self.fc.busy_share.clamp(0.05, 1.0);
+                let pause = t_step.elapsed().mul_f64(1.0 / share - 1.0);
+                std::thread::sleep(pause.min(Duration::from_secs(30)));
+            }
+            if let Err(e) = res {
                 tracing::error!("fine-tune: {e}; training paused for a minute");
                 std::thread::sleep(Duration::from_secs(60).min(min_gap * 100));
             }
