@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -58,10 +58,10 @@ pub struct Offer {
 impl Offer {
     /// Hands the trainer a copy of `p` if its inbox has room; never blocks.
     pub fn offer(&self, p: &Planes) {
+        // Checked first so a full inbox costs no copy; losing a race to another decode worker
+        // just means this frame is not offered.
         if !self.tx.is_full() {
-            if let Err(TrySendError::Full(_)) = self.tx.try_send(p.clone()) {
-                // Raced with another decode worker: the frame is simply not offered.
-            }
+            let _ = self.tx.try_send(p.clone());
         }
     }
 }
@@ -336,6 +336,12 @@ impl Finetuner {
                     cfg.name, cfg.model.arch
                 ),
             });
+        }
+        if fc.target == FinetuneTarget::Noisy {
+            tracing::warn!(
+                "fine-tune: target = \"noisy\" is experimental: its validation loss is a \
+                 Neighbor2Neighbor loss, not a PSNR, and has let a worse model through"
+            );
         }
         let tensors = gen
             .tensors
