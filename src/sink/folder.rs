@@ -84,6 +84,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
+    } else if let Ok(d) = std::fs::File::open(dir) {
+        // The rename itself must survive a power cut before anyone (the journal) relies on it.
+        let _ = d.sync_all();
     }
     res
 }

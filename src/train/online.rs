@@ -29,7 +29,7 @@
 //! complete, loadable version is served and trained on after a restart; the last `keep` are kept.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -179,8 +179,8 @@ impl Checkpoints {
         opt: &HashMap<String, Tensor>,
         meta: &CheckpointMeta,
     ) -> Result<()> {
-        save_atomic(&self.path(n, ".opt.safetensors"), opt)?;
-        save_atomic(&self.path(n, ".safetensors"), tensors)?;
+        super::save_tensors(&self.path(n, ".opt.safetensors"), opt)?;
+        super::save_tensors(&self.path(n, ".safetensors"), tensors)?;
         let json = serde_json::to_vec_pretty(meta).map_err(|e| Error::Other(e.to_string()))?;
         crate::sink::folder::write_atomic(&self.path(n, ".json"), &json)?;
         for old in self.numbers().into_iter().skip(self.keep) {
@@ -200,30 +200,6 @@ impl Checkpoints {
             let _ = std::fs::rename(&p, PathBuf::from(to));
         }
     }
-}
-
-/// Writes tensors as safetensors to a temporary file in the same folder, syncs, renames.
-fn save_atomic(path: &Path, t: &HashMap<String, Tensor>) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    candle_core::safetensors::save(t, &tmp)?;
-    let io = |e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(d) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// A copy of a varmap's current values.
@@ -1005,7 +981,7 @@ mod tests {
         // Killed mid-write of v2: its optimizer state is there, its weights only as a partial
         // temporary file (renamed never happened).
         std::fs::write(dir.path().join("p-v2.opt.safetensors"), b"partial").unwrap();
-        std::fs::write(dir.path().join(".p-v2.safetensors.999.tmp"), b"partial").unwrap();
+        std::fs::write(dir.path().join(".aestream-999-0.tmp"), b"partial").unwrap();
         assert_eq!(c.newest(&dev).unwrap().number, 1);
         // Even a damaged newest file (a disk error, not our writer) falls back to v1.
         std::fs::write(dir.path().join("p-v3.safetensors"), b"garbage").unwrap();
