@@ -6,9 +6,11 @@
 //!   with a recent mtime) is taken once its size and mtime have not changed for the quiet
 //!   period (`--quiet-ms`): a writer that closes and reopens it, or writes it in pieces, is
 //!   not caught half-way.
-//! - With `--poll SECS` notify's `PollWatcher` replaces native events (network filesystems
-//!   send none) and every file must be seen unchanged over the quiet period (size-stable
-//!   rule), whatever its mtime says: a remote clock may be off.
+//! - With `--poll SECS` the folder is listed every SECS instead of watched (network
+//!   filesystems send no events), and every file must be seen unchanged over the quiet period
+//!   (size-stable rule), whatever its mtime says: a remote clock may be off. We list it
+//!   ourselves rather than use notify's `PollWatcher` because that one compares whole-second
+//!   mtimes only, so a file replaced within the same second raised no event (seen in CI).
 //! - A full rescan runs every `--rescan` seconds and whenever notify reports lost events, as a
 //!   safety net; it takes nothing twice.
 //! - A file that changes after it was taken is taken again.
@@ -357,19 +359,37 @@ impl FolderSource {
         true
     }
 
+    /// The polling loop: list the folder every `every`, comparing each file's size and mtime
+    /// (to the nanosecond) with what was taken; new or changed files wait out the quiet period.
+    fn poll(&mut self, every: Duration, intake: &Intake, stop: &Stop) -> Result<()> {
+        let root = self.root.clone();
+        tracing::info!("watching {} (polling every {every:?})", root.display());
+        let tick = every.min(Duration::from_millis(100));
+        let mut last_scan: Option<Instant> = None;
+        loop {
+            if stop.requested() {
+                return Ok(());
+            }
+            if last_scan.is_none_or(|t| t.elapsed() >= every) {
+                last_scan = Some(Instant::now());
+                if !self.scan_and_take(&root, intake, stop) {
+                    return Ok(());
+                }
+            }
+            if !self.pending.is_empty() && !self.take_quiet(intake) {
+                return Ok(());
+            }
+            std::thread::sleep(tick);
+        }
+    }
+
     fn watch(
         &self,
         etx: crossbeam_channel::Sender<notify::Result<notify::Event>>,
-    ) -> Result<Box<dyn Watcher + Send>> {
+    ) -> Result<notify::RecommendedWatcher> {
         let err =
             |e: notify::Error| Error::Other(format!("{}: cannot watch: {e}", self.root.display()));
-        let mut w: Box<dyn Watcher + Send> = match self.cfg.poll {
-            Some(every) => Box::new(
-                notify::PollWatcher::new(etx, notify::Config::default().with_poll_interval(every))
-                    .map_err(err)?,
-            ),
-            None => Box::new(notify::recommended_watcher(etx).map_err(err)?),
-        };
+        let mut w = notify::recommended_watcher(etx).map_err(err)?;
         let mode = if self.cfg.recursive {
             RecursiveMode::Recursive
         } else {
@@ -389,13 +409,13 @@ impl Source for FolderSource {
             self.scan_and_take(&root, &intake, &stop);
             return Ok(());
         }
+        if let Some(every) = self.cfg.poll {
+            return self.poll(every, &intake, &stop);
+        }
         // Watch before scanning so nothing that arrives during the scan is missed.
         let (etx, erx) = crossbeam_channel::unbounded();
         let _watcher = self.watch(etx)?;
-        match self.cfg.poll {
-            Some(p) => tracing::info!("watching {} (polling every {p:?})", root.display()),
-            None => tracing::info!("watching {}", root.display()),
-        }
+        tracing::info!("watching {}", root.display());
         if !self.scan_and_take(&root, &intake, &stop) {
             return Ok(());
         }
@@ -443,7 +463,6 @@ impl Source for FolderSource {
                 }
                 continue;
             }
-            let polling = self.cfg.poll.is_some();
             let mut now = Vec::new();
             let mut later = Vec::new();
             match ev.kind {
@@ -469,9 +488,6 @@ impl Source for FolderSource {
                 let ok = if p.is_dir() {
                     // A folder created or moved in: its files raise no events of their own.
                     !self.cfg.recursive || self.scan_and_take(&p, &intake, &stop)
-                } else if polling {
-                    self.wait_quiet(p);
-                    true
                 } else {
                     self.pending.remove(&p);
                     match self.take(&p, &intake) {
