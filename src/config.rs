@@ -90,6 +90,13 @@ pub struct PipelineConfig {
     pub train: TrainConfig,
     #[serde(default)]
     pub finetune: FinetuneConfig,
+    /// A queue to read frames from (`[source] kind = "redis"`), used when `--input` is a queue
+    /// address or is not given.
+    #[serde(default)]
+    pub source: QueueSourceConfig,
+    /// A queue to write results to (`[sink] kind = "redis"`).
+    #[serde(default)]
+    pub sink: QueueSinkConfig,
     /// Where the file came from (set on load; a path, or `builtin:NAME`).
     #[serde(skip)]
     pub origin: String,
@@ -438,6 +445,74 @@ impl Default for ChannelConfig {
         Self {
             capacity: 8,
             overload: Overload::Block,
+        }
+    }
+}
+
+/// Queue engines a `[source]` or `[sink]` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueKind {
+    #[default]
+    Redis,
+}
+
+/// A queue source: `redis://HOST:PORT/STREAM` plus consumer-group settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSourceConfig {
+    pub kind: QueueKind,
+    /// `redis://HOST:PORT/STREAM`; `--input` overrides it.
+    pub url: Option<String>,
+    /// Consumer group; created (with the stream) if missing.
+    pub group: String,
+    /// Consumer name; default host name + process id.
+    pub consumer: Option<String>,
+    /// Entries pending this long on a consumer (it died) are taken over.
+    pub claim_idle_ms: u64,
+    /// An entry delivered more often than this goes to the dead-letter stream `STREAM:dead`.
+    pub max_deliveries: u64,
+    /// Most entries read at once (never more than the pipeline has room for).
+    pub batch: usize,
+    /// Largest inline `data` field accepted.
+    pub max_inline_bytes: u64,
+    /// How long one read waits for new entries.
+    pub block_ms: u64,
+}
+
+impl Default for QueueSourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: QueueKind::Redis,
+            url: None,
+            group: "aestream".into(),
+            consumer: None,
+            claim_idle_ms: 30_000,
+            max_deliveries: 5,
+            batch: 16,
+            max_inline_bytes: 32 << 20,
+            block_ms: 1000,
+        }
+    }
+}
+
+/// A queue sink: one entry per result in `redis://HOST:PORT/STREAM`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSinkConfig {
+    pub kind: QueueKind,
+    /// `redis://HOST:PORT/STREAM`; `--output` overrides it.
+    pub url: Option<String>,
+    /// Approximate cap on the result stream's length (XADD MAXLEN ~); 0 = none.
+    pub maxlen: u64,
+}
+
+impl Default for QueueSinkConfig {
+    fn default() -> Self {
+        Self {
+            kind: QueueKind::Redis,
+            url: None,
+            maxlen: 100_000,
         }
     }
 }

@@ -13,9 +13,11 @@ use clap::Args;
 
 use aestream::config::PipelineConfig;
 use aestream::pipeline::{self, Generation, Journal, ModelSlot, Quarantine, RunOptions, Telemetry};
+use aestream::queue::redis::RedisAddress;
 use aestream::service;
-use aestream::sink::{folder::FolderSink, stdout::StreamSink, Sink};
+use aestream::sink::{folder::FolderSink, redis::RedisSink, stdout::StreamSink, Sink};
 use aestream::source::folder::{FolderSource, FolderSourceConfig};
+use aestream::source::redis::{RedisSource, RedisSourceConfig};
 use aestream::source::split::Framing;
 use aestream::source::stdin::StreamSource;
 use aestream::source::{Source, Stop};
@@ -28,12 +30,21 @@ pub struct RunArgs {
     /// Built-in pipeline name or path to a .toml file.
     #[arg(default_value = "denoise")]
     pipeline: String,
-    /// Folder to read (and watch), or - for stdin.
+    /// Folder to read (and watch), - for stdin, or a Redis stream redis://HOST:PORT/STREAM
+    /// (consumer group settings in the pipeline's `[source]`; default `[source] url`).
     #[arg(long, short)]
-    input: String,
-    /// Folder to write into, or - for stdout.
+    input: Option<String>,
+    /// Folder to write into, - for stdout, or a Redis stream redis://HOST:PORT/STREAM
+    /// (default `[sink] url`).
     #[arg(long, short)]
-    output: String,
+    output: Option<String>,
+    /// Redis input: the consumer group (overrides `[source] group`).
+    #[arg(long)]
+    group: Option<String>,
+    /// Redis input: this daemon's consumer name (overrides `[source] consumer`; default host
+    /// name + process id).
+    #[arg(long)]
+    consumer: Option<String>,
     /// Process what is there (or stdin until EOF) and exit instead of watching.
     #[arg(long)]
     once: bool,
@@ -94,6 +105,42 @@ pub struct RunArgs {
     device: String,
 }
 
+impl RunArgs {
+    /// The input as resolved by [`resolve_endpoints`].
+    fn input(&self) -> &str {
+        self.input.as_deref().unwrap_or("-")
+    }
+    fn output(&self) -> &str {
+        self.output.as_deref().unwrap_or("-")
+    }
+    fn input_is_folder(&self) -> bool {
+        self.input() != "-" && !RedisAddress::is_redis(self.input())
+    }
+    fn output_is_folder(&self) -> bool {
+        self.output() != "-" && !RedisAddress::is_redis(self.output())
+    }
+}
+
+/// Fills in `--input` / `--output` from the pipeline's `[source] url` / `[sink] url`.
+fn resolve_endpoints(a: &mut RunArgs) -> anyhow::Result<()> {
+    let cfg = PipelineConfig::load(&a.pipeline)?;
+    for (arg, url, what) in [
+        (&mut a.input, cfg.source.url, "--input"),
+        (&mut a.output, cfg.sink.url, "--output"),
+    ] {
+        if arg.is_none() {
+            *arg = Some(url.ok_or_else(|| aestream::Error::Config {
+                origin: what.into(),
+                message: format!(
+                    "needed: a folder, -, or redis://HOST:PORT/STREAM (or a url in the pipeline's [{}])",
+                    if what == "--input" { "source" } else { "sink" }
+                ),
+            })?);
+        }
+    }
+    Ok(())
+}
+
 fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v).map_err(|_| {
         aestream::Error::Config {
@@ -117,7 +164,7 @@ fn load_generation(
                 "only inpainting pipelines take masks ({} is a {})",
                 cfg.name, cfg.model.arch
             ))
-        } else if a.input == "-" {
+        } else if !a.input_is_folder() {
             Some("masks are matched to input files by name: needs a folder --input".into())
         } else {
             None
@@ -160,11 +207,16 @@ fn state_dir(a: &RunArgs) -> PathBuf {
             }
         }
     }
-    let base = if a.output != "-" { &a.output } else { &a.input };
+    let base = if a.output_is_folder() {
+        a.output()
+    } else {
+        a.input()
+    };
     PathBuf::from(base).join(".aestream")
 }
 
-pub fn run(a: RunArgs) -> anyhow::Result<()> {
+pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
+    resolve_endpoints(&mut a)?;
     let device = aestream::model::select_device(&a.device)?;
     let mut first = load_generation(&a, &device, 1)?;
     let stop = Stop::new();
@@ -206,39 +258,68 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let kinds = parse_kinds(a.emit.clone(), &first.cfg)?;
     // Only files can be set aside; a bad stdin frame is reported and skipped.
-    let quarantine = (a.input != "-").then(|| {
+    // (A bad queue entry goes to the queue's dead-letter stream instead.)
+    let quarantine = a.input_is_folder().then(|| {
         Quarantine::new(a.quarantine.clone().unwrap_or_else(|| {
-            let base = if a.output != "-" { &a.output } else { &a.input };
+            let base = if a.output_is_folder() {
+                a.output()
+            } else {
+                a.input()
+            };
             PathBuf::from(base).join(".failed")
         }))
     });
     let framing: Framing = a.framing.into();
-    if a.input != "-" && a.output != "-" {
-        let same = std::fs::canonicalize(&a.input)
+    if a.input_is_folder() && a.output_is_folder() {
+        let same = std::fs::canonicalize(a.input())
             .ok()
-            .zip(std::fs::canonicalize(&a.output).ok());
+            .zip(std::fs::canonicalize(a.output()).ok());
         if matches!(same, Some((x, y)) if x == y) {
             return Err(aestream::Error::Config {
                 origin: "--output".into(),
                 message: format!(
                     "{} is the input folder; outputs would be taken as inputs",
-                    a.output
+                    a.output()
                 ),
             }
             .into());
         }
     }
     // The output folder exists before the source starts, so it can be excluded.
-    let sink: Box<dyn Sink> = if a.output == "-" {
+    let consumer = a
+        .consumer
+        .clone()
+        .or_else(|| first.cfg.source.consumer.clone())
+        .unwrap_or_else(aestream::source::redis::default_consumer);
+    let sink: Box<dyn Sink> = if a.output() == "-" {
         Box::new(StreamSink::new(
             std::io::BufWriter::new(std::io::stdout()),
             framing,
         ))
+    } else if RedisAddress::is_redis(a.output()) {
+        let addr = RedisAddress::parse(a.output()).context("--output")?;
+        Box::new(RedisSink::new(
+            addr,
+            first.cfg.sink.maxlen,
+            consumer.clone(),
+            stop.clone(),
+            telemetry.clone(),
+        )?)
     } else {
-        Box::new(FolderSink::new(PathBuf::from(&a.output).as_path())?.per_kind(kinds.len() > 1))
+        Box::new(FolderSink::new(PathBuf::from(a.output()).as_path())?.per_kind(kinds.len() > 1))
     };
     let mut journal = None;
-    let source: Box<dyn Source> = if a.input == "-" {
+    let source: Box<dyn Source> = if RedisAddress::is_redis(a.input()) {
+        let addr = RedisAddress::parse(a.input()).context("--input")?;
+        let mut q = first.cfg.source.clone();
+        q.consumer = Some(consumer.clone());
+        if let Some(g) = &a.group {
+            q.group = g.clone();
+        }
+        let max_file = first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20);
+        let cfg = RedisSourceConfig::new(addr, &q, max_file);
+        Box::new(RedisSource::new(cfg, telemetry.clone())?)
+    } else if a.input() == "-" {
         Box::new(StreamSource::new(
             std::io::stdin(),
             framing,
@@ -259,8 +340,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         journal = Some(j.clone());
         let mut exclude = vec![state];
-        if a.output != "-" {
-            exclude.push(PathBuf::from(&a.output));
+        if a.output_is_folder() {
+            exclude.push(PathBuf::from(a.output()));
         }
         if let Some(q) = &quarantine {
             exclude.push(q.dir().to_path_buf());
@@ -280,9 +361,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 .then(|| secs("--rescan", a.rescan))
                 .transpose()?,
             journal: Some(j),
-            ..FolderSourceConfig::new(PathBuf::from(&a.input))
+            ..FolderSourceConfig::new(PathBuf::from(a.input()))
         };
-        Box::new(FolderSource::new(src_cfg).with_context(|| format!("--input {}", a.input))?)
+        Box::new(FolderSource::new(src_cfg).with_context(|| format!("--input {}", a.input()))?)
     };
     if let Some(addr) = a.metrics {
         service::serve_http(addr, telemetry.clone())?;
@@ -293,8 +374,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         first.cfg.origin,
         first.version,
         device,
-        a.input,
-        a.output
+        a.input(),
+        a.output()
     );
     let finetune_on = first.cfg.finetune.enabled;
     let slot = pipeline::slot(first);
@@ -323,7 +404,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         telemetry: telemetry.clone(),
         finetune: offer,
     };
+    let settle = source.settle();
     let s = pipeline::run(slot, source, sink, kinds, opts, stop)?;
+    if let Some(settle) = settle {
+        // Acknowledgements owed while the server was away: a last try before exiting.
+        settle.flush_within(Duration::from_secs(10));
+    }
     tracing::info!(
         "done: {} frames in, {} written, {} failed ({} quarantined), {} dropped, {} left for the next run, {} batches, {:.2} s ({:.2} frames/s)",
         s.frames_in,

@@ -23,6 +23,8 @@ pub enum FrameId {
     },
     /// A frame of a byte stream: its sequence number (from 0) and byte offset.
     Stream { seq: u64, offset: u64 },
+    /// An entry of a queue (a Redis stream).
+    Entry(crate::queue::Entry),
 }
 
 /// A file's size, modification time and content hash (xxh3-128, hex) as it was read.
@@ -66,6 +68,7 @@ impl std::fmt::Display for FrameId {
         match self {
             FrameId::File { abs, .. } => write!(f, "{}", abs.display()),
             FrameId::Stream { seq, offset } => write!(f, "stdin frame {seq} at byte {offset}"),
+            FrameId::Entry(e) => write!(f, "{e}"),
         }
     }
 }

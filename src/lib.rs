@@ -12,6 +12,7 @@ pub mod frame;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod queue;
 pub mod service;
 pub mod sink;
 pub mod source;

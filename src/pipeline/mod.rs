@@ -30,6 +30,7 @@ use crate::config::{OutputKind, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::frame::{FrameId, Planes};
 use crate::model::Model;
+use crate::queue::Settle;
 use crate::sink::{Code, Output, Payload, Sink};
 use crate::source::{Intake, RawFrame, Source, Stop};
 use crate::stage::normalise::Prepared;
@@ -97,15 +98,26 @@ struct Packet<T> {
     body: Option<T>,
 }
 
-/// Counters of a run.
+/// Counters of a run, and where queue frames' fates are reported.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub settle: SettleSlot,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub failed: AtomicU64,
     pub batches: AtomicU64,
     pub quarantined: AtomicU64,
     pub deferred: AtomicU64,
+}
+
+/// The queue source's [`Settle`], if the source is a queue.
+#[derive(Default, Clone)]
+pub struct SettleSlot(pub Option<Arc<dyn Settle>>);
+
+impl std::fmt::Debug for SettleSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Settle" } else { "None" })
+    }
 }
 
 /// What a finished run reports.
@@ -150,7 +162,10 @@ pub fn run(
     stop: Stop,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats {
+        settle: SettleSlot(source.settle()),
+        ..Stats::default()
+    });
     let tel = opts.telemetry.clone();
     let first = slot.load_full();
     let cap = first.cfg.channels.capacity;
@@ -352,6 +367,7 @@ pub fn run(
             }
         };
         let t0 = Instant::now();
+        let p_id = p.id.clone();
         let r = match p.body {
             Some(files) => {
                 let out = Output {
@@ -361,8 +377,17 @@ pub fn run(
                     files,
                 };
                 let id = out.id.clone();
+                let settled = sink.settles(&id);
                 sink.write(out).and_then(|_| {
                     stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                    if let (Some(s), FrameId::Entry(e)) = (&stats.settle.0, &id) {
+                        // Acknowledged only now that the result is durable.
+                        if settled {
+                            s.settled_elsewhere(e);
+                        } else {
+                            s.done(e);
+                        }
+                    }
                     finish_input(&opts, &id, &p.gen.version)
                 })
             }
@@ -376,7 +401,7 @@ pub fn run(
             // that frame; anything else (disk full, read-only, closed stdout) stops the run.
             Err(Error::FrameFailed(msg)) => {
                 tel.frame("sink", "failed");
-                fail(&stats, msg)
+                fail_frame(&stats, &p_id, msg, Fate::Retry)
             }
             Err(e) => {
                 tel.frame("sink", "failed");
@@ -474,19 +499,37 @@ fn guarded<T>(
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Some(v),
         Ok(Err(e)) => {
-            fail(stats, e);
+            fail_frame(stats, id, e, Fate::Retry);
             None
         }
         Err(_) => {
-            fail(stats, format!("{id}: {on_panic}"));
+            fail_frame(stats, id, format!("{id}: {on_panic}"), Fate::Retry);
             None
         }
     }
 }
 
-fn fail(stats: &Stats, what: impl std::fmt::Display) {
+/// What a failed queue frame's entry should become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// The frame itself is bad (it does not decode): dead-letter it now.
+    Bad,
+    /// Something else failed on it: leave it pending, to be tried again (and dead-lettered
+    /// after `max_deliveries`).
+    Retry,
+}
+
+/// Counts and logs a failed frame; a queue frame's entry is dead-lettered or left for a retry.
+fn fail_frame(stats: &Stats, id: &FrameId, what: impl std::fmt::Display, fate: Fate) {
     stats.failed.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!("{what}");
+    let msg = what.to_string();
+    tracing::warn!("{msg}");
+    if let (Some(s), FrameId::Entry(e)) = (&stats.settle.0, id) {
+        match fate {
+            Fate::Bad => s.failed(e, &msg),
+            Fate::Retry => s.retry_later(e, &msg),
+        }
+    }
 }
 
 /// Starts `n` threads that apply `f` to every packet that has not failed; a failure is
@@ -648,7 +691,7 @@ fn decode_worker(
                 Some(p)
             }
             Err(msg) => {
-                fail(stats, &msg);
+                fail_frame(stats, &raw.id, &msg, Fate::Bad);
                 let mut outcome = "failed";
                 if let (Some(q), FrameId::File { abs, rel, .. }) = (quarantine, &raw.id) {
                     if changed_since_read(&raw.id) {
@@ -769,7 +812,7 @@ fn infer_worker(
             Ok((o, c)) => (o.into_iter(), c.into_iter()),
             Err(e) => {
                 for (seq, id, _) in ready {
-                    fail(stats, format!("{id}: model failed: {e}"));
+                    fail_frame(stats, &id, format!("{id}: model failed: {e}"), Fate::Retry);
                     tel.frame("infer", "failed");
                     let gap = Packet {
                         seq,

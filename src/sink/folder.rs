@@ -48,6 +48,9 @@ impl FolderSink {
         match id {
             FrameId::File { rel, .. } => dir.join(rel).with_extension(ext),
             FrameId::Stream { seq, .. } => dir.join(format!("frame-{seq:08}.{ext}")),
+            // Named by the frame, not the delivery: a re-delivered entry replaces its own
+            // output (atomically), so a folder never holds two outputs for one frame.
+            FrameId::Entry(e) => dir.join(&e.name).with_extension(ext),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! failed, so ordered sinks do not wait for it) and finishes when the pipeline drains.
 
 pub mod folder;
+pub mod redis;
 pub mod stdout;
 
 use crate::config::OutputKind;
@@ -56,4 +57,9 @@ pub trait Sink: Send {
     /// Frame `seq` produced nothing (it failed and was reported).
     fn skip(&mut self, seq: u64) -> Result<()>;
     fn finish(&mut self) -> Result<()>;
+    /// Whether writing this frame's output also settled (acknowledged) its queue entry, in
+    /// the same transaction; otherwise the pipeline acknowledges it after `write`.
+    fn settles(&self, _id: &FrameId) -> bool {
+        false
+    }
 }

@@ -2,6 +2,7 @@
 //! blocks when it is full (backpressure), until its input ends or the pipeline is stopped.
 
 pub mod folder;
+pub mod redis;
 pub mod split;
 pub mod stdin;
 
@@ -100,12 +101,24 @@ impl Intake {
         self.policy = Overload::Block;
         self
     }
+
+    /// Free places in the pipeline's first queue: a queue source reads no more than this.
+    pub fn room(&self) -> usize {
+        self.tx
+            .capacity()
+            .map_or(usize::MAX, |c| c.saturating_sub(self.tx.len()))
+    }
 }
 
 /// A producer of frames.
 pub trait Source: Send {
     /// Sends frames until the input ends (`Ok`), `stop` is requested, or the pipeline is gone.
     fn run(self: Box<Self>, intake: Intake, stop: Stop) -> Result<()>;
+    /// For queue sources: where the pipeline reports each frame's fate (acknowledge once its
+    /// result is durable, dead-letter when it cannot succeed). Taken before `run`.
+    fn settle(&self) -> Option<Arc<dyn crate::queue::Settle>> {
+        None
+    }
 }
 
 #[cfg(test)]

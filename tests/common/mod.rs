@@ -1,10 +1,12 @@
 //! Helpers shared by the end-to-end tests: the sample folder, the binary, reading an image.
 #![allow(dead_code)] // each test binary uses only some of the helpers
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use aestream::frame::{decode, DecodeLimits, Planes};
+use aestream::frame::{decode, encode_png, DecodeLimits, Planes};
 use assert_cmd::cargo::cargo_bin;
 
 pub fn samples() -> PathBuf {
@@ -18,7 +20,117 @@ pub fn bin() -> Command {
     c
 }
 
+/// Decodes an encoded image held in memory.
+pub fn read_bytes(b: &[u8]) -> Planes {
+    decode(b, DecodeLimits::default(), "bytes").expect("decodes")
+}
+
 pub fn read(p: &Path) -> Planes {
     let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     decode(&bytes, DecodeLimits::default(), &p.display().to_string()).expect("decodes")
+}
+
+pub fn frame(w: usize, h: usize, seed: usize) -> Planes {
+    Planes::grey(
+        w,
+        h,
+        (0..w * h)
+            .map(|i| (((i * 7919 + seed * 104_729) % 251) as f32) / 255.0)
+            .collect(),
+    )
+}
+
+pub fn png(w: usize, h: usize, seed: usize) -> Vec<u8> {
+    encode_png(&frame(w, h, seed), "test").unwrap()
+}
+
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args(["-s", sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -s {sig} failed");
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// A running daemon; killed if a test fails before it stops it. Its log goes to a file.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], log: PathBuf, env: &[(&str, &str)]) -> Self {
+        let f = std::fs::File::create(&log).unwrap();
+        let mut cmd = bin();
+        cmd.arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare HTTP/1.0 GET: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
 }

@@ -1,0 +1,527 @@
+//! Many daemons, one Redis stream, end to end: real `redis-server` processes (installed by
+//! `.ci/run`) and real `aestream run` workers. Work is shared; a worker killed with `kill -9`
+//! has its pending entries taken over; poison and over-delivered entries land in the
+//! dead-letter stream; a server restarted mid-stream loses nothing; SIGTERM finishes and
+//! acknowledges what a worker holds.
+//!
+//! Each test starts its own server on a free loopback port (persistence off, except where a
+//! restart must keep the stream), so tests run in parallel without sharing state.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, http_get, png, read_bytes, signal, wait_exit, wait_until, Daemon};
+use redis::streams::{StreamId, StreamPendingReply, StreamRangeReply};
+use redis::{Commands, Value};
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    persist: bool,
+}
+
+impl RedisServer {
+    fn start(persist: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Self::spawn(port, dir.path(), persist);
+        let s = Self {
+            child,
+            port,
+            dir,
+            persist,
+        };
+        s.wait_up();
+        s
+    }
+
+    fn spawn(port: u16, dir: &Path, persist: bool) -> Child {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if persist {
+            // Every write on disk before its reply: a kill -9 loses nothing acknowledged.
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}); install it (Debian: apt-get install redis-server), as .ci/run does")
+        })
+    }
+
+    fn wait_up(&self) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.try_con().is_some()),
+            "redis-server did not come up on port {}",
+            self.port
+        );
+    }
+
+    fn try_con(&self) -> Option<redis::Connection> {
+        let c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).ok()?;
+        let mut con = c.get_connection_with_timeout(Duration::from_secs(2)).ok()?;
+        redis::cmd("PING").query::<String>(&mut con).ok()?;
+        Some(con)
+    }
+
+    fn con(&self) -> redis::Connection {
+        self.try_con().expect("redis connection")
+    }
+
+    fn url(&self, stream: &str) -> String {
+        format!("redis://127.0.0.1:{}/{stream}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.port, self.dir.path(), self.persist);
+        self.wait_up();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A copy of the `denoise-fast` pipeline with a `[source]` section (the shipped weights are
+/// found by name).
+fn pipeline(dir: &Path, source: &str) -> PathBuf {
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/denoise-fast.toml"),
+    )
+    .unwrap();
+    let p = dir.join("denoise-queue.toml");
+    std::fs::write(&p, format!("{base}\n[source]\n{source}\n")).unwrap();
+    p
+}
+
+/// `n` PNG frames of assorted sizes in `dir`; their paths and sizes.
+fn frames(dir: &Path, n: usize, from: usize) -> Vec<(PathBuf, (u32, u32))> {
+    std::fs::create_dir_all(dir).unwrap();
+    (from..from + n)
+        .map(|i| {
+            let (w, h) = (24 + (i % 5) * 8, 16 + (i % 3) * 8);
+            let p = dir.join(format!("f{i:04}.png"));
+            std::fs::write(&p, png(w, h, i)).unwrap();
+            (p, (w as u32, h as u32))
+        })
+        .collect()
+}
+
+fn add_paths(con: &mut redis::Connection, stream: &str, paths: &[(PathBuf, (u32, u32))]) {
+    for (p, _) in paths {
+        let _: String = con
+            .xadd(stream, "*", &[("path", p.to_str().unwrap())])
+            .unwrap();
+    }
+}
+
+fn results(con: &mut redis::Connection, stream: &str) -> Vec<StreamId> {
+    let r: StreamRangeReply = con.xrange_all(stream).unwrap();
+    r.ids
+}
+
+fn field(e: &StreamId, k: &str) -> Vec<u8> {
+    match e.map.get(k) {
+        Some(Value::BulkString(b)) => b.clone(),
+        other => panic!("entry {} has no field {k}: {other:?}", e.id),
+    }
+}
+
+fn text(e: &StreamId, k: &str) -> String {
+    String::from_utf8(field(e, k)).unwrap()
+}
+
+/// Entries of the group delivered and not acknowledged, per consumer.
+fn pending(con: &mut redis::Connection, stream: &str) -> HashMap<String, usize> {
+    // (No group yet: nothing is pending.)
+    match con.xpending(stream, "aestream") {
+        Ok(StreamPendingReply::Data(d)) => d
+            .consumers
+            .into_iter()
+            .map(|c| (c.name, c.pending))
+            .collect(),
+        _ => HashMap::new(),
+    }
+}
+
+fn total_pending(con: &mut redis::Connection, stream: &str) -> usize {
+    pending(con, stream).values().sum()
+}
+
+fn worker(
+    pipeline: &str,
+    srv: &RedisServer,
+    consumer: &str,
+    output: &str,
+    log: PathBuf,
+    extra: &[&str],
+) -> Daemon {
+    let input = srv.url("frames");
+    let mut args = vec![
+        pipeline,
+        "--input",
+        input.as_str(),
+        "--output",
+        output,
+        "--consumer",
+        consumer,
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&args, log, &[])
+}
+
+/// Every result decodes to an image of its input's size, and there is exactly one per frame.
+fn check_results(got: &[StreamId], sent: &[(PathBuf, (u32, u32))]) {
+    let sizes: HashMap<String, (u32, u32)> = sent
+        .iter()
+        .map(|(p, s)| (p.display().to_string(), *s))
+        .collect();
+    let mut seen = BTreeSet::new();
+    for e in got {
+        let src = text(e, "source");
+        assert!(seen.insert(src.clone()), "two results for {src}");
+        let img = read_bytes(&field(e, "denoised"));
+        let want = sizes[&src];
+        assert_eq!(
+            (img.width as u32, img.height as u32),
+            want,
+            "result of {src}"
+        );
+    }
+    assert_eq!(seen.len(), sent.len(), "one result per frame");
+}
+
+#[test]
+fn workers_share_the_stream_and_every_frame_gets_exactly_one_result() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let out = srv.url("results");
+    let mut ws: Vec<Daemon> = (0..3)
+        .map(|i| {
+            worker(
+                "denoise-fast",
+                &srv,
+                &format!("w{i}"),
+                &out,
+                t.path().join(format!("w{i}.log")),
+                &[],
+            )
+        })
+        .collect();
+    let mut con = srv.con();
+    // All three have joined the group before any frame arrives.
+    assert!(wait_until(Duration::from_secs(60), || {
+        redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg("frames")
+            .arg("aestream")
+            .query::<Vec<Value>>(&mut con)
+            .map(|v| v.len() == 3)
+            .unwrap_or(false)
+    }));
+    let sent = frames(&t.path().join("in"), 90, 0);
+    add_paths(&mut con, "frames", &sent);
+    assert!(
+        wait_until(Duration::from_secs(180), || results(&mut con, "results")
+            .len()
+            >= sent.len()
+            && total_pending(&mut con, "frames") == 0),
+        "not finished: {} results, {} pending",
+        results(&mut con, "results").len(),
+        total_pending(&mut con, "frames")
+    );
+    let got = results(&mut con, "results");
+    check_results(&got, &sent);
+    let by: BTreeSet<String> = got.iter().map(|e| text(e, "consumer")).collect();
+    assert!(by.len() >= 2, "work was not shared: only {by:?}");
+    // SIGTERM: each stops reading and exits 0.
+    for w in &mut ws {
+        signal(&w.child, "TERM");
+    }
+    for w in &mut ws {
+        let st = wait_exit(&mut w.child, Duration::from_secs(30)).expect("exits");
+        assert!(st.success(), "{st:?}\n{}", w.log());
+    }
+}
+
+#[test]
+fn a_killed_workers_pending_entries_are_taken_over() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let p = pipeline(t.path(), "claim_idle_ms = 1500");
+    let p = p.to_str().unwrap();
+    let out = srv.url("results");
+    let mut con = srv.con();
+    // Bigger frames through the full model: the victim is busy with some when it dies.
+    let sent: Vec<_> = frames(&t.path().join("in"), 24, 0)
+        .into_iter()
+        .map(|(path, _)| {
+            std::fs::write(&path, png(256, 224, path.as_os_str().len())).unwrap();
+            (path, (256, 224))
+        })
+        .collect();
+    let mut victim = worker(p, &srv, "victim", &out, t.path().join("v.log"), &[]);
+    add_paths(&mut con, "frames", &sent);
+    assert!(wait_until(Duration::from_secs(60), || pending(
+        &mut con, "frames"
+    )
+    .get("victim")
+    .is_some_and(|&n| n > 0)));
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let held = pending(&mut con, "frames")
+        .get("victim")
+        .copied()
+        .unwrap_or(0);
+    assert!(held > 0, "the victim held nothing when it died");
+    let rescuer = worker(p, &srv, "rescuer", &out, t.path().join("r.log"), &[]);
+    assert!(
+        wait_until(Duration::from_secs(180), || results(&mut con, "results")
+            .len()
+            >= sent.len()
+            && total_pending(&mut con, "frames") == 0),
+        "not finished: {} results, pending {:?}",
+        results(&mut con, "results").len(),
+        pending(&mut con, "frames")
+    );
+    let got = results(&mut con, "results");
+    check_results(&got, &sent);
+    assert!(
+        got.iter().any(|e| text(e, "consumer") == "rescuer"),
+        "the rescuer did nothing"
+    );
+    assert!(rescuer.log().contains("took over"), "{}", rescuer.log());
+}
+
+#[test]
+fn poison_and_over_delivered_entries_go_to_the_dead_letter_stream() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let mut con = srv.con();
+    let _: Value = redis::cmd("XGROUP")
+        .arg(&["CREATE", "frames", "aestream", "0", "MKSTREAM"])
+        .query(&mut con)
+        .unwrap();
+    // An entry a ghost consumer has already had 7 times (it kept dying on it).
+    let ghosted: String = con
+        .xadd("frames", "*", &[("path", "/nonexistent/ghost.png")])
+        .unwrap();
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP", "aestream", "ghost", "COUNT", "1", "STREAMS", "frames", ">",
+        ])
+        .query(&mut con)
+        .unwrap();
+    let _: Value = redis::cmd("XCLAIM")
+        .arg(&[
+            "frames",
+            "aestream",
+            "ghost",
+            "0",
+            &ghosted,
+            "RETRYCOUNT",
+            "7",
+        ])
+        .query(&mut con)
+        .unwrap();
+    let poison: String = con
+        .xadd(
+            "frames",
+            "*",
+            &[("data", "not an image at all"), ("id", "poison")],
+        )
+        .unwrap();
+    let empty: String = con.xadd("frames", "*", &[("note", "no frame")]).unwrap();
+    let good = png(40, 30, 1);
+    let _: String = con
+        .xadd(
+            "frames",
+            "*",
+            &[("data", good.as_slice()), ("id", b"good".as_slice())],
+        )
+        .unwrap();
+    let p = pipeline(t.path(), "claim_idle_ms = 200\nmax_deliveries = 5");
+    let _w = worker(
+        p.to_str().unwrap(),
+        &srv,
+        "w",
+        &srv.url("results"),
+        t.path().join("w.log"),
+        &[],
+    );
+    assert!(wait_until(Duration::from_secs(60), || {
+        results(&mut con, "frames:dead").len() == 3 && results(&mut con, "results").len() == 1
+    }));
+    let dead: HashMap<String, StreamId> = results(&mut con, "frames:dead")
+        .into_iter()
+        .map(|e| (text(&e, "entry"), e))
+        .collect();
+    assert!(text(&dead[&poison], "error").contains("decode"));
+    assert_eq!(text(&dead[&poison], "name"), "poison");
+    assert!(text(&dead[&empty], "error").contains("neither"));
+    let over = text(&dead[&ghosted], "error");
+    assert!(over.contains("delivered 8 times"), "{over}");
+    assert_eq!(text(&dead[&ghosted], "deliveries"), "8");
+    let r = &results(&mut con, "results")[0];
+    assert_eq!(text(r, "id"), "good");
+    assert_eq!(read_bytes(&field(r, "denoised")).width, 40);
+    assert!(wait_until(Duration::from_secs(10), || total_pending(
+        &mut con, "frames"
+    ) == 0));
+}
+
+#[test]
+fn a_server_restarted_mid_stream_loses_nothing() {
+    let mut srv = RedisServer::start(true);
+    let t = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let w = worker(
+        "denoise-fast",
+        &srv,
+        "w",
+        &srv.url("results"),
+        t.path().join("w.log"),
+        &["--metrics", &metrics],
+    );
+    let mut con = srv.con();
+    let first = frames(&t.path().join("in"), 30, 0);
+    add_paths(&mut con, "frames", &first);
+    assert!(wait_until(Duration::from_secs(60), || results(
+        &mut con, "results"
+    )
+    .len()
+        >= 3));
+    srv.kill();
+    // Not ready while the server is away.
+    assert!(wait_until(Duration::from_secs(20), || http_get(
+        port, "/readyz"
+    )
+    .is_some_and(|(s, _)| s == 503)));
+    std::thread::sleep(Duration::from_millis(500));
+    srv.restart();
+    let mut con = srv.con();
+    let second = frames(&t.path().join("in"), 30, 30);
+    add_paths(&mut con, "frames", &second);
+    let all: Vec<_> = first.into_iter().chain(second).collect();
+    assert!(
+        wait_until(Duration::from_secs(120), || results(&mut con, "results")
+            .len()
+            >= all.len()
+            && total_pending(&mut con, "frames") == 0),
+        "{} results, pending {:?}",
+        results(&mut con, "results").len(),
+        pending(&mut con, "frames")
+    );
+    check_results(&results(&mut con, "results"), &all);
+    assert!(wait_until(Duration::from_secs(10), || http_get(
+        port, "/readyz"
+    )
+    .is_some_and(|(s, _)| s == 200)));
+    assert!(w.log().contains("connected again"), "{}", w.log());
+}
+
+#[test]
+fn folder_outputs_are_named_by_frame_and_sigterm_acks_what_it_holds() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let mut con = srv.con();
+    let sent = frames(&t.path().join("in"), 40, 0);
+    for (i, (p, _)) in sent.iter().enumerate() {
+        let _: String = con
+            .xadd(
+                "frames",
+                "*",
+                &[("path", p.to_str().unwrap()), ("id", &format!("cam-{i}"))],
+            )
+            .unwrap();
+    }
+    // The same frame again (a producer retried): its output is replaced, not doubled.
+    let _: String = con
+        .xadd(
+            "frames",
+            "*",
+            &[("path", sent[3].0.to_str().unwrap()), ("id", "cam-3")],
+        )
+        .unwrap();
+    let mut w = worker(
+        "denoise-fast",
+        &srv,
+        "w",
+        out.to_str().unwrap(),
+        t.path().join("w.log"),
+        &[],
+    );
+    assert!(wait_until(Duration::from_secs(60), || {
+        std::fs::read_dir(&out).map_or(0, |d| d.count()) >= 5
+    }));
+    signal(&w.child, "TERM");
+    let st = wait_exit(&mut w.child, Duration::from_secs(30)).expect("exits");
+    assert!(st.success(), "{st:?}\n{}", w.log());
+    // It finished and acknowledged everything it had read; the rest is still unread.
+    assert_eq!(total_pending(&mut con, "frames"), 0, "{}", w.log());
+    let done_first = std::fs::read_dir(&out).unwrap().count();
+    let mut w2 = worker(
+        "denoise-fast",
+        &srv,
+        "w2",
+        out.to_str().unwrap(),
+        t.path().join("w2.log"),
+        &[],
+    );
+    assert!(wait_until(Duration::from_secs(60), || {
+        total_pending(&mut con, "frames") == 0
+            && redis::cmd("XINFO")
+                .arg(&["GROUPS", "frames"])
+                .query::<redis::streams::StreamInfoGroupsReply>(&mut con)
+                .is_ok_and(|g| g.groups.iter().all(|g| g.lag == Some(0)))
+    }));
+    signal(&w2.child, "TERM");
+    wait_exit(&mut w2.child, Duration::from_secs(30)).expect("exits");
+    let names: BTreeSet<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let want: BTreeSet<String> = (0..40).map(|i| format!("cam-{i}.png")).collect();
+    assert_eq!(names, want, "first worker wrote {done_first}");
+    let img = common::read(&out.join("cam-7.png"));
+    assert_eq!((img.width as u32, img.height as u32), sent[7].1);
+}
+
+#[test]
+fn a_redis_address_without_a_stream_is_refused_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    let o = common::bin()
+        .args(["run", "denoise-fast", "-i", "redis://127.0.0.1:1", "-o"])
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("redis://HOST:PORT/STREAM"), "{err}");
+}
