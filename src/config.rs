@@ -487,7 +487,7 @@ impl Default for QueueSourceConfig {
             url: None,
             group: "aestream".into(),
             consumer: None,
-            claim_idle_ms: 30_000,
+            claim_idle_ms: 10_000,
             max_deliveries: 5,
             batch: 16,
             max_inline_bytes: 32 << 20,

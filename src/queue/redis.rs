@@ -115,6 +115,9 @@ pub struct Conn {
     timeout: Duration,
     /// When the server was first found unreachable (to log an outage once).
     down_since: Option<Instant>,
+    /// No new connection attempt before this (each caller need not pay a connect timeout).
+    retry_at: Option<Instant>,
+    backoff: Backoff,
     what: String,
 }
 
@@ -129,6 +132,8 @@ impl Conn {
             con: None,
             timeout,
             down_since: None,
+            retry_at: None,
+            backoff: Backoff::default(),
             what: format!("{what} {}", addr.server),
         })
     }
@@ -137,9 +142,23 @@ impl Conn {
     /// the connection; a server reply error (wrong type, NOGROUP) keeps it.
     pub fn call<T>(&mut self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> RedisResult<T> {
         if self.con.is_none() {
-            let c = self.client.get_connection_with_timeout(self.timeout)?;
+            if self.retry_at.is_some_and(|t| Instant::now() < t) {
+                return Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "server unreachable; waiting to reconnect",
+                )));
+            }
+            let c = match self.client.get_connection_with_timeout(self.timeout) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.retry_at = Some(Instant::now() + self.backoff.wait());
+                    return Err(e);
+                }
+            };
             c.set_read_timeout(Some(self.timeout))?;
             c.set_write_timeout(Some(self.timeout))?;
+            self.retry_at = None;
+            self.backoff.reset();
             if let Some(t) = self.down_since.take() {
                 tracing::info!(
                     "{}: connected again after {:.1} s",

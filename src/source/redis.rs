@@ -65,13 +65,22 @@ impl RedisSourceConfig {
 /// Host name + process id: unique per running daemon, so a restarted one is a new consumer
 /// and its predecessor's pending entries are taken over like any dead consumer's.
 pub fn default_consumer() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "aestream".into());
-    format!("{host}-{}", std::process::id())
+    format!("{}-{}", host_name(), std::process::id())
+}
+
+/// gethostname(2): works under the unit's ProcSubset=pid, which hides /proc/sys.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the result is NUL-terminated on success
+    // (and we stop at the first NUL or the end either way).
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    if ok && !name.is_empty() {
+        name
+    } else {
+        "aestream".into()
+    }
 }
 
 pub struct RedisSource {
