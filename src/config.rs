@@ -556,6 +556,10 @@ pub struct FinetuneConfig {
     pub val_patches: usize,
     /// Checkpoints kept (`--checkpoints DIR`).
     pub keep: usize,
+    /// The candidate is an exponential moving average of the shadow's weights with this
+    /// decay per step (0 = the shadow itself): small-batch steps are noisy, their average
+    /// validates better and is what gets swapped in.
+    pub ema: f64,
 }
 
 impl Default for FinetuneConfig {
@@ -574,11 +578,12 @@ impl Default for FinetuneConfig {
             busy_share: 0.4,
             max_steps_per_minute: 600,
             round_steps: 40,
-            min_improvement: 0.01,
+            min_improvement: 0.002,
             sigma_max: 50.0,
             val_sigma: 25.0,
             val_patches: 16,
             keep: 5,
+            ema: 0.0,
         }
     }
 }

@@ -382,10 +382,14 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let (offer, control) = if finetune_on {
         let trainer =
             online::Finetuner::new(slot.clone(), telemetry.clone(), checkpoints, restored_opt)?;
-        let (o, c, _handle) = online::spawn(trainer, stop.clone())?;
-        (Some(o), Some(c))
+        let (o, c, handle) = online::spawn(trainer, stop.clone())?;
+        (Some(o), Some((c, handle)))
     } else {
         (None, None)
+    };
+    let (control, trainer) = match control {
+        Some((c, h)) => (Some(c), Some(h)),
+        None => (None, None),
     };
     install_signals(
         a.clone(),
@@ -405,7 +409,15 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         finetune: offer,
     };
     let settle = source.settle();
-    let s = pipeline::run(slot, source, sink, kinds, opts, stop)?;
+    let s = pipeline::run(slot, source, sink, kinds, opts, stop.clone())?;
+    if let Some(h) = trainer {
+        // Its last round (validate, maybe swap and checkpoint) finishes before we exit.
+        stop.request();
+        let t0 = std::time::Instant::now();
+        while !h.is_finished() && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     if let Some(settle) = settle {
         // Acknowledgements owed while the server was away: a last try before exiting.
         settle.flush_within(Duration::from_secs(10));

@@ -290,6 +290,8 @@ pub struct Finetuner {
     rejected_in_a_row: usize,
     train_loss: f64,
     rng: rand::rngs::StdRng,
+    /// The moving average of the shadow's weights (the candidate), when `ema` > 0.
+    ema: Option<HashMap<String, Tensor>>,
 }
 
 impl Finetuner {
@@ -361,6 +363,7 @@ impl Finetuner {
             next_number,
             rejected_in_a_row: 0,
             train_loss: f64::NAN,
+            ema: None,
         })
     }
 
@@ -514,6 +517,7 @@ impl Finetuner {
         }
         let grads = loss.backward()?;
         self.opt.step(&grads)?;
+        self.update_ema()?;
         let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
             return Err(Error::Other(format!(
@@ -539,6 +543,44 @@ impl Finetuner {
         Ok(l)
     }
 
+    /// ema ← β·ema + (1−β)·w after a step (started from the weights the shadow began with).
+    fn update_ema(&mut self) -> Result<()> {
+        let beta = self.fc.ema;
+        if !(beta > 0.0 && beta < 1.0) {
+            return Ok(());
+        }
+        let now = snapshot(&self.vm)?;
+        let next = match self.ema.take() {
+            None => now,
+            Some(old) => {
+                let mut next = HashMap::with_capacity(now.len());
+                for (k, w) in now {
+                    let e = match old.get(&k) {
+                        Some(e) => ((e * beta)? + (w * (1.0 - beta))?)?,
+                        None => w,
+                    };
+                    next.insert(k, e);
+                }
+                next
+            }
+        };
+        self.ema = Some(next);
+        Ok(())
+    }
+
+    /// Runs `f` with the candidate weights (the moving average, if kept) in the shadow, then
+    /// puts the training weights back.
+    fn with_candidate<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let Some(ema) = self.ema.clone() else {
+            return f(self);
+        };
+        let training = snapshot(&self.vm)?;
+        set_vars(&self.vm, &ema)?;
+        let r = f(self);
+        set_vars(&self.vm, &training)?;
+        r
+    }
+
     /// Validation losses (candidate, serving) on the same held-out patches.
     pub fn validate(&self) -> Result<(f64, f64)> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a1);
@@ -558,7 +600,8 @@ impl Finetuner {
     /// Validates the shadow and swaps it in if it is better by the margin.
     pub fn round(&mut self) -> Result<Round> {
         self.follow_reloads()?;
-        let (candidate, serving) = self.validate()?;
+        let ((candidate, serving), cand_weights) =
+            self.with_candidate(|t| Ok((t.validate()?, snapshot(&t.vm)?)))?;
         self.tel.gauge(
             "aestream_finetune_val_loss",
             "Validation loss of the latest candidate.",
@@ -593,12 +636,13 @@ impl Finetuner {
                     let t = t.clone();
                     set_vars(&self.vm, &t)?;
                 }
+                self.ema = None;
                 self.rejected_in_a_row = 0;
             }
             return Ok(Round::Rejected { candidate, serving });
         }
         self.rejected_in_a_row = 0;
-        let tensors = snapshot(&self.vm)?;
+        let tensors = cand_weights;
         let n = self.next_number;
         self.next_number += 1;
         let version = version_of(&self.cfg.name, n, &tensors);
@@ -658,6 +702,7 @@ impl Finetuner {
             if let Some(t) = now.tensors.clone() {
                 tracing::info!("fine-tune: following the reload to {}", now.version);
                 set_vars(&self.vm, &t)?;
+                self.ema = None;
                 self.cfg = now.cfg.clone();
                 self.history.push((now, t));
             }
@@ -674,6 +719,7 @@ impl Finetuner {
         let (gone, _) = self.history.pop().expect("two versions");
         let (prev, t) = self.history.last().cloned().expect("one version");
         set_vars(&self.vm, &t)?;
+        self.ema = None;
         let back = Arc::new(
             Generation::new(
                 prev.cfg.clone(),
@@ -788,6 +834,13 @@ impl Finetuner {
                 std::thread::sleep(Duration::from_secs(60).min(min_gap * 100));
             }
         }
+        // Stopping: the steps since the last round are kept if they make a better model
+        // (validated and checkpointed like any round).
+        if in_round > 0 && self.ready() {
+            if let Err(e) = idle_pool.install(|| self.round()) {
+                tracing::error!("fine-tune: last round: {e}");
+            }
+        }
     }
 }
 
@@ -892,6 +945,51 @@ mod tests {
             r => panic!("{r:?}"),
         }
         assert!(t.slot.load().version.starts_with("denoise-fast-v1@"));
+    }
+
+    #[test]
+    fn the_candidate_is_the_moving_average_and_training_goes_on_from_the_shadow() {
+        let mut t = trainer(None, |f| {
+            f.ema = 0.5;
+            // Swap whatever it is, to see exactly what gets served.
+            f.min_improvement = -10.0;
+        });
+        feed(&mut t, 16);
+        let mut after = vec![];
+        for _ in 0..3 {
+            t.step().unwrap();
+            after.push(snapshot(&t.vm).unwrap());
+        }
+        assert!(matches!(t.round().unwrap(), Round::Swapped { .. }));
+        let served = t.slot.load_full().tensors.clone().unwrap();
+        let shadow = snapshot(&t.vm).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let mut moved = 0.0f32;
+        for (k, w3) in &after[2] {
+            let (w1, w2) = (&after[0][k], &after[1][k]);
+            let want = ((((w1 * 0.5).unwrap() + (w2 * 0.5).unwrap()).unwrap() * 0.5).unwrap()
+                + (w3 * 0.5).unwrap())
+            .unwrap();
+            assert!(
+                diff(&served[k], &want) < 1e-6,
+                "{k}: served is not the average"
+            );
+            assert!(
+                diff(&shadow[k], w3) == 0.0,
+                "{k}: training weights were not restored"
+            );
+            moved = moved.max(diff(w3, &want));
+        }
+        assert!(moved > 0.0, "the steps changed nothing");
     }
 
     #[test]
