@@ -9,7 +9,9 @@
 //! last layer of an autoencoder) is a direct multiply-accumulate over shifted rows instead:
 //! its im2col would be `c·kh·kw` times the input's size for a gemm with one row.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 use super::{sgemm, threads};
@@ -133,10 +135,11 @@ fn im2col_image(src: &[f32], g: &Geom, dst: &mut [f32], parallel: bool) {
     }
 }
 
-/// Adds one image's im2col columns back onto input plane `ci` (the adjoint of im2col).
-fn col2im_plane(cols: &[f32], g: &Geom, ci: usize, plane: &mut [f32]) {
+/// Sums one image's im2col columns back onto input plane `ci` (the adjoint of im2col), on top
+/// of `init` (a bias, or 0).
+fn col2im_plane(cols: &[f32], g: &Geom, ci: usize, plane: &mut [f32], init: f32) {
     let l = g.cols();
-    plane.fill(0.0);
+    plane.fill(init);
     for ky in 0..g.kh {
         for kx in 0..g.kw {
             let r = (ci * g.kh + ky) * g.kw + kx;
@@ -226,7 +229,13 @@ impl CustomOp1 for Col2Im {
             .enumerate()
             .for_each(|(i, plane)| {
                 let (bi, ci) = (i / g.c, i % g.c);
-                col2im_plane(&src[bi * rows * cols..(bi + 1) * rows * cols], g, ci, plane);
+                col2im_plane(
+                    &src[bi * rows * cols..(bi + 1) * rows * cols],
+                    g,
+                    ci,
+                    plane,
+                    0.0,
+                );
             });
         Ok((CpuStorage::F32(dst), Shape::from((b, g.c, g.h, g.w))))
     }
@@ -264,19 +273,79 @@ fn for_each_image(
     }
 }
 
-/// `y = W · im2col(x)` per image. Inputs `x [b, c, h, w]`, `w [cout, c, kh, kw]`.
+/// The activation fused into a convolution's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Identity,
+    Relu,
+}
+
+impl Act {
+    fn apply(self, y: &mut [f32]) {
+        if self == Act::Relu {
+            for v in y {
+                *v = v.max(0.0);
+            }
+        }
+    }
+
+    /// The gradient at the activation's input, from the output's gradient and the output.
+    fn grad(self, grad: &Tensor, res: &Tensor) -> Result<Tensor> {
+        let grad = grad.contiguous()?;
+        match self {
+            Act::Identity => Ok(grad),
+            Act::Relu => grad.apply_op2_no_bwd(&res.contiguous()?, &ReluGrad),
+        }
+    }
+}
+
+/// `grad · [y > 0]` in one pass (candle's relu backward takes four, with three temporaries).
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, y) = (
+            f32_slice(gs, gl, "relu-grad")?,
+            f32_slice(ys, yl, "relu-grad")?,
+        );
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+            .for_each(|(o, (g, y))| {
+                for ((o, g), y) in o.iter_mut().zip(g).zip(y) {
+                    *o = if *y > 0.0 { *g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
+
+/// `y = act(W · im2col(x) + bias)` per image. Inputs `x [b, c, h, w]`, `w [cout, c, kh, kw]`,
+/// `bias [cout]`.
 struct Conv2dOp {
     g: Geom,
     cout: usize,
+    act: Act,
 }
 
 impl Conv2dOp {
     /// Thin convolution (cout = 1): each output row accumulates shifted input rows directly.
-    fn thin(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
+    fn thin(&self, x: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
         let g = &self.g;
         let ranges: Vec<(usize, usize)> = (0..g.kw).map(|kx| g.x_range(kx)).collect();
         out.par_chunks_mut(g.ow).enumerate().for_each(|(i, o)| {
             let (bi, oy) = (i / g.oh, i % g.oh);
+            o.fill(bias);
             let img = &x[bi * g.c * g.plane()..(bi + 1) * g.c * g.plane()];
             for ci in 0..g.c {
                 for ky in 0..g.kh {
@@ -300,11 +369,12 @@ impl Conv2dOp {
                     }
                 }
             }
+            self.act.apply(o);
         });
     }
 }
 
-impl CustomOp2 for Conv2dOp {
+impl CustomOp3 for Conv2dOp {
     fn name(&self) -> &'static str {
         "conv2d-im2col-gemm"
     }
@@ -315,21 +385,28 @@ impl CustomOp2 for Conv2dOp {
         xl: &Layout,
         ws: &CpuStorage,
         wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
         let b = xl.shape().dims4()?.0;
         let x = f32_slice(xs, xl, "conv2d")?;
         let w = f32_slice(ws, wl, "conv2d")?;
+        let bias = f32_slice(bs, bl, "conv2d")?;
         let (rows, l, cout) = (g.rows(), g.cols(), self.cout);
         let mut out = vec![0f32; b * cout * l];
         let shape = Shape::from((b, cout, g.oh, g.ow));
         if cout == 1 {
-            self.thin(x, w, &mut out);
+            self.thin(x, w, bias[0], &mut out);
             return Ok((CpuStorage::F32(out), shape));
         }
         for_each_image(&mut out, x, g.c * g.plane(), rows * l, |o, xi, cols, nt| {
             im2col_image(xi, g, cols, nt > 1);
-            sgemm(cout, l, rows, o, false, w, false, cols, false, nt);
+            for (p, b) in o.chunks_mut(l).zip(bias) {
+                p.fill(*b);
+            }
+            sgemm(cout, l, rows, o, true, w, false, cols, false, nt);
+            self.act.apply(o);
         });
         Ok((CpuStorage::F32(out), shape))
     }
@@ -338,12 +415,17 @@ impl CustomOp2 for Conv2dOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
         let b = x.dim(0)?;
-        let dy = grad.contiguous()?.reshape((b, self.cout, g.cols()))?;
+        let dy = self
+            .act
+            .grad(grad, res)?
+            .reshape((b, self.cout, g.cols()))?;
+        let gb = bias_grad(&dy, bias)?;
         let gw = if w.track_op() {
             let cols = x.apply_op1_no_bwd(&Im2Col(g))?;
             Some(dy.matmul(&cols.t()?)?.sum(0)?.reshape(w.shape())?)
@@ -357,18 +439,29 @@ impl CustomOp2 for Conv2dOp {
         } else {
             None
         };
-        Ok((gx, gw))
+        Ok((gx, gw, gb))
     }
 }
 
-/// `y = col2im(Wᵀ · x)` per image. Inputs `x [b, cin, h, w]`, `w [cin, cout, kh, kw]`; `g` is
-/// the geometry of the adjoint convolution (from the output `[cout, oh', ow']` back to `x`).
+/// The bias gradient, from the output gradient as `[b, cout, pixels]`: sums along the
+/// contiguous last axis first (candle's broadcast backward reduces the strided axes at once).
+fn bias_grad(dy: &Tensor, bias: &Tensor) -> Result<Option<Tensor>> {
+    if !bias.track_op() {
+        return Ok(None);
+    }
+    Ok(Some(dy.sum(2)?.sum(0)?))
+}
+
+/// `y = act(col2im(Wᵀ · x) + bias)` per image. Inputs `x [b, cin, h, w]`, `w [cin, cout, kh,
+/// kw]`, `bias [cout]`; `g` is the geometry of the adjoint convolution (from the output
+/// `[cout, oh', ow']` back to `x`).
 struct ConvTranspose2dOp {
     g: Geom,
     cin: usize,
+    act: Act,
 }
 
-impl CustomOp2 for ConvTranspose2dOp {
+impl CustomOp3 for ConvTranspose2dOp {
     fn name(&self) -> &'static str {
         "conv-transpose2d-gemm-col2im"
     }
@@ -379,11 +472,14 @@ impl CustomOp2 for ConvTranspose2dOp {
         xl: &Layout,
         ws: &CpuStorage,
         wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
         let b = xl.shape().dims4()?.0;
         let x = f32_slice(xs, xl, "conv_transpose2d")?;
         let w = f32_slice(ws, wl, "conv_transpose2d")?;
+        let bias = f32_slice(bs, bl, "conv_transpose2d")?;
         let (rows, l, cin) = (g.rows(), g.cols(), self.cin);
         let mut out = vec![0f32; b * g.c * g.plane()];
         for_each_image(&mut out, x, cin * l, rows * l, |o, xi, cols, nt| {
@@ -392,12 +488,13 @@ impl CustomOp2 for ConvTranspose2dOp {
             if nt > 1 {
                 o.par_chunks_mut(g.plane())
                     .enumerate()
-                    .for_each(|(ci, p)| col2im_plane(cols, g, ci, p));
+                    .for_each(|(ci, p)| col2im_plane(cols, g, ci, p, bias[ci]));
             } else {
                 for (ci, p) in o.chunks_mut(g.plane()).enumerate() {
-                    col2im_plane(cols, g, ci, p);
+                    col2im_plane(cols, g, ci, p, bias[ci]);
                 }
             }
+            self.act.apply(o);
         });
         Ok((CpuStorage::F32(out), Shape::from((b, g.c, g.h, g.w))))
     }
@@ -406,12 +503,15 @@ impl CustomOp2 for ConvTranspose2dOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
         let b = x.dim(0)?;
-        let cols = grad.contiguous()?.apply_op1_no_bwd(&Im2Col(g))?;
+        let dy = self.act.grad(grad, res)?;
+        let gb = bias_grad(&dy.reshape((b, g.c, g.plane()))?, bias)?;
+        let cols = dy.apply_op1_no_bwd(&Im2Col(g))?;
         let wm = w.reshape((self.cin, g.rows()))?;
         let gx = if x.track_op() {
             let gx = wm.broadcast_left(b)?.matmul(&cols)?;
@@ -425,7 +525,7 @@ impl CustomOp2 for ConvTranspose2dOp {
         } else {
             None
         };
-        Ok((gx, gw))
+        Ok((gx, gw, gb))
     }
 }
 
@@ -433,10 +533,27 @@ fn fast_path(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32
 }
 
-fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// The activation on candle's own ops (the fallback path).
+fn finish(y: Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+        None => y,
+    };
+    match act {
+        Act::Identity => Ok(y),
+        Act::Relu => y.relu(),
+    }
+}
+
+/// The bias as the op takes it: contiguous `[cout]`, zeros (untracked) when there is none.
+fn bias_or_zeros(bias: Option<&Tensor>, cout: usize, like: &Tensor) -> Result<Tensor> {
     match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
-        None => Ok(y),
+        Some(b) if b.elem_count() == cout => b.flatten_all()?.contiguous(),
+        Some(b) => bail!(
+            "conv: bias has {} values for {cout} channels",
+            b.elem_count()
+        ),
+        None => Tensor::zeros(cout, like.dtype(), like.device()),
     }
 }
 
@@ -449,19 +566,33 @@ pub fn conv2d(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    conv2d_act(x, w, bias, stride, pad, Act::Identity)
+}
+
+/// [`conv2d`] followed by `act`, fused: applied while the output is in cache, and its
+/// backward folded into the convolution's.
+pub fn conv2d_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    act: Act,
+) -> Result<Tensor> {
     let (_, c, h, wd) = x.dims4()?;
     let (cout, wc, kh, kw) = w.dims4()?;
     if wc != c {
         bail!("conv2d: input has {c} channels, kernel expects {wc}");
     }
     if !fast_path(x, w) {
-        return add_bias(x.conv2d(w, pad, stride, 1, 1)?, bias);
+        return finish(x.conv2d(w, pad, stride, 1, 1)?, bias, act);
     }
     let g = Geom::new(c, (h, wd), (kh, kw), stride, pad)?;
-    let y = x
-        .contiguous()?
-        .apply_op2(&w.contiguous()?, Conv2dOp { g, cout })?;
-    add_bias(y, bias)
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &bias_or_zeros(bias, cout, x)?,
+        Conv2dOp { g, cout, act },
+    )
 }
 
 /// 2-D transposed convolution, NCHW: `x [b, cin, h, w]`, `w [cin, cout, kh, kw]` (candle's
@@ -475,6 +606,17 @@ pub fn conv_transpose2d(
     pad: usize,
     output_padding: usize,
 ) -> Result<Tensor> {
+    conv_transpose2d_act(x, w, bias, (stride, pad, output_padding), Act::Identity)
+}
+
+/// [`conv_transpose2d`] followed by `act`, fused; `geom` is `(stride, pad, output_padding)`.
+pub fn conv_transpose2d_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    (stride, pad, output_padding): (usize, usize, usize),
+    act: Act,
+) -> Result<Tensor> {
     let (_, cin, h, wd) = x.dims4()?;
     let (wcin, cout, kh, kw) = w.dims4()?;
     if wcin != cin {
@@ -485,7 +627,7 @@ pub fn conv_transpose2d(
     }
     if !fast_path(x, w) {
         let y = x.conv_transpose2d(w, pad, output_padding, stride, 1)?;
-        return add_bias(y, bias);
+        return finish(y, bias, act);
     }
     let size = |n: usize, k: usize| ((n - 1) * stride + k + output_padding).checked_sub(2 * pad);
     let (Some(oh), Some(ow)) = (size(h, kh), size(wd, kw)) else {
@@ -495,10 +637,11 @@ pub fn conv_transpose2d(
     if (g.oh, g.ow) != (h, wd) {
         bail!("conv_transpose2d: inconsistent geometry {g:?} for a {h}×{wd} input");
     }
-    let y = x
-        .contiguous()?
-        .apply_op2(&w.contiguous()?, ConvTranspose2dOp { g, cin })?;
-    add_bias(y, bias)
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &bias_or_zeros(bias, cout, x)?,
+        ConvTranspose2dOp { g, cin, act },
+    )
 }
 
 #[cfg(test)]
@@ -579,7 +722,7 @@ mod tests {
 
     /// Forward values and the gradients of x, w and bias agree with candle's conv2d (or
     /// conv_transpose2d) over every case.
-    fn agrees_with_candle(transposed: bool) -> Result<()> {
+    fn agrees_with_candle(transposed: bool, act: Act) -> Result<()> {
         let dev = Device::Cpu;
         for cs in cases() {
             let (h, w) = cs.hw;
@@ -594,17 +737,23 @@ mod tests {
             let bias = Var::randn(0f32, 1., cs.cout, &dev)?;
             let b4 = bias.reshape((1, cs.cout, 1, 1))?;
             let (ours, theirs) = if transposed {
+                let geom = (cs.stride, cs.pad, cs.op);
                 (
-                    conv_transpose2d(&x, &k, Some(bias.as_tensor()), cs.stride, cs.pad, cs.op)?,
+                    conv_transpose2d_act(&x, &k, Some(bias.as_tensor()), geom, act)?,
                     x.conv_transpose2d(&k, cs.pad, cs.op, cs.stride, 1)?,
                 )
             } else {
                 (
-                    conv2d(&x, &k, Some(bias.as_tensor()), cs.stride, cs.pad)?,
+                    conv2d_act(&x, &k, Some(bias.as_tensor()), cs.stride, cs.pad, act)?,
                     x.conv2d(&k, cs.pad, cs.stride, 1, 1)?,
                 )
             };
             let theirs = theirs.broadcast_add(&b4)?;
+            let theirs = if act == Act::Relu {
+                theirs.relu()?
+            } else {
+                theirs
+            };
             assert_eq!(ours.dims(), theirs.dims());
             let d = max_rel(&ours, &theirs)?;
             assert!(d < 1e-4, "forward differs by {d} (k {:?})", cs.k);
@@ -622,12 +771,19 @@ mod tests {
 
     #[test]
     fn conv2d_matches_candle() -> Result<()> {
-        agrees_with_candle(false)
+        agrees_with_candle(false, Act::Identity)
     }
 
     #[test]
     fn conv_transpose2d_matches_candle() -> Result<()> {
-        agrees_with_candle(true)
+        agrees_with_candle(true, Act::Identity)
+    }
+
+    /// The fused ReLU: forward and all three gradients as candle's conv + bias + relu.
+    #[test]
+    fn fused_relu_matches_candle() -> Result<()> {
+        agrees_with_candle(false, Act::Relu)?;
+        agrees_with_candle(true, Act::Relu)
     }
 
     /// Central finite differences of `sum(y · r)` in f64 against the analytic gradients, on an

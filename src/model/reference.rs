@@ -13,7 +13,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use super::layers::kaiming;
-use crate::kernels::conv::{conv2d, conv_transpose2d};
+use crate::kernels::conv::{conv2d_act, conv_transpose2d_act, Act};
 
 /// Which implementation the convolutions use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,98 +25,104 @@ pub enum ConvImpl {
     Candle,
 }
 
-/// A square convolution with bias; weight `[cout, cin, k, k]` (candle's layout).
+/// One layer's shape: channels in and out, square kernel, stride, padding, output padding
+/// (transposed only) and the activation after it.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerCfg {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub output_padding: usize,
+    pub act: Act,
+}
+
+/// A 3×3, padding 1 layer of the reference net.
+const fn l3(cin: usize, cout: usize, stride: usize, output_padding: usize, act: Act) -> LayerCfg {
+    LayerCfg {
+        cin,
+        cout,
+        k: 3,
+        stride,
+        pad: 1,
+        output_padding,
+        act,
+    }
+}
+
+/// candle's convolution output plus bias, then the activation (the unfused baseline).
+fn candle_finish(y: Tensor, b: &Tensor, act: Act) -> Result<Tensor> {
+    let y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+    match act {
+        Act::Relu => y.relu(),
+        Act::Identity => Ok(y),
+    }
+}
+
+/// A square convolution with bias and activation; weight `[cout, cin, k, k]` (candle's layout).
 #[derive(Debug, Clone)]
 pub struct Conv {
     w: Tensor,
     b: Tensor,
-    stride: usize,
-    pad: usize,
+    cfg: LayerCfg,
     imp: ConvImpl,
 }
 
 impl Conv {
-    pub fn new(
-        vb: VarBuilder,
-        (cin, cout, k): (usize, usize, usize),
-        stride: usize,
-        pad: usize,
-        imp: ConvImpl,
-    ) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: LayerCfg, imp: ConvImpl) -> Result<Self> {
+        let LayerCfg { cin, cout, k, .. } = cfg;
         let w = vb.get_with_hints((cout, cin, k, k), "weight", kaiming(cin * k * k))?;
         let b = vb.get_with_hints(cout, "bias", Init::Const(0.))?;
-        Ok(Self {
-            w,
-            b,
-            stride,
-            pad,
-            imp,
-        })
+        Ok(Self { w, b, cfg, imp })
     }
 }
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
         match self.imp {
-            ConvImpl::Ours => conv2d(x, &self.w, Some(&self.b), self.stride, self.pad),
-            ConvImpl::Candle => x
-                .conv2d(&self.w, self.pad, self.stride, 1, 1)?
-                .broadcast_add(&self.b.reshape((1, (), 1, 1))?),
+            ConvImpl::Ours => conv2d_act(x, &self.w, Some(&self.b), c.stride, c.pad, c.act),
+            ConvImpl::Candle => {
+                candle_finish(x.conv2d(&self.w, c.pad, c.stride, 1, 1)?, &self.b, c.act)
+            }
         }
     }
 }
 
-/// A square transposed convolution with bias; weight `[cin, cout, k, k]` (candle's layout).
+/// A square transposed convolution with bias and activation; weight `[cin, cout, k, k]`
+/// (candle's layout).
 #[derive(Debug, Clone)]
 pub struct ConvT {
     w: Tensor,
     b: Tensor,
-    stride: usize,
-    pad: usize,
-    output_padding: usize,
+    cfg: LayerCfg,
     imp: ConvImpl,
 }
 
 impl ConvT {
-    pub fn new(
-        vb: VarBuilder,
-        (cin, cout, k): (usize, usize, usize),
-        stride: usize,
-        pad: usize,
-        output_padding: usize,
-        imp: ConvImpl,
-    ) -> Result<Self> {
-        let w = vb.get_with_hints(
-            (cin, cout, k, k),
-            "weight",
-            kaiming(cin * k * k / (stride * stride)),
-        )?;
+    pub fn new(vb: VarBuilder, cfg: LayerCfg, imp: ConvImpl) -> Result<Self> {
+        let LayerCfg { cin, cout, k, .. } = cfg;
+        // Each output pixel sees about k²/stride² inputs per channel.
+        let fan_in = (cin * k * k / (cfg.stride * cfg.stride)).max(1);
+        let w = vb.get_with_hints((cin, cout, k, k), "weight", kaiming(fan_in))?;
         let b = vb.get_with_hints(cout, "bias", Init::Const(0.))?;
-        Ok(Self {
-            w,
-            b,
-            stride,
-            pad,
-            output_padding,
-            imp,
-        })
+        Ok(Self { w, b, cfg, imp })
     }
 }
 
 impl Module for ConvT {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
         match self.imp {
-            ConvImpl::Ours => conv_transpose2d(
-                x,
-                &self.w,
-                Some(&self.b),
-                self.stride,
-                self.pad,
-                self.output_padding,
-            ),
-            ConvImpl::Candle => x
-                .conv_transpose2d(&self.w, self.pad, self.output_padding, self.stride, 1)?
-                .broadcast_add(&self.b.reshape((1, (), 1, 1))?),
+            ConvImpl::Ours => {
+                let geom = (c.stride, c.pad, c.output_padding);
+                conv_transpose2d_act(x, &self.w, Some(&self.b), geom, c.act)
+            }
+            ConvImpl::Candle => {
+                let y = x.conv_transpose2d(&self.w, c.pad, c.output_padding, c.stride, 1)?;
+                candle_finish(y, &self.b, c.act)
+            }
         }
     }
 }
@@ -131,17 +137,19 @@ pub struct ConvAeRef {
 
 impl ConvAeRef {
     pub fn new(vb: VarBuilder, imp: ConvImpl) -> Result<Self> {
+        let relu = Act::Relu;
         Ok(Self {
             enc: [
-                Conv::new(vb.pp("enc1"), (1, 32, 3), 1, 1, imp)?,
-                Conv::new(vb.pp("enc2"), (32, 64, 3), 2, 1, imp)?,
-                Conv::new(vb.pp("enc3"), (64, 64, 3), 2, 1, imp)?,
+                Conv::new(vb.pp("enc1"), l3(1, 32, 1, 0, relu), imp)?,
+                Conv::new(vb.pp("enc2"), l3(32, 64, 2, 0, relu), imp)?,
+                Conv::new(vb.pp("enc3"), l3(64, 64, 2, 0, relu), imp)?,
             ],
             dec: [
-                ConvT::new(vb.pp("dec1"), (64, 64, 3), 2, 1, 1, imp)?,
-                ConvT::new(vb.pp("dec2"), (64, 32, 3), 2, 1, 1, imp)?,
+                ConvT::new(vb.pp("dec1"), l3(64, 64, 2, 1, relu), imp)?,
+                ConvT::new(vb.pp("dec2"), l3(64, 32, 2, 1, relu), imp)?,
             ],
-            out: Conv::new(vb.pp("out"), (32, 1, 3), 1, 1, imp)?,
+            // The sigmoid stays outside: candle's is already one fused pass.
+            out: Conv::new(vb.pp("out"), l3(32, 1, 1, 0, Act::Identity), imp)?,
         })
     }
 }
@@ -150,10 +158,10 @@ impl Module for ConvAeRef {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for c in &self.enc {
-            h = c.forward(&h)?.relu()?;
+            h = c.forward(&h)?;
         }
         for c in &self.dec {
-            h = c.forward(&h)?.relu()?;
+            h = c.forward(&h)?;
         }
         candle_nn::ops::sigmoid(&self.out.forward(&h)?)
     }
