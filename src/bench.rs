@@ -54,6 +54,8 @@ pub struct BenchReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub train_step_p50_ms: f64,
+    /// Forward-pass arithmetic rate (reference networks only: their FLOPs are known).
+    pub infer_gflop_per_s: Option<f64>,
     pub peak_rss_mb: f64,
 }
 
@@ -81,6 +83,8 @@ impl std::fmt::Display for BenchReport {
 /// A network under test: its input, a forward pass, and one optimizer step.
 struct Workload {
     input: Tensor,
+    /// Multiply-adds of one image's forward pass, where known.
+    macs_per_image: Option<f64>,
     infer: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>,
     train_step: Box<dyn FnMut(&Tensor) -> candle_core::Result<()>>,
 }
@@ -121,6 +125,7 @@ fn reference<M: Module + 'static>(
     net: M,
     vm: VarMap,
     input: Tensor,
+    macs_per_image: f64,
     candle_ops: bool,
 ) -> Result<Workload> {
     let mut opt = optimizer(&vm, candle_ops)?;
@@ -128,12 +133,21 @@ fn reference<M: Module + 'static>(
     let n2 = net.clone();
     Ok(Workload {
         input,
+        macs_per_image: Some(macs_per_image),
         infer: Box::new(move |x| net.forward(x)),
         train_step: Box::new(move |x| {
             let loss = (n2.forward(x)? - x)?.sqr()?.mean_all()?;
             opt.step(&loss.backward()?)
         }),
     })
+}
+
+fn imp(a: &BenchArgs) -> ConvImpl {
+    if a.candle_ops {
+        ConvImpl::Candle
+    } else {
+        ConvImpl::Ours
+    }
 }
 
 fn workload(a: &BenchArgs, dev: &Device) -> Result<(Workload, usize)> {
@@ -147,22 +161,22 @@ fn workload(a: &BenchArgs, dev: &Device) -> Result<(Workload, usize)> {
                     "conv-ae-ref needs a --size that is a multiple of 4, got {s}"
                 )));
             }
-            let imp = if a.candle_ops {
-                ConvImpl::Candle
-            } else {
-                ConvImpl::Ours
-            };
-            let net = ConvAeRef::new(vb, imp)?;
+            let net = ConvAeRef::new(vb, imp(a))?;
             let x = Tensor::rand(0f32, 1., (a.batch, 1, s, s), dev)?;
-            Ok((reference(net, vm, x, a.candle_ops)?, s))
+            // Per layer: cout·cin·9 multiply-adds per output pixel (input pixel when
+            // transposed); the decoder mirrors the encoder (1→32 ~ 32→1, and so on).
+            let px = |d: usize| ((s / d) * (s / d)) as f64;
+            let macs = 2.0 * 9.0 * (32.0 * px(1) + 64.0 * 32.0 * px(2) + 64.0 * 64.0 * px(4));
+            Ok((reference(net, vm, x, macs, a.candle_ops)?, s))
         }
         "dense-ae-ref" => {
             if a.size.is_some_and(|s| s * s != DENSE_WIDTHS[0]) {
                 return Err(usage("dense-ae-ref takes 25×25 frames (625 inputs)".into()));
             }
-            let net = DenseAeRef::new(vb)?;
+            let net = DenseAeRef::new(vb, imp(a))?;
             let x = Tensor::rand(0f32, 1., (a.batch, DENSE_WIDTHS[0]), dev)?;
-            Ok((reference(net, vm, x, a.candle_ops)?, 25))
+            let macs = DENSE_WIDTHS.windows(2).map(|w| (w[0] * w[1]) as f64).sum();
+            Ok((reference(net, vm, x, macs, a.candle_ops)?, 25))
         }
         name => pipeline(name, a, vm, vb, dev),
     }
@@ -218,6 +232,7 @@ fn pipeline(
     Ok((
         Workload {
             input,
+            macs_per_image: None,
             infer: Box::new(move |x| {
                 served
                     .forward(x)
@@ -316,6 +331,9 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
         p50_ms: p50,
         p99_ms: quantile_ms(&infer, 0.99),
         train_step_p50_ms: t50,
+        infer_gflop_per_s: wl
+            .macs_per_image
+            .map(|m| 2.0 * m * a.batch as f64 / (p50 / 1e3) / 1e9),
         peak_rss_mb: peak_rss_mb(),
     })
 }

@@ -166,7 +166,7 @@ fn col2im_plane(cols: &[f32], g: &Geom, ci: usize, plane: &mut [f32], init: f32)
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!("{what}: only f32 is supported")
     };
@@ -281,7 +281,7 @@ pub enum Act {
 }
 
 impl Act {
-    fn apply(self, y: &mut [f32]) {
+    pub(crate) fn apply(self, y: &mut [f32]) {
         if self == Act::Relu {
             for v in y {
                 *v = v.max(0.0);
@@ -290,7 +290,7 @@ impl Act {
     }
 
     /// The gradient at the activation's input, from the output's gradient and the output.
-    fn grad(self, grad: &Tensor, res: &Tensor) -> Result<Tensor> {
+    pub(crate) fn grad(self, grad: &Tensor, res: &Tensor) -> Result<Tensor> {
         let grad = grad.contiguous()?;
         match self {
             Act::Identity => Ok(grad),

@@ -7,6 +7,7 @@
 
 pub mod adamw;
 pub mod conv;
+pub mod linear;
 
 /// `dst[m×n] (+)= a[m×k] · b[k×n]`, all row-major with the given row strides (column stride 1
 /// unless the `*_t` flag says the matrix is stored transposed).

@@ -14,14 +14,15 @@ use candle_nn::{Init, Linear, VarBuilder};
 
 use super::layers::kaiming;
 use crate::kernels::conv::{conv2d_act, conv_transpose2d_act, Act};
+use crate::kernels::linear::linear_act;
 
-/// Which implementation the convolutions use.
+/// Which implementation the layers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvImpl {
-    /// im2col / col2im + gemm custom ops.
+    /// Our custom ops (im2col / col2im + gemm convolutions, fused linear), bias and ReLU fused.
     #[default]
     Ours,
-    /// candle's `conv2d` / `conv_transpose2d`.
+    /// candle's `conv2d` / `conv_transpose2d` / candle-nn's `Linear`, then bias and ReLU.
     Candle,
 }
 
@@ -174,16 +175,18 @@ pub const DENSE_WIDTHS: [usize; 9] = [625, 2000, 1000, 500, 30, 500, 1000, 2000,
 #[derive(Debug, Clone)]
 pub struct DenseAeRef {
     layers: Vec<Linear>,
+    imp: ConvImpl,
 }
 
 impl DenseAeRef {
-    pub fn new(vb: VarBuilder) -> Result<Self> {
+    /// `imp` picks our fused linear op or candle-nn's `Linear` (same weights either way).
+    pub fn new(vb: VarBuilder, imp: ConvImpl) -> Result<Self> {
         let layers = DENSE_WIDTHS
             .windows(2)
             .enumerate()
             .map(|(i, w)| candle_nn::linear(w[0], w[1], vb.pp(format!("fc{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self { layers, imp })
     }
 }
 
@@ -193,11 +196,23 @@ impl Module for DenseAeRef {
         let last = self.layers.len() - 1;
         let mut h = x.clone();
         for (i, l) in self.layers.iter().enumerate() {
-            h = l.forward(&h)?;
             // The 30-D code stays linear; the output is a sigmoid.
-            if i != code && i != last {
-                h = h.relu()?;
-            }
+            let act = if i != code && i != last {
+                Act::Relu
+            } else {
+                Act::Identity
+            };
+            h = match (self.imp, l.bias()) {
+                (ConvImpl::Ours, Some(b)) => linear_act(&h, l.weight(), b, act)?,
+                _ => {
+                    let y = l.forward(&h)?;
+                    if act == Act::Relu {
+                        y.relu()?
+                    } else {
+                        y
+                    }
+                }
+            };
         }
         candle_nn::ops::sigmoid(&h)
     }
@@ -235,13 +250,18 @@ mod tests {
     }
 
     #[test]
-    fn dense_ae_ref_shapes() -> Result<()> {
+    fn dense_ae_ref_ours_matches_candle() -> Result<()> {
         let dev = Device::Cpu;
         let vm = VarMap::new();
-        let net = DenseAeRef::new(VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
-        let y = net.forward(&Tensor::rand(0f32, 1., (3, 625), &dev)?)?;
-        assert_eq!(y.dims(), &[3, 625]);
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let ours = DenseAeRef::new(vb.clone(), ConvImpl::Ours)?;
+        let theirs = DenseAeRef::new(vb, ConvImpl::Candle)?;
+        let x = Tensor::rand(0f32, 1., (3, 625), &dev)?;
+        let (yo, yt) = (ours.forward(&x)?, theirs.forward(&x)?);
+        assert_eq!(yo.dims(), &[3, 625]);
         assert_eq!(vm.all_vars().len(), 16);
+        let d = (yo - yt)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "outputs differ by {d}");
         Ok(())
     }
 }
