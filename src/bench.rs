@@ -80,13 +80,16 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
+type InferFn = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+type TrainFn = Box<dyn FnMut(&Tensor) -> candle_core::Result<()>>;
+
 /// A network under test: its input, a forward pass, and one optimizer step.
 struct Workload {
     input: Tensor,
     /// Multiply-adds of one image's forward pass, where known.
     macs_per_image: Option<f64>,
-    infer: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>,
-    train_step: Box<dyn FnMut(&Tensor) -> candle_core::Result<()>>,
+    infer: InferFn,
+    train_step: TrainFn,
 }
 
 fn usage(message: String) -> Error {
@@ -156,7 +159,7 @@ fn workload(a: &BenchArgs, dev: &Device) -> Result<(Workload, usize)> {
     match a.model.as_str() {
         "conv-ae-ref" => {
             let s = a.size.unwrap_or(64);
-            if s == 0 || s % 4 != 0 {
+            if s == 0 || !s.is_multiple_of(4) {
                 return Err(usage(format!(
                     "conv-ae-ref needs a --size that is a multiple of 4, got {s}"
                 )));
@@ -211,7 +214,7 @@ fn pipeline(
         (None, s) => {
             let s = s.unwrap_or(256);
             let m = net.size_multiple().max(1);
-            if s == 0 || s % m != 0 {
+            if s == 0 || !s.is_multiple_of(m) {
                 return Err(usage(format!(
                     "{name} needs a --size that is a multiple of {m}, got {s}"
                 )));
@@ -307,7 +310,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
     if a.batch == 0 {
         return Err(usage("--batch must be at least 1".into()));
     }
-    if !(a.seconds > 0.0) {
+    if !a.seconds.is_finite() || a.seconds <= 0.0 {
         return Err(usage(format!(
             "--seconds must be positive, got {}",
             a.seconds
