@@ -7,35 +7,55 @@ use std::cell::RefCell;
 use candle_core::{bail, CpuStorage, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-/// The scalars of one AdamW step for one variable.
+/// The scalars of one AdamW step for one variable, as f32 constants derived in f64 exactly as
+/// candle's scalar tensor ops derive theirs, so the fused update rounds like the tensor-op
+/// formula step for step (bit-identical results).
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    /// Multiplies the weight before the update: `1 − lr·weight_decay`, or 1 for no decay.
-    pub decay: f32,
-    /// Bias corrections `1 − β₁ᵗ` and `1 − β₂ᵗ`.
-    pub bc1: f32,
-    pub bc2: f32,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    /// `1 / (1 − βᵢᵗ)`: candle divides by a scalar as a multiply by its reciprocal.
+    inv_bc1: f32,
+    inv_bc2: f32,
+    eps: f32,
+    lr: f32,
+    decay: f32,
+}
+
+impl AdamWStep {
+    /// Step `t` (from 1); `decay` multiplies the weight first (`1 − lr·weight_decay`, or 1).
+    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, decay: f64, t: i32) -> Self {
+        Self {
+            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            inv_bc1: (1.0 / (1.0 - beta1.powi(t))) as f32,
+            inv_bc2: (1.0 / (1.0 - beta2.powi(t))) as f32,
+            eps: eps as f32,
+            lr: lr as f32,
+            decay: decay as f32,
+        }
+    }
 }
 
 /// Elements per parallel task: large enough that rayon's overhead does not show.
 const CHUNK: usize = 1 << 14;
 
-/// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `w ← decay·w − lr·(m/bc1)/(√(v/bc2)+ε)`.
+/// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `w ← decay·w − lr·(m/bc1)/(√(v/bc2)+ε)`, each
+/// product rounded in the same order as the tensor-op version.
 pub fn adamw_update(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamWStep) {
     assert!(
         g.len() == w.len() && m.len() == w.len() && v.len() == w.len(),
         "adamw_update: buffers of different lengths"
     );
     let one = |w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
-        let (ib1, ib2) = (1.0 / s.bc1, 1.0 / s.bc2);
         for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = *m * s.beta1 + *g * (1.0 - s.beta1);
-            *v = *v * s.beta2 + *g * *g * (1.0 - s.beta2);
-            let update = (*m * ib1) / ((*v * ib2).sqrt() + s.eps);
+            *m = *m * s.beta1 + *g * s.one_minus_beta1;
+            *v = *v * s.beta2 + (*g * *g) * s.one_minus_beta2;
+            let update = (*m * s.inv_bc1) / ((*v * s.inv_bc2).sqrt() + s.eps);
             *w = *w * s.decay - update * s.lr;
         }
     };
@@ -110,7 +130,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// The fused update gives what the same formula in candle tensor ops gives, in place.
+    /// The fused update gives exactly what the same formula in candle tensor ops gives, in place.
     #[test]
     fn fused_update_matches_tensor_ops() -> Result<()> {
         let dev = Device::Cpu;
@@ -125,15 +145,7 @@ mod tests {
         for t in 1..=3 {
             let g = Tensor::randn(0f32, 1., n, &dev)?;
             let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-            let step = AdamWStep {
-                lr: lr as f32,
-                beta1: b1 as f32,
-                beta2: b2 as f32,
-                eps: eps as f32,
-                decay: decay as f32,
-                bc1: bc1 as f32,
-                bc2: bc2 as f32,
-            };
+            let step = AdamWStep::new(lr, b1, b2, eps, decay, t);
             adamw_step_inplace(w.as_tensor(), &g, &mut m, &mut v, step)?;
             mt = ((mt * b1)? + (&g * (1.0 - b1))?)?;
             vt = ((vt * b2)? + (g.sqr()? * (1.0 - b2))?)?;
@@ -160,15 +172,7 @@ mod tests {
         let w = Var::zeros(4, candle_core::DType::F32, &dev)?;
         let g = Tensor::ones(4, candle_core::DType::F32, &dev)?;
         let (mut m, mut v) = (vec![0f32; 3], vec![0f32; 3]);
-        let step = AdamWStep {
-            lr: 0.1,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            decay: 1.0,
-            bc1: 0.1,
-            bc2: 0.001,
-        };
+        let step = AdamWStep::new(0.1, 0.9, 0.999, 1e-8, 1.0, 1);
         assert!(adamw_step_inplace(w.as_tensor(), &g, &mut m, &mut v, step).is_err());
         assert_eq!(w.as_tensor().to_vec1::<f32>()?, vec![0.0; 4]);
         Ok(())
