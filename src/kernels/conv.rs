@@ -143,26 +143,121 @@ fn col2im_plane(cols: &[f32], g: &Geom, ci: usize, plane: &mut [f32], init: f32)
     for ky in 0..g.kh {
         for kx in 0..g.kw {
             let r = (ci * g.kh + ky) * g.kw + kx;
-            let row = &cols[r * l..(r + 1) * l];
-            let (lo, hi) = g.x_range(kx);
-            if lo == hi {
-                continue;
+            add_shifted(plane, g, (ky, kx), &cols[r * l..(r + 1) * l], 1.0);
+        }
+    }
+}
+
+/// `plane[iy, ix] += scale · row[oy, ox]` for every output pixel `(oy, ox)` whose kernel tap
+/// `(ky, kx)` reads input pixel `(iy, ix)`: one kernel tap's share of col2im.
+fn add_shifted(plane: &mut [f32], g: &Geom, (ky, kx): (usize, usize), row: &[f32], scale: f32) {
+    let (lo, hi) = g.x_range(kx);
+    if lo == hi {
+        return;
+    }
+    let x0 = lo * g.stride + kx - g.pad;
+    for (oy, src) in row.chunks_exact(g.ow).enumerate() {
+        let Some(iy) = g.in_row(oy, ky) else { continue };
+        let line = &mut plane[iy * g.w..(iy + 1) * g.w];
+        if g.stride == 1 {
+            for (d, v) in line[x0..x0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                *d += scale * v;
             }
-            let x0 = lo * g.stride + kx - g.pad;
-            for (oy, src) in row.chunks_exact(g.ow).enumerate() {
-                let Some(iy) = g.in_row(oy, ky) else { continue };
-                let line = &mut plane[iy * g.w..(iy + 1) * g.w];
-                if g.stride == 1 {
-                    for (d, v) in line[x0..x0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                        *d += v;
-                    }
-                } else {
-                    for (j, v) in src[lo..hi].iter().enumerate() {
-                        line[x0 + j * g.stride] += v;
-                    }
-                }
+        } else {
+            for (j, v) in src[lo..hi].iter().enumerate() {
+                line[x0 + j * g.stride] += scale * v;
             }
         }
+    }
+}
+
+/// Thin convolution backward (cout = 1), without im2col: `dx = Σ_taps w · shifted dy` per
+/// input plane. Inputs `dy [b, 1, oh, ow]`, `w [1, c, kh, kw]`; output `[b, c, h, w]`.
+struct ThinInputGrad(Geom);
+
+impl CustomOp2 for ThinInputGrad {
+    fn name(&self) -> &'static str {
+        "thin-conv-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ds: &CpuStorage,
+        dl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let (dy, w) = (
+            f32_slice(ds, dl, "thin-grad")?,
+            f32_slice(ws, wl, "thin-grad")?,
+        );
+        let b = dl.shape().dims4()?.0;
+        let mut dx = vec![0f32; b * g.c * g.plane()];
+        dx.par_chunks_mut(g.plane())
+            .enumerate()
+            .for_each(|(i, plane)| {
+                let (bi, ci) = (i / g.c, i % g.c);
+                let row = &dy[bi * g.cols()..(bi + 1) * g.cols()];
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let wv = w[(ci * g.kh + ky) * g.kw + kx];
+                        add_shifted(plane, g, (ky, kx), row, wv);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), Shape::from((b, g.c, g.h, g.w))))
+    }
+}
+
+/// Thin convolution weight gradient (cout = 1), without im2col: each tap's gradient is the dot
+/// product of dy with the input shifted by that tap. Inputs `x [b, c, h, w]`, `dy [b, 1, oh,
+/// ow]`; output `[c·kh·kw]`.
+struct ThinWeightGrad(Geom);
+
+impl CustomOp2 for ThinWeightGrad {
+    fn name(&self) -> &'static str {
+        "thin-conv-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let (x, dy) = (
+            f32_slice(xs, xl, "thin-grad")?,
+            f32_slice(ds, dl, "thin-grad")?,
+        );
+        let b = xl.shape().dims4()?.0;
+        let mut dw = vec![0f32; g.rows()];
+        dw.par_iter_mut().enumerate().for_each(|(r, acc)| {
+            let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+            let (lo, hi) = g.x_range(kx);
+            if lo == hi {
+                return;
+            }
+            let x0 = lo * g.stride + kx - g.pad;
+            let mut sum = 0f32;
+            for bi in 0..b {
+                let plane = &x[(bi * g.c + ci) * g.plane()..(bi * g.c + ci + 1) * g.plane()];
+                let d = &dy[bi * g.cols()..(bi + 1) * g.cols()];
+                for (oy, drow) in d.chunks_exact(g.ow).enumerate() {
+                    let Some(iy) = g.in_row(oy, ky) else { continue };
+                    let line = &plane[iy * g.w..(iy + 1) * g.w];
+                    sum += drow[lo..hi]
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| v * line[x0 + j * g.stride])
+                        .sum::<f32>();
+                }
+            }
+            *acc = sum;
+        });
+        Ok((CpuStorage::F32(dw), Shape::from(g.rows())))
     }
 }
 
@@ -426,6 +521,24 @@ impl CustomOp3 for Conv2dOp {
             .grad(grad, res)?
             .reshape((b, self.cout, g.cols()))?;
         let gb = bias_grad(&dy, bias)?;
+        if self.cout == 1 {
+            // Thin: direct loops; an im2col here would be c·kh·kw times the input's size.
+            let dy4 = dy.reshape((b, 1, g.oh, g.ow))?;
+            let gw = if w.track_op() {
+                Some(
+                    x.apply_op2_no_bwd(&dy4, &ThinWeightGrad(g))?
+                        .reshape(w.shape())?,
+                )
+            } else {
+                None
+            };
+            let gx = if x.track_op() {
+                Some(dy4.apply_op2_no_bwd(&w.contiguous()?, &ThinInputGrad(g))?)
+            } else {
+                None
+            };
+            return Ok((gx, gw, gb));
+        }
         let gw = if w.track_op() {
             let cols = x.apply_op1_no_bwd(&Im2Col(g))?;
             Some(dy.matmul(&cols.t()?)?.sum(0)?.reshape(w.shape())?)
