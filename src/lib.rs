@@ -5,10 +5,12 @@
 //! pipeline, its sources, stages and sinks, the models and the training loop.
 
 pub mod analysis;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod eval;
 pub mod frame;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

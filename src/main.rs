@@ -187,6 +187,15 @@ enum Cmd {
     },
     /// List the built-in pipelines.
     Pipelines,
+    /// Measure a model's inference and training speed on random input: a reference network
+    /// (conv-ae-ref, dense-ae-ref) or a pipeline's model.
+    Bench {
+        #[command(flatten)]
+        args: aestream::bench::BenchArgs,
+        /// Print one JSON object (otherwise a one-line summary).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -389,6 +398,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 print_summary(&r);
+            }
+            Ok(())
+        }
+        Cmd::Bench { mut args, json } => {
+            // Before any candle op: the pool size is fixed once rayon's global pool starts.
+            args.threads = aestream::bench::set_threads(args.threads)?;
+            let r = aestream::bench::run(&args)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{r}");
             }
             Ok(())
         }

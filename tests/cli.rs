@@ -370,3 +370,38 @@ fn output_folder_equal_to_input_is_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("input folder"));
 }
+
+/// `bench` prints one JSON line with the fields an outside comparison reads, for the thread
+/// count asked; a bad size is a usage error (exit 2).
+#[test]
+fn bench_prints_one_json_line() {
+    let out = bin()
+        .args(["bench", "conv-ae-ref", "--batch", "2", "--size", "16"])
+        .args(["--threads", "1", "--seconds", "0.05", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["threads"], 1);
+    assert_eq!(r["batch"], 2);
+    for k in [
+        "infer_images_per_s",
+        "train_steps_per_s",
+        "p50_ms",
+        "p99_ms",
+        "peak_rss_mb",
+    ] {
+        assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {text}");
+    }
+    let bad = bin()
+        .args(["bench", "conv-ae-ref", "--size", "30", "--seconds", "0.05"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

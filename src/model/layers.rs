@@ -141,7 +141,7 @@ fn channel_matmul(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     y.reshape(out)
 }
 
-fn kaiming(fan_in: usize) -> Init {
+pub(crate) fn kaiming(fan_in: usize) -> Init {
     // He-normal for ReLU nets.
     Init::Randn {
         mean: 0.,

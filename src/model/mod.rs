@@ -7,6 +7,7 @@ pub mod conv_ae;
 pub mod denoise;
 pub mod dense;
 pub mod layers;
+pub mod reference;
 pub mod unet;
 
 use candle_core::{DType, Device, Module, Tensor};

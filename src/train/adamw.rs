@@ -1,9 +1,15 @@
 //! AdamW whose moments can be saved and restored (candle-nn's cannot), so `--resume` continues
 //! training exactly where it stopped instead of restarting the moment estimates.
+//!
+//! On CPU (f32) each step is the fused in-place kernel of [`crate::kernels::adamw`]: the
+//! moments are plain host buffers and nothing is allocated per step. Other devices, or
+//! [`AdamW::with_candle_ops`], use the same formula in candle tensor ops.
 
 use std::collections::HashMap;
 
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
+
+use crate::kernels::adamw::{adamw_step_inplace, AdamWStep};
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWParams {
@@ -26,27 +32,58 @@ impl Default for AdamWParams {
     }
 }
 
+/// One variable's first and second moments.
+enum Moments {
+    /// Host buffers updated in place by the fused kernel (CPU, f32).
+    Host { m: Vec<f32>, v: Vec<f32> },
+    /// Tensors replaced each step (other devices and dtypes, or candle ops on request).
+    Tensors { m: Tensor, v: Tensor },
+}
+
+impl Moments {
+    fn zeros(var: &Var, fused: bool) -> Result<Self> {
+        let t = var.as_tensor();
+        Ok(if fused && t.device().is_cpu() && t.dtype() == DType::F32 {
+            let n = t.elem_count();
+            Moments::Host {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            }
+        } else {
+            let m = t.zeros_like()?;
+            Moments::Tensors { v: m.clone(), m }
+        })
+    }
+}
+
 /// Decoupled-weight-decay Adam over named variables.
 pub struct AdamW {
     vars: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    moments: Vec<Moments>,
     pub step: usize,
     pub params: AdamWParams,
 }
 
 impl AdamW {
-    pub fn new(mut vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
+    pub fn new(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
+        Self::build(vars, params, true)
+    }
+
+    /// The same optimizer computed with candle tensor ops (the baseline the fused kernel is
+    /// measured against).
+    pub fn with_candle_ops(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
+        Self::build(vars, params, false)
+    }
+
+    fn build(mut vars: Vec<(String, Var)>, params: AdamWParams, fused: bool) -> Result<Self> {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let m = vars
+        let moments = vars
             .iter()
-            .map(|(_, v)| v.as_tensor().zeros_like())
+            .map(|(_, v)| Moments::zeros(v, fused))
             .collect::<Result<Vec<_>>>()?;
-        let v = m.clone();
         Ok(Self {
             vars,
-            m,
-            v,
+            moments,
             step: 0,
             params,
         })
@@ -62,7 +99,7 @@ impl AdamW {
         let t = self.step as i32;
         let bc1 = 1.0 - p.beta1.powi(t);
         let bc2 = 1.0 - p.beta2.powi(t);
-        for (i, (_, var)) in self.vars.iter().enumerate() {
+        for ((_, var), moments) in self.vars.iter().zip(self.moments.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
@@ -70,20 +107,28 @@ impl AdamW {
             // past step's activations alive.
             let g = g.detach();
             let g = &g;
-            let m = ((&self.m[i] * p.beta1)? + (g * (1.0 - p.beta1))?)?;
-            let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + p.eps)?)?;
+            let w = var.as_tensor();
             // Decay weight matrices and kernels only: decaying biases (rank 1) just pulls
             // them off their needed offsets.
-            let w = var.as_tensor();
-            let decayed = if w.rank() >= 2 {
-                (w * (1.0 - p.lr * p.weight_decay))?
+            let decay = if w.rank() >= 2 {
+                1.0 - p.lr * p.weight_decay
             } else {
-                w.clone()
+                1.0
             };
-            var.set(&(decayed - (update * p.lr)?)?)?;
-            self.m[i] = m.detach();
-            self.v[i] = v.detach();
+            match moments {
+                Moments::Host { m, v } => {
+                    let step = AdamWStep::new(p.lr, p.beta1, p.beta2, p.eps, decay, t);
+                    adamw_step_inplace(w, g, m, v, step)?;
+                }
+                Moments::Tensors { m, v } => {
+                    let mn = ((&*m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
+                    let vn = ((&*v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
+                    let update = ((&mn / bc1)? / ((&vn / bc2)?.sqrt()? + p.eps)?)?;
+                    var.set(&((w * decay)? - (update * p.lr)?)?)?;
+                    *m = mn.detach();
+                    *v = vn.detach();
+                }
+            }
         }
         Ok(())
     }
@@ -91,24 +136,49 @@ impl AdamW {
     /// The optimizer's state as named tensors (for a checkpoint file).
     pub fn state(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
-        for (i, (name, _)) in self.vars.iter().enumerate() {
-            out.insert(format!("optim.m.{name}"), self.m[i].clone());
-            out.insert(format!("optim.v.{name}"), self.v[i].clone());
+        for ((name, var), moments) in self.vars.iter().zip(&self.moments) {
+            let (m, v) = match moments {
+                Moments::Host { m, v } => {
+                    // Host moments exist only for CPU variables of exactly their length, so
+                    // building the CPU tensor cannot fail.
+                    let host = |b: &[f32]| {
+                        Tensor::from_slice(b, var.as_tensor().shape(), &candle_core::Device::Cpu)
+                            .expect("host moments match their variable's shape")
+                    };
+                    (host(m), host(v))
+                }
+                Moments::Tensors { m, v } => (m.clone(), v.clone()),
+            };
+            out.insert(format!("optim.m.{name}"), m);
+            out.insert(format!("optim.v.{name}"), v);
         }
         out
     }
 
     /// Restores moments saved by [`AdamW::state`]; missing entries are an error.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: usize) -> Result<()> {
-        for (i, (name, _)) in self.vars.iter().enumerate() {
+        for ((name, var), moments) in self.vars.iter().zip(self.moments.iter_mut()) {
             let get = |k: String| {
-                state
+                let t = state
                     .get(&k)
                     .cloned()
-                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {k}")))
+                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {k}")))?;
+                if t.shape() != var.as_tensor().shape() {
+                    candle_core::bail!("checkpoint's {k} has shape {:?}", t.shape());
+                }
+                Ok(t)
             };
-            self.m[i] = get(format!("optim.m.{name}"))?;
-            self.v[i] = get(format!("optim.v.{name}"))?;
+            let (m, v) = (
+                get(format!("optim.m.{name}"))?,
+                get(format!("optim.v.{name}"))?,
+            );
+            match moments {
+                Moments::Host { m: hm, v: hv } => {
+                    *hm = m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                    *hv = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                }
+                Moments::Tensors { m: tm, v: tv } => (*tm, *tv) = (m, v),
+            }
         }
         self.step = step;
         Ok(())
@@ -155,6 +225,47 @@ mod tests {
         let (resumed, _, _) = run(100, Some(half))?;
         for (a, b) in full.iter().zip(&resumed) {
             assert!((a - b).abs() < 1e-5, "{full:?} vs {resumed:?}");
+        }
+        Ok(())
+    }
+
+    /// The fused in-place step and the candle-ops step follow the same trajectory, decay of
+    /// matrices (not biases) included, and save the same moments.
+    #[test]
+    fn fused_step_matches_candle_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let w0 = Tensor::randn(0f32, 1., (3, 4), &dev)?;
+        let b0 = Tensor::randn(0f32, 1., 4, &dev)?;
+        let x = Tensor::randn(0f32, 1., (5, 3), &dev)?;
+        let run = |fused: bool| -> Result<(Tensor, Tensor, HashMap<String, Tensor>)> {
+            let (w, b) = (Var::from_tensor(&w0)?, Var::from_tensor(&b0)?);
+            let vars = vec![("w".into(), w.clone()), ("b".into(), b.clone())];
+            let params = AdamWParams {
+                weight_decay: 0.1,
+                ..Default::default()
+            };
+            let mut opt = if fused {
+                AdamW::new(vars, params)?
+            } else {
+                AdamW::with_candle_ops(vars, params)?
+            };
+            for _ in 0..5 {
+                let y = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
+                opt.step(&y.sqr()?.sum_all()?.backward()?)?;
+            }
+            Ok((w.as_tensor().copy()?, b.as_tensor().copy()?, opt.state()))
+        };
+        let (wf, bf, sf) = run(true)?;
+        let (wc, bc, sc) = run(false)?;
+        let close = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        // Bit-identical: the fused kernel rounds exactly as the tensor ops do.
+        assert_eq!(close(&wf, &wc)?, 0.0);
+        assert_eq!(close(&bf, &bc)?, 0.0);
+        assert!(close(&wf, &w0)? > 1e-3, "the weights moved");
+        for (k, v) in &sc {
+            assert_eq!(close(&sf[k], v)?, 0.0, "{k} differs");
         }
         Ok(())
     }

@@ -1,0 +1,405 @@
+//! `aestream bench`: inference and training throughput of a reference network or a shipped
+//! pipeline's model, on random input, as one JSON line (images/s, steps/s, latency
+//! percentiles, peak memory) that an outside comparison can read.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::Serialize;
+
+use crate::config::PipelineConfig;
+use crate::error::{Error, Result};
+use crate::model::reference::{ConvAeRef, ConvImpl, DenseAeRef, DENSE_WIDTHS};
+use crate::model::{Model, Net, NetModel};
+use crate::train::adamw::{AdamW, AdamWParams};
+use crate::train::loss_of;
+
+/// The reference networks `bench` knows besides the pipelines.
+pub const REFERENCE_MODELS: [&str; 2] = ["conv-ae-ref", "dense-ae-ref"];
+
+/// What to measure (also the command line's `bench` arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// conv-ae-ref, dense-ae-ref, or a built-in pipeline name or .toml path.
+    pub model: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Threads for the model's kernels; 0 keeps the default (RAYON_NUM_THREADS, else all
+    /// cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Frame side (default: 64 for conv-ae-ref, the model's fixed size, or 256).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Seconds measured for each of inference and training, after a warm-up.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Use candle's own convolutions and a candle-ops AdamW (the baseline).
+    #[arg(long)]
+    pub candle_ops: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub batch: usize,
+    pub threads: usize,
+    pub size: usize,
+    /// `ours` or `candle`.
+    pub kernels: &'static str,
+    pub infer_images_per_s: f64,
+    pub train_steps_per_s: f64,
+    /// Per-batch inference latency.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub train_step_p50_ms: f64,
+    /// Forward-pass arithmetic rate (reference networks only: their FLOPs are known).
+    pub infer_gflop_per_s: Option<f64>,
+    pub peak_rss_mb: f64,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} batch {} ({}×{}, {} threads, {} kernels): inference {:.1} images/s \
+             (p50 {:.2} ms, p99 {:.2} ms), training {:.2} steps/s, peak RSS {:.0} MB",
+            self.model,
+            self.batch,
+            self.size,
+            self.size,
+            self.threads,
+            self.kernels,
+            self.infer_images_per_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.train_steps_per_s,
+            self.peak_rss_mb
+        )
+    }
+}
+
+type InferFn = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+type TrainFn = Box<dyn FnMut(&Tensor) -> candle_core::Result<()>>;
+
+/// A network under test: its input, a forward pass, and one optimizer step.
+struct Workload {
+    input: Tensor,
+    /// Multiply-adds of one image's forward pass, where known.
+    macs_per_image: Option<f64>,
+    infer: InferFn,
+    train_step: TrainFn,
+}
+
+fn usage(message: String) -> Error {
+    Error::Config {
+        origin: "aestream bench".into(),
+        message,
+    }
+}
+
+fn named_vars(vm: &VarMap) -> Vec<(String, Var)> {
+    match vm.data().lock() {
+        Ok(d) => d.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        // A poisoned lock only means another thread panicked while holding it; the map is intact.
+        Err(p) => p
+            .into_inner()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn optimizer(vm: &VarMap, candle_ops: bool) -> candle_core::Result<AdamW> {
+    let params = AdamWParams {
+        lr: 1e-3,
+        ..Default::default()
+    };
+    if candle_ops {
+        AdamW::with_candle_ops(named_vars(vm), params)
+    } else {
+        AdamW::new(named_vars(vm), params)
+    }
+}
+
+/// A reference network trained with MSE against its input.
+fn reference<M: Module + 'static>(
+    net: M,
+    vm: VarMap,
+    input: Tensor,
+    macs_per_image: f64,
+    candle_ops: bool,
+) -> Result<Workload> {
+    let mut opt = optimizer(&vm, candle_ops)?;
+    let net = std::rc::Rc::new(net);
+    let n2 = net.clone();
+    Ok(Workload {
+        input,
+        macs_per_image: Some(macs_per_image),
+        infer: Box::new(move |x| net.forward(x)),
+        train_step: Box::new(move |x| {
+            let loss = (n2.forward(x)? - x)?.sqr()?.mean_all()?;
+            opt.step(&loss.backward()?)
+        }),
+    })
+}
+
+fn imp(a: &BenchArgs) -> ConvImpl {
+    if a.candle_ops {
+        ConvImpl::Candle
+    } else {
+        ConvImpl::Ours
+    }
+}
+
+fn workload(a: &BenchArgs, dev: &Device) -> Result<(Workload, usize)> {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
+    match a.model.as_str() {
+        "conv-ae-ref" => {
+            let s = a.size.unwrap_or(64);
+            if s == 0 || !s.is_multiple_of(4) {
+                return Err(usage(format!(
+                    "conv-ae-ref needs a --size that is a multiple of 4, got {s}"
+                )));
+            }
+            let net = ConvAeRef::new(vb, imp(a))?;
+            let x = Tensor::rand(0f32, 1., (a.batch, 1, s, s), dev)?;
+            // Per layer: cout·cin·9 multiply-adds per output pixel (input pixel when
+            // transposed); the decoder mirrors the encoder (1→32 ~ 32→1, and so on).
+            let px = |d: usize| ((s / d) * (s / d)) as f64;
+            let macs = 2.0 * 9.0 * (32.0 * px(1) + 64.0 * 32.0 * px(2) + 64.0 * 64.0 * px(4));
+            Ok((reference(net, vm, x, macs, a.candle_ops)?, s))
+        }
+        "dense-ae-ref" => {
+            if a.size.is_some_and(|s| s * s != DENSE_WIDTHS[0]) {
+                return Err(usage("dense-ae-ref takes 25×25 frames (625 inputs)".into()));
+            }
+            let net = DenseAeRef::new(vb, imp(a))?;
+            let x = Tensor::rand(0f32, 1., (a.batch, DENSE_WIDTHS[0]), dev)?;
+            let macs = DENSE_WIDTHS.windows(2).map(|w| (w[0] * w[1]) as f64).sum();
+            Ok((reference(net, vm, x, macs, a.candle_ops)?, 25))
+        }
+        name => pipeline(name, a, vm, vb, dev),
+    }
+}
+
+/// A pipeline's model: inference through the serving path with the shipped weights (random
+/// ones if the pipeline has none yet: speed does not depend on them), training with the
+/// pipeline's own loss on a freshly initialised copy.
+fn pipeline(
+    name: &str,
+    a: &BenchArgs,
+    vm: VarMap,
+    vb: VarBuilder,
+    dev: &Device,
+) -> Result<(Workload, usize)> {
+    let cfg = PipelineConfig::load(name).map_err(|e| {
+        usage(format!(
+            "{name:?} is neither a reference network ({}) nor a pipeline: {e}",
+            REFERENCE_MODELS.join(", ")
+        ))
+    })?;
+    let fixed = cfg.model.size.map(|[w, h]| (w, h));
+    let net = Net::new(vb, &cfg.model)?;
+    let (w, h) = match (fixed, a.size) {
+        (Some(wh), None) => wh,
+        (Some(wh), Some(s)) if (s, s) == wh => wh,
+        (Some((w, h)), Some(s)) => {
+            return Err(usage(format!(
+                "{name} takes {w}×{h} frames, not --size {s}"
+            )));
+        }
+        (None, s) => {
+            let s = s.unwrap_or(256);
+            let m = net.size_multiple().max(1);
+            if s == 0 || !s.is_multiple_of(m) {
+                return Err(usage(format!(
+                    "{name} needs a --size that is a multiple of {m}, got {s}"
+                )));
+            }
+            (s, s)
+        }
+    };
+    let served: Box<dyn Model> = match crate::model::load(&cfg, None, dev) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("{name}: {e}; timing inference with random weights");
+            Box::new(NetModel::new(net.clone(), dev.clone(), fixed))
+        }
+    };
+    let mut opt = optimizer(&vm, a.candle_ops)?;
+    let loss = cfg.train.loss;
+    let input = Tensor::rand(0f32, 1., (a.batch, h, w, 1), dev)?;
+    Ok((
+        Workload {
+            input,
+            macs_per_image: None,
+            infer: Box::new(move |x| {
+                served
+                    .forward(x)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            }),
+            train_step: Box::new(move |x| {
+                // The input doubles as the target: any image in [0, 1] is a valid one.
+                let l = loss_of(&net, loss, &net.forward_raw(x)?.raw, x)?;
+                opt.step(&l.backward()?)
+            }),
+        },
+        w.max(h),
+    ))
+}
+
+/// Sets the thread count for candle's kernels (which read RAYON_NUM_THREADS on every op and
+/// hand gemm that many rayon threads) and sizes rayon's global pool to match. Must run before
+/// any parallel work has started the global pool.
+pub fn set_threads(threads: usize) -> Result<usize> {
+    if threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| usage(format!("--threads {threads}: {e}")))?;
+    }
+    Ok(rayon::current_num_threads())
+}
+
+/// Runs `f` repeatedly for about `seconds` after a warm-up; returns each call's duration.
+fn time_it(seconds: f64, mut f: impl FnMut() -> candle_core::Result<()>) -> Result<Vec<Duration>> {
+    let warm = Instant::now();
+    f()?;
+    // Warm-up: at least one call and 0.5 s (allocator pools, caches, page faults).
+    while warm.elapsed().as_secs_f64() < 0.5 {
+        f()?;
+    }
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 3 || start.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// The `q` quantile (0..=1) of sorted durations, in milliseconds.
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB; NaN where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Measures inference then training; [`set_threads`] should have been called first.
+pub fn run(a: &BenchArgs) -> Result<BenchReport> {
+    if a.batch == 0 {
+        return Err(usage("--batch must be at least 1".into()));
+    }
+    if !a.seconds.is_finite() || a.seconds <= 0.0 {
+        return Err(usage(format!(
+            "--seconds must be positive, got {}",
+            a.seconds
+        )));
+    }
+    let dev = Device::Cpu;
+    let (mut wl, size) = workload(a, &dev)?;
+    let x = wl.input.clone();
+    let infer = time_it(a.seconds, || (wl.infer)(&x).map(|_| ()))?;
+    let train = time_it(a.seconds, || (wl.train_step)(&x))?;
+    let p50 = quantile_ms(&infer, 0.5);
+    let t50 = quantile_ms(&train, 0.5);
+    Ok(BenchReport {
+        model: a.model.clone(),
+        batch: a.batch,
+        threads: candle_core::utils::get_num_threads(),
+        size,
+        kernels: if a.candle_ops { "candle" } else { "ours" },
+        infer_images_per_s: a.batch as f64 / (p50 / 1e3),
+        train_steps_per_s: 1e3 / t50,
+        p50_ms: p50,
+        p99_ms: quantile_ms(&infer, 0.99),
+        train_step_p50_ms: t50,
+        infer_gflop_per_s: wl
+            .macs_per_image
+            .map(|m| 2.0 * m * a.batch as f64 / (p50 / 1e3) / 1e9),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(model: &str, size: Option<usize>) -> BenchArgs {
+        BenchArgs {
+            model: model.into(),
+            batch: 2,
+            threads: 0,
+            size,
+            seconds: 0.01,
+            candle_ops: false,
+        }
+    }
+
+    /// The reference networks and a pipeline give a complete report with positive rates.
+    #[test]
+    fn reports_every_field() -> Result<()> {
+        for (m, s) in [
+            ("conv-ae-ref", Some(16)),
+            ("dense-ae-ref", None),
+            ("conv-ae", None),
+        ] {
+            let r = run(&args(m, s))?;
+            assert!(
+                r.infer_images_per_s > 0.0 && r.train_steps_per_s > 0.0,
+                "{r:?}"
+            );
+            assert!(r.p99_ms >= r.p50_ms, "{r:?}");
+            let json = serde_json::to_value(&r).map_err(|e| Error::Other(e.to_string()))?;
+            for k in [
+                "model",
+                "batch",
+                "threads",
+                "size",
+                "infer_images_per_s",
+                "train_steps_per_s",
+                "p50_ms",
+                "p99_ms",
+                "peak_rss_mb",
+            ] {
+                assert!(json.get(k).is_some(), "{k} missing");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_sizes_and_names() {
+        assert!(run(&args("conv-ae-ref", Some(30))).is_err());
+        assert!(run(&args("dense-ae-ref", Some(28))).is_err());
+        assert!(run(&args("conv-ae", Some(64))).is_err());
+        assert!(run(&args("no-such-model", None)).is_err());
+    }
+
+    #[test]
+    fn quantiles() {
+        let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile_ms(&d, 0.5), 51.0);
+        assert_eq!(quantile_ms(&d, 0.99), 99.0);
+    }
+}
