@@ -103,6 +103,10 @@ pub struct RunArgs {
     checkpoints: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Threads for the model's kernels (candle's and rayon's pool); 0 keeps the default
+    /// (RAYON_NUM_THREADS, else one per core). Pipeline stages have their own threads.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 impl RunArgs {
@@ -216,6 +220,9 @@ fn state_dir(a: &RunArgs) -> PathBuf {
 }
 
 pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
+    // Before any parallel work starts rayon's global pool.
+    let threads = aestream::bench::set_threads(a.threads).context("--threads")?;
+    tracing::info!("model threads: {threads}");
     resolve_endpoints(&mut a)?;
     let device = aestream::model::select_device(&a.device)?;
     let mut first = load_generation(&a, &device, 1)?;

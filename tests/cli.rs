@@ -51,17 +51,15 @@ fn folder_once_denoises_every_image_at_its_size() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let assert = bin()
-        .args(["run", "denoise", "--once", "--output"])
+        .args(["run", "denoise", "--once", "--threads", "1", "--output"])
         .arg(&out)
         .arg("--input")
         .arg(samples().join("noisy"))
         .output()
         .unwrap();
-    assert!(
-        assert.status.success(),
-        "{}",
-        String::from_utf8_lossy(&assert.stderr)
-    );
+    let log = String::from_utf8_lossy(&assert.stderr);
+    assert!(assert.status.success(), "{log}");
+    assert!(log.contains("model threads: 1"), "{log}");
     let mut gains = Vec::new();
     for name in ["china.png", "flower.png", "flower-colour.png"] {
         let noisy = read(&samples().join("noisy").join(name));
