@@ -232,14 +232,38 @@ fn pipeline(
     let mut opt = optimizer(&vm, a.candle_ops)?;
     let loss = cfg.train.loss;
     let input = Tensor::rand(0f32, 1., (a.batch, h, w, 1), dev)?;
+    // Inference as the pipeline's infer stage runs it: its batch limits and self-ensemble
+    // (`infer.ensemble` flipped views averaged), so that a folder run can be compared.
+    let opts: crate::stage::infer::RunOpts = (&cfg.infer).into();
+    let opts = crate::stage::infer::RunOpts {
+        max_batch: opts.max_batch.max(a.batch),
+        ..opts
+    };
     Ok((
         Workload {
             input,
             macs_per_image: None,
             infer: Box::new(move |x| {
-                served
-                    .forward(x)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                let (b, uh, uw, _) = x.dims4()?;
+                let flat = x.flatten_all()?.to_vec1::<f32>()?;
+                let units: Vec<crate::stage::tiling::Unit> = flat
+                    .chunks(uh * uw)
+                    .take(b)
+                    .map(|d| crate::stage::tiling::Unit {
+                        data: d.to_vec(),
+                        uw,
+                        uh,
+                        src_x: 0,
+                        src_y: 0,
+                        dst_x: 0,
+                        dst_y: 0,
+                        keep_w: uw,
+                        keep_h: uh,
+                    })
+                    .collect();
+                let outs = crate::stage::infer::run_units(served.as_ref(), &units, opts)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                Tensor::from_vec(outs.concat(), (b, uh, uw, 1), &Device::Cpu)
             }),
             train_step: Box::new(move |x| {
                 // The input doubles as the target: any image in [0, 1] is a valid one.
