@@ -367,7 +367,7 @@ pub fn run(
             }
         };
         let t0 = Instant::now();
-        let p_id = p.id.clone();
+        let id = p.id.clone();
         let r = match p.body {
             Some(files) => {
                 let out = Output {
@@ -376,7 +376,6 @@ pub fn run(
                     version: p.gen.version.clone(),
                     files,
                 };
-                let id = out.id.clone();
                 let settled = sink.settles(&id);
                 sink.write(out).and_then(|_| {
                     stats.frames_out.fetch_add(1, Ordering::Relaxed);
@@ -401,7 +400,7 @@ pub fn run(
             // that frame; anything else (disk full, read-only, closed stdout) stops the run.
             Err(Error::FrameFailed(msg)) => {
                 tel.frame("sink", "failed");
-                fail_frame(&stats, &p_id, msg, Fate::Retry)
+                fail_frame(&stats, &id, msg, Fate::Retry)
             }
             Err(e) => {
                 tel.frame("sink", "failed");

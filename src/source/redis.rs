@@ -140,25 +140,37 @@ impl RedisSource {
         }
     }
 
-    /// Delivery counts of `ids` (one XPENDING per id, in one round trip).
-    fn deliveries(&self, c: &mut Connection, ids: &[String]) -> RedisResult<HashMap<String, u64>> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
+    /// `entries` paired with their delivery counts (one XPENDING per entry, in one round trip;
+    /// 1 where the server no longer lists it).
+    fn with_deliveries(
+        &self,
+        conn: &mut Conn,
+        entries: Vec<StreamId>,
+    ) -> RedisResult<Vec<(StreamId, u64)>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
         let mut p = redis::pipe();
-        for id in ids {
+        for e in &entries {
             p.cmd("XPENDING")
                 .arg(&self.origin.stream)
                 .arg(&self.origin.group)
-                .arg(id)
-                .arg(id)
+                .arg(&e.id)
+                .arg(&e.id)
                 .arg(1);
         }
-        let replies: Vec<StreamPendingCountReply> = p.query(c)?;
-        Ok(replies
+        let replies: Vec<StreamPendingCountReply> = conn.call(|c| p.query(c))?;
+        let counts: HashMap<String, u64> = replies
             .into_iter()
             .flat_map(|r| r.ids)
             .map(|p| (p.id, p.times_delivered as u64))
+            .collect();
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let d = counts.get(&e.id).copied().unwrap_or(1);
+                (e, d)
+            })
             .collect())
     }
 
@@ -268,9 +280,6 @@ impl RedisSource {
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
             .unwrap_or_default();
         if pending {
-            if entries.is_empty() {
-                *own_pending = false;
-            }
             // Entries already in our pipeline are not read again.
             let entries: Vec<StreamId> = entries
                 .into_iter()
@@ -278,17 +287,8 @@ impl RedisSource {
                 .collect();
             if entries.is_empty() {
                 *own_pending = false;
-                return Ok(Vec::new());
             }
-            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-            let counts = conn.call(|c| self.deliveries(c, &ids))?;
-            return Ok(entries
-                .into_iter()
-                .map(|e| {
-                    let d = counts.get(&e.id).copied().unwrap_or(1);
-                    (e, d)
-                })
-                .collect());
+            return self.with_deliveries(conn, entries);
         }
         Ok(entries.into_iter().map(|e| (e, 1)).collect())
     }
@@ -347,16 +347,7 @@ impl RedisSource {
                 self.cfg.claim_idle
             );
         }
-        let ids: Vec<String> = claimed.iter().map(|e| e.id.clone()).collect();
-        let counts = conn.call(|c| self.deliveries(c, &ids))?;
-        let out = claimed
-            .into_iter()
-            .map(|e| {
-                let d = counts.get(&e.id).copied().unwrap_or(1);
-                (e, d)
-            })
-            .collect();
-        Ok((r.next_stream_id, out))
+        Ok((r.next_stream_id, self.with_deliveries(conn, claimed)?))
     }
 
     /// Resets the idle time of our entries still in the pipeline (XCLAIM … JUSTID does not
