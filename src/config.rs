@@ -552,6 +552,9 @@ pub struct FinetuneConfig {
     pub sigma_max: f32,
     /// Validation noise (clean target), 0-255 scale.
     pub val_sigma: f32,
+    /// `target = "noisy"`: σ of the stream's own noise (0-255 scale), for the validation
+    /// estimate; 0 = estimated from the held-out frames.
+    pub stream_sigma: f32,
     /// Patches in the validation set.
     pub val_patches: usize,
     /// Checkpoints kept (`--checkpoints DIR`).
@@ -581,6 +584,7 @@ impl Default for FinetuneConfig {
             min_improvement: 0.002,
             sigma_max: 50.0,
             val_sigma: 25.0,
+            stream_sigma: 0.0,
             val_patches: 16,
             keep: 5,
             ema: 0.0,
@@ -622,6 +626,10 @@ pub struct TrainConfig {
     pub sigma_max: f32,
     /// σ used for the validation PSNR.
     pub val_sigma: f32,
+    /// Denoising: each patch's loss is weighted by (25 / max(σ, 5))^p. With p = 0 (plain
+    /// MSE) the strongest noise dominates the loss and a blind model learns to smooth fine
+    /// texture away at low σ; p ≈ 1.5 weighs every σ about equally in PSNR terms.
+    pub sigma_weight_power: f32,
     /// Fraction of the training images held out for validation when no `--val` is given.
     pub val_fraction: f64,
     /// Write a checkpoint every this many steps.
@@ -667,6 +675,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             sigma_max: 50.0,
             val_sigma: 25.0,
+            sigma_weight_power: 0.0,
             val_fraction: 0.1,
             checkpoint_every: 100,
             loss: Loss::Mse,

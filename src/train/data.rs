@@ -134,8 +134,20 @@ impl<'a> PatchSampler<'a> {
     }
 
     pub fn batch<R: Rng>(&self, rng: &mut R, n: usize, sigma_max: f32) -> (Vec<f32>, Vec<f32>) {
+        let (noisy, clean, _) = self.batch_with_sigmas(rng, n, sigma_max);
+        (noisy, clean)
+    }
+
+    /// [`Self::batch`], also returning each patch's σ (0–255 scale).
+    pub fn batch_with_sigmas<R: Rng>(
+        &self,
+        rng: &mut R,
+        n: usize,
+        sigma_max: f32,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let mut noisy = Vec::with_capacity(n * self.patch * self.patch);
         let mut clean = Vec::with_capacity(n * self.patch * self.patch);
+        let mut sigmas = Vec::with_capacity(n);
         for _ in 0..n {
             let c = self.clean(rng);
             let mut x = c.clone();
@@ -143,7 +155,8 @@ impl<'a> PatchSampler<'a> {
             corrupt::gaussian(&mut x, sigma, true, rng);
             noisy.extend(x);
             clean.extend(c);
+            sigmas.push(sigma);
         }
-        (noisy, clean)
+        (noisy, clean, sigmas)
     }
 }

@@ -411,6 +411,22 @@ pub fn loss_of(
     }
 }
 
+/// Per-patch loss weights (25 / max(σ, 5))^power: absolute, not normalised per batch, so a
+/// batch of strong noise really counts less than one of weak noise.
+pub fn sigma_weights(sigmas: &[f32], power: f32) -> Vec<f32> {
+    sigmas
+        .iter()
+        .map(|s| (25.0 / s.max(5.0)).powf(power))
+        .collect()
+}
+
+/// Mean over patches of `w_i` × the patch's MSE; `out`, `target` are `[n, …]`, `w` is `[n]`.
+pub fn weighted_mse(out: &Tensor, target: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let n = out.dim(0)?;
+    let per = (out - target)?.sqr()?.reshape((n, ()))?.mean(1)?;
+    (per * w)?.mean_all()
+}
+
 fn names_of(v: &[TrainImage]) -> Vec<String> {
     v.iter()
         .map(|i| {
@@ -444,14 +460,21 @@ fn denoise_job<'a>(
     Ok(Job {
         step_loss: Box::new(move |rng| {
             let sampler = PatchSampler::new(&train_imgs, p)?;
-            let (noisy, clean) = if tc.mask_max > 0.0 {
-                sampler.masked_batch(rng, tc.batch, tc.mask_min, tc.mask_max)
+            let (noisy, clean, sigmas) = if tc.mask_max > 0.0 {
+                let (m, c) = sampler.masked_batch(rng, tc.batch, tc.mask_min, tc.mask_max);
+                (m, c, vec![])
             } else {
-                sampler.batch(rng, tc.batch, tc.sigma_max)
+                sampler.batch_with_sigmas(rng, tc.batch, tc.sigma_max)
             };
             let x = Tensor::from_vec(noisy, (tc.batch, p, p, 1), &dev)?;
             let y = Tensor::from_vec(clean, (tc.batch, p, p, 1), &dev)?;
-            Ok(loss_of(net, tc.loss, &net.forward_raw(&x)?.raw, &y)?)
+            let raw = net.forward_raw(&x)?.raw;
+            if tc.sigma_weight_power > 0.0 && !sigmas.is_empty() {
+                let w = sigma_weights(&sigmas, tc.sigma_weight_power);
+                let w = Tensor::from_vec(w, tc.batch, &dev)?;
+                return Ok(weighted_mse(&net.activate(&raw)?, &y, &w)?);
+            }
+            Ok(loss_of(net, tc.loss, &raw, &y)?)
         }),
         validate: Box::new(move || {
             if val_imgs.is_empty() {
@@ -840,6 +863,24 @@ mod tests {
         // The two extreme entries contribute ~0; the moderate ones as the textbook says.
         let expect = (naive(-3.0, 1.0) + naive(0.5, 0.0)) / 4.0;
         assert!((l - expect).abs() < 1e-5, "{l} vs {expect}");
+        Ok(())
+    }
+
+    /// Weak noise weighs more than strong noise (below the 5/255 floor all weigh the same),
+    /// and the weighted loss is the weighted mean of per-patch MSEs.
+    #[test]
+    fn sigma_weighting() -> Result<()> {
+        let w = sigma_weights(&[0.0, 5.0, 25.0, 50.0], 1.5);
+        assert_eq!(w[0], w[1]);
+        assert!((w[2] - 1.0).abs() < 1e-6);
+        assert!(w[1] > w[2] && w[2] > w[3]);
+        assert!((w[3] - 0.5f32.powf(1.5)).abs() < 1e-6);
+        let out = Tensor::new(&[[1f32, 1.0], [0.0, 2.0]], &Device::Cpu)?;
+        let y = Tensor::zeros((2, 2), DType::F32, &Device::Cpu)?;
+        let wt = Tensor::new(&[2f32, 0.5], &Device::Cpu)?;
+        let l = weighted_mse(&out, &y, &wt)?.to_scalar::<f32>()?;
+        // Patch MSEs 1.0 and 2.0 → (2·1 + 0.5·2) / 2.
+        assert!((l - 1.5).abs() < 1e-6, "{l}");
         Ok(())
     }
 

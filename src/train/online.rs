@@ -21,6 +21,10 @@
 //!   nearly equal), plus a regulariser that ties the sub-images of the full-resolution output
 //!   together. Unlike Noisier2Noise it needs no knowledge of the noise level and trains the
 //!   very network that serves (Noisier2Noise's would need a corrected output at inference).
+//!   Its loss is no gate, though: it rewards blur (neighbouring pixels differ in signal too) and
+//!   once let a worse model through. Candidates are gated on Stein's unbiased risk estimate
+//!   (Monte-Carlo SURE, Ramani et al. 2008) instead: an unbiased estimate of the MSE against the
+//!   unseen clean frames, from the noisy frames and the noise σ (`stream_sigma`, or estimated).
 //!
 //! Checkpoints (`--checkpoints DIR`): every swapped-in version as `DIR/<pipeline>-v<N>.safetensors`
 //! with `<pipeline>-v<N>.json` (parent, steps, validation losses, time) and the optimizer state
@@ -318,9 +322,14 @@ impl Finetuner {
             });
         }
         if fc.target == FinetuneTarget::Noisy {
-            tracing::warn!(
-                "fine-tune: target = \"noisy\" is experimental: its validation loss is a \
-                 Neighbor2Neighbor loss, not a PSNR, and has let a worse model through"
+            tracing::info!(
+                "fine-tune: target = \"noisy\": Neighbor2Neighbor training, candidates gated on \
+                 SURE with σ {}",
+                if fc.stream_sigma > 0.0 {
+                    format!("{} (stream_sigma)", fc.stream_sigma)
+                } else {
+                    "estimated from held-out frames".to_string()
+                }
             );
         }
         let tensors = gen
@@ -586,6 +595,9 @@ impl Finetuner {
     /// Validation losses (candidate, serving) on the same held-out patches.
     pub fn validate(&self) -> Result<(f64, f64)> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a1);
+        if self.fc.target == FinetuneTarget::Noisy {
+            return self.validate_sure(&mut rng);
+        }
         let (x, y, _) = self.batch(&self.holdout, self.fc.val_patches, true, &mut rng)?;
         let loss = |out: Tensor| -> Result<f64> {
             Ok((out - &y)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
@@ -596,6 +608,44 @@ impl Finetuner {
             None => self.slot.load().model.clone(),
         };
         let serving = loss(serving_model.forward(&x)?)?;
+        Ok((candidate, serving))
+    }
+
+    /// `target = "noisy"`: Monte-Carlo SURE of (candidate, serving) on the same noisy
+    /// held-out patches and the same probe.
+    fn validate_sure(&self, rng: &mut rand::rngs::StdRng) -> Result<(f64, f64)> {
+        let p = self.patch_for(&self.holdout, self.fc.patch);
+        let s = PatchSampler::new(&self.holdout, p)?;
+        let n = self.fc.val_patches;
+        let y: Vec<f32> = (0..n).flat_map(|_| s.clean(rng)).collect();
+        let probe: Vec<f32> = (0..y.len())
+            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+            .collect();
+        let sigma = if self.fc.stream_sigma > 0.0 {
+            self.fc.stream_sigma as f64 / 255.0
+        } else {
+            median_noise_sigma(&self.holdout)
+        };
+        self.tel.gauge(
+            "aestream_finetune_noise_sigma",
+            "target = noisy: the noise σ (0-255 scale) the SURE gate assumes.",
+            sigma * 255.0,
+        );
+        let y = Tensor::from_vec(y, (n, p, p, 1), &self.dev)?;
+        let probe = Tensor::from_vec(probe, (n, p, p, 1), &self.dev)?;
+        let serving_model = match self.history.last() {
+            Some((g, _)) => g.model.clone(),
+            None => self.slot.load().model.clone(),
+        };
+        // Only pixels whose clean value (as the serving model sees it) is 2σ away from black
+        // and white: there the noise was almost never clipped.
+        let est = serving_model.forward(&y)?;
+        let lo = 2.0 * sigma;
+        let mask = est.ge(lo)?.mul(&est.le(1.0 - lo)?)?.to_dtype(DType::F32)?;
+        let candidate = mc_sure(&y, &probe, Some(&mask), sigma, |x| {
+            Ok(self.net.forward_raw(x)?.raw)
+        })?;
+        let serving = mc_sure(&y, &probe, Some(&mask), sigma, |x| serving_model.forward(x))?;
         Ok((candidate, serving))
     }
 
@@ -875,9 +925,186 @@ pub fn spawn(
     Ok((Offer { tx }, Control { tx: ctx }, h))
 }
 
+/// Monte-Carlo SURE (Ramani, Blu & Unser 2008): for `y = x + n`, `n ~ N(0, σ²)` per pixel, an
+/// unbiased estimate of the per-pixel MSE of `f(y)` against the unknown `x`:
+/// `‖y − f(y)‖²/N − σ² + 2σ²·div f(y)/N`, the divergence taken along the ±1 `probe` by a finite
+/// difference. With `mask` (1 = counted) the sums run over the masked pixels only: the
+/// estimate stays unbiased for them, which lets the caller leave out pixels whose noise was
+/// clipped at black or white (clipped noise is not Gaussian, and SURE goes wrong there).
+/// Paired comparisons (same `y`, probe and mask) are what the gate uses.
+pub fn mc_sure(
+    y: &Tensor,
+    probe: &Tensor,
+    mask: Option<&Tensor>,
+    sigma: f64,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<f64> {
+    // Small against σ, large against f32 rounding of outputs near 1.
+    let eps = (sigma * 0.01).max(1e-4);
+    let fy = f(y)?;
+    let fyb = f(&(y + (probe * eps)?)?)?;
+    let fit = (y - &fy)?.sqr()?;
+    let div = ((fyb - &fy)? * probe)?;
+    let (fit, div, count) = match mask {
+        Some(m) => (
+            (fit * m)?.sum_all()?,
+            (div * m)?.sum_all()?,
+            m.sum_all()?.to_scalar::<f32>()? as f64,
+        ),
+        None => (fit.sum_all()?, div.sum_all()?, y.elem_count() as f64),
+    };
+    if count < 1.0 {
+        return Ok(f64::NAN);
+    }
+    let fit = fit.to_scalar::<f32>()? as f64 / count;
+    let div = div.to_scalar::<f32>()? as f64 / count / eps;
+    let s2 = sigma * sigma;
+    Ok(fit - s2 + 2.0 * s2 * div)
+}
+
+/// Noise σ (0–1 scale) of each image's first plane by Immerkær's Laplacian-difference estimator
+/// (1996), the median over images. 3×3 windows holding a clipped pixel (0 or 1) are skipped:
+/// clipping shrinks the noise there. Texture inflates the estimate somewhat, so `stream_sigma`
+/// is better where the camera's noise is known.
+pub fn median_noise_sigma(imgs: &[TrainImage]) -> f64 {
+    let mut est: Vec<f64> = imgs
+        .iter()
+        .filter(|i| i.w >= 3 && i.h >= 3)
+        .filter_map(|i| -> Option<f64> {
+            let (w, h, a) = (i.w, i.h, &i.planes[0]);
+            let at = |x: usize, y: usize| a[y * w + x] as f64;
+            let clipped = |v: f64| !(0.5 / 255.0..=254.5 / 255.0).contains(&v);
+            let (mut sum, mut count) = (0.0, 0usize);
+            for y in 1..h - 1 {
+                for x in 1..w - 1 {
+                    if (0..9).any(|k| clipped(at(x + k % 3 - 1, y + k / 3 - 1))) {
+                        continue;
+                    }
+                    count += 1;
+                    let v = at(x - 1, y - 1) - 2.0 * at(x, y - 1) + at(x + 1, y - 1)
+                        - 2.0 * at(x - 1, y)
+                        + 4.0 * at(x, y)
+                        - 2.0 * at(x + 1, y)
+                        + at(x - 1, y + 1)
+                        - 2.0 * at(x, y + 1)
+                        + at(x + 1, y + 1);
+                    sum += v.abs();
+                }
+            }
+            (count > 0).then(|| (std::f64::consts::PI / 2.0).sqrt() * sum / (6.0 * count as f64))
+        })
+        .collect();
+    if est.is_empty() {
+        return 0.0;
+    }
+    est.sort_by(f64::total_cmp);
+    est[est.len() / 2]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SURE is exact for the identity (risk σ²) and for a constant (‖y − c‖² − σ²), and its
+    /// estimate of a real smoother's MSE is close to the truth on a known clean image.
+    #[test]
+    fn sure_estimates_the_clean_mse() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let (n, p, sigma) = (4usize, 32usize, 20.0f64 / 255.0);
+        let clean: Vec<f32> = (0..n * p * p)
+            .map(|i| 0.4 + 0.2 * (((i % p) / 8) % 2) as f32)
+            .collect();
+        let mut noisy = clean.clone();
+        corrupt::gaussian(&mut noisy, 20.0, false, &mut rng);
+        let probe: Vec<f32> = (0..noisy.len())
+            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+            .collect();
+        let shape = (n, p, p, 1);
+        let (x, y) = (
+            Tensor::from_vec(clean, shape, &dev)?,
+            Tensor::from_vec(noisy, shape, &dev)?,
+        );
+        let probe = Tensor::from_vec(probe, shape, &dev)?;
+        let id = mc_sure(&y, &probe, None, sigma, |t| Ok(t.clone()))?;
+        assert!(
+            (id - sigma * sigma).abs() < 1e-6,
+            "{id} vs {}",
+            sigma * sigma
+        );
+        // A 3-tap horizontal box blur: SURE vs the true MSE against the clean image.
+        let blur = |t: &Tensor| -> Result<Tensor> {
+            let l = t.narrow(2, 0, p - 2)?;
+            let m = t.narrow(2, 1, p - 2)?;
+            let r = t.narrow(2, 2, p - 2)?;
+            let inner = ((l + m)? + r)?.affine(1.0 / 3.0, 0.0)?;
+            Ok(Tensor::cat(
+                &[&t.narrow(2, 0, 1)?, &inner, &t.narrow(2, p - 1, 1)?],
+                2,
+            )?)
+        };
+        let est = mc_sure(&y, &probe, None, sigma, blur)?;
+        let truth = (blur(&y)? - &x)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+        assert!(
+            (est - truth).abs() < 0.1 * truth,
+            "SURE {est:.3e} vs true MSE {truth:.3e}"
+        );
+        assert!(est < id, "the blur removes noise: {est:.3e} < {id:.3e}");
+        Ok(())
+    }
+
+    /// On a frame half black, where the noise is clipped, SURE over the unclipped pixels still
+    /// estimates their MSE (over all pixels it would not: clipped noise is not Gaussian).
+    #[test]
+    fn masked_sure_survives_clipping() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (n, p, sigma) = (4usize, 32usize, 20.0f64 / 255.0);
+        let clean: Vec<f32> = (0..n * p * p)
+            .map(|i| if (i % p) < p / 2 { 0.0 } else { 0.5 })
+            .collect();
+        let mut noisy = clean.clone();
+        corrupt::gaussian(&mut noisy, 20.0, true, &mut rng);
+        let probe: Vec<f32> = (0..noisy.len())
+            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+            .collect();
+        let mask: Vec<f32> = clean.iter().map(|&v| f32::from(v > 0.2)).collect();
+        let shape = (n, p, p, 1);
+        let t = |v: Vec<f32>| Tensor::from_vec(v, shape, &dev);
+        let (x, y, probe, mask) = (t(clean)?, t(noisy)?, t(probe)?, t(mask)?);
+        let smooth = |t: &Tensor| -> Result<Tensor> { Ok(t.affine(0.5, 0.25)?) };
+        let est = mc_sure(&y, &probe, Some(&mask), sigma, smooth)?;
+        let err = (smooth(&y)? - &x)?.sqr()?;
+        let truth = ((err * &mask)?.sum_all()?.to_scalar::<f32>()?
+            / mask.sum_all()?.to_scalar::<f32>()?) as f64;
+        assert!(
+            (est - truth).abs() < 0.1 * truth,
+            "masked SURE {est:.3e} vs true MSE {truth:.3e}"
+        );
+        Ok(())
+    }
+
+    /// Immerkær's estimate finds the σ of noise added to a smooth image.
+    #[test]
+    fn noise_sigma_estimate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let (w, h) = (96, 80);
+        let imgs: Vec<TrainImage> = [6.0f32, 12.0, 25.0]
+            .iter()
+            .map(|&s| {
+                let mut v: Vec<f32> = (0..w * h).map(|i| 0.3 + 0.002 * (i % w) as f32).collect();
+                corrupt::gaussian(&mut v, s, false, &mut rng);
+                TrainImage {
+                    path: PathBuf::new(),
+                    w,
+                    h,
+                    planes: vec![v],
+                }
+            })
+            .collect();
+        let m = median_noise_sigma(&imgs) * 255.0;
+        assert!((m - 12.0).abs() < 1.0, "median σ {m}");
+    }
 
     /// A trainer on the shipped `denoise-fast` weights, small patches for speed.
     fn trainer(ckpt: Option<Checkpoints>, tweak: impl Fn(&mut FinetuneConfig)) -> Finetuner {
@@ -1094,24 +1321,88 @@ mod tests {
         assert_eq!(r.tensors["w"].to_vec1::<f32>().unwrap(), vec![1.0; 4]);
     }
 
+    /// Without clean frames: Neighbor2Neighbor steps run, and the gate's SURE estimates track
+    /// the MSE against the clean frames that the trainer never sees, candidate and serving
+    /// model alike, and order them the same way.
     #[test]
     fn the_noisy_target_trains_without_clean_frames() {
-        let mut t = trainer(None, |f| f.target = FinetuneTarget::Noisy);
+        let mut t = trainer(None, |f| {
+            f.target = FinetuneTarget::Noisy;
+            f.stream_sigma = 25.0;
+        });
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // Mid-grey frames: SURE assumes Gaussian noise, which clipping at 0 and 1 is not.
+        let mid = |v: f32| 0.3 + 0.5 * (v - 0.15);
         for mut p in stream(16) {
             for pl in &mut p.planes {
+                pl.iter_mut().for_each(|v| *v = mid(*v));
                 corrupt::gaussian(pl, 25.0, true, &mut rng);
             }
             t.add(p);
         }
-        let (before, _) = t.validate().unwrap();
+        // Held-out frames whose clean twins the test keeps.
+        let twins: Vec<(TrainImage, TrainImage)> = stream(6)
+            .into_iter()
+            .skip(2)
+            .map(|p| {
+                let clean: Vec<f32> = p.planes[0].iter().map(|&v| mid(v)).collect();
+                let mut noisy = clean.clone();
+                corrupt::gaussian(&mut noisy, 25.0, true, &mut rng);
+                let img = |v| TrainImage {
+                    path: PathBuf::new(),
+                    w: p.width,
+                    h: p.height,
+                    planes: vec![v],
+                };
+                (img(clean), img(noisy))
+            })
+            .collect();
+        let (clean, noisy): (Vec<_>, Vec<_>) = twins.into_iter().unzip();
+        t.holdout = noisy;
+        // The true MSEs on the very patches `validate` draws (same seed, same image sizes).
+        let truth = |t: &Finetuner| -> (f64, f64) {
+            let p = t.patch_for(&t.holdout, t.fc.patch);
+            let n = t.fc.val_patches;
+            let draw = |imgs: &[TrainImage]| -> Tensor {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a1);
+                let s = PatchSampler::new(imgs, p).unwrap();
+                let v: Vec<f32> = (0..n).flat_map(|_| s.clean(&mut rng)).collect();
+                Tensor::from_vec(v, (n, p, p, 1), &Device::Cpu).unwrap()
+            };
+            let (x, y) = (draw(&clean), draw(&t.holdout));
+            let mse = |out: Tensor| {
+                (out - &x)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
+            };
+            let cand = mse(t.net.forward_raw(&y).unwrap().raw);
+            let serv = mse(t.slot.load().model.forward(&y).unwrap());
+            (cand, serv)
+        };
         for _ in 0..20 {
             assert!(t.step().unwrap().is_finite());
         }
-        let (after, _) = t.validate().unwrap();
+        let (cand, serv) = t.validate().unwrap();
+        let (true_cand, true_serv) = truth(&t);
         assert!(
-            after < before,
-            "Neighbor2Neighbor loss {before:.4e} -> {after:.4e}"
+            (true_cand - true_serv).abs() > 0.02 * true_serv,
+            "training changed the model: {true_cand:.4e} vs {true_serv:.4e}"
+        );
+        for (est, truth) in [(cand, true_cand), (serv, true_serv)] {
+            assert!(
+                (est - truth).abs() < 0.15 * truth,
+                "SURE {est:.4e} vs true MSE {truth:.4e}"
+            );
+        }
+        assert_eq!(
+            cand < serv,
+            true_cand < true_serv,
+            "SURE {cand:.4e} / {serv:.4e}, truth {true_cand:.4e} / {true_serv:.4e}"
         );
     }
 }
