@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Use candle's own convolutions and a candle-ops AdamW (the baseline).
     #[arg(long)]
     pub candle_ops: bool,
+    /// cpu, cuda (needs a build with `--features cuda`) or auto (the GPU if there is one).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +51,8 @@ pub struct BenchReport {
     pub size: usize,
     /// `ours` or `candle`.
     pub kernels: &'static str,
+    /// `cpu` or `cuda:N (GPU)`.
+    pub device: String,
     pub infer_images_per_s: f64,
     pub train_steps_per_s: f64,
     /// Per-batch inference latency.
@@ -340,11 +345,18 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
             a.seconds
         )));
     }
-    let dev = Device::Cpu;
+    let dev = crate::model::select_device(&a.device)?;
     let (mut wl, size) = workload(a, &dev)?;
     let x = wl.input.clone();
-    let infer = time_it(a.seconds, || (wl.infer)(&x).map(|_| ()))?;
-    let train = time_it(a.seconds, || (wl.train_step)(&x))?;
+    // A GPU runs kernels asynchronously: each timed call waits for its work to finish.
+    let infer = time_it(a.seconds, || {
+        (wl.infer)(&x)?;
+        dev.synchronize()
+    })?;
+    let train = time_it(a.seconds, || {
+        (wl.train_step)(&x)?;
+        dev.synchronize()
+    })?;
     let p50 = quantile_ms(&infer, 0.5);
     let t50 = quantile_ms(&train, 0.5);
     Ok(BenchReport {
@@ -353,6 +365,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
         threads: candle_core::utils::get_num_threads(),
         size,
         kernels: if a.candle_ops { "candle" } else { "ours" },
+        device: crate::model::describe_device(&dev),
         infer_images_per_s: a.batch as f64 / (p50 / 1e3),
         train_steps_per_s: 1e3 / t50,
         p50_ms: p50,
@@ -377,6 +390,7 @@ mod tests {
             size,
             seconds: 0.01,
             candle_ops: false,
+            device: "cpu".into(),
         }
     }
 

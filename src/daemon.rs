@@ -225,6 +225,11 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     tracing::info!("model threads: {threads}");
     resolve_endpoints(&mut a)?;
     let device = aestream::model::select_device(&a.device)?;
+    tracing::info!(
+        "device: {} (--device {})",
+        aestream::model::describe_device(&device),
+        a.device
+    );
     let mut first = load_generation(&a, &device, 1)?;
     let stop = Stop::new();
     let telemetry = Arc::new(Telemetry::new());

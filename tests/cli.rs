@@ -60,6 +60,8 @@ fn folder_once_denoises_every_image_at_its_size() {
     let log = String::from_utf8_lossy(&assert.stderr);
     assert!(assert.status.success(), "{log}");
     assert!(log.contains("model threads: 1"), "{log}");
+    // Without a GPU (CI never has one) `--device auto`, the default, says it runs on the CPU.
+    assert!(log.contains("device: cpu (--device auto)"), "{log}");
     let mut gains = Vec::new();
     for name in ["china.png", "flower.png", "flower-colour.png"] {
         let noisy = read(&samples().join("noisy").join(name));

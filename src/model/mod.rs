@@ -251,6 +251,15 @@ pub fn select_device(name: &str) -> Result<Device> {
     }
 }
 
+/// How a device is named in the start-up log: `cpu`, or `cuda:N (GPU)`.
+pub fn describe_device(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id} (GPU)"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id} (GPU)"),
+    }
+}
+
 /// Builds the pipeline's network with its weights (or `weights_override`).
 /// The version a model is known by in logs, outputs and the journal: the pipeline's name, a
 /// hash of its weights and a hash of its settings, e.g. `denoise@1f2e3d4c.9a8b`.

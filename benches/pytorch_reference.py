@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""The reference networks of `aestream bench` in PyTorch, timed the same way, for the
+comparison the performance issue asks for. Not part of CI or `cargo bench`.
+
+usage: python3 benches/pytorch_reference.py [--threads 2] [--seconds 5]
+prints one JSON line per workload, with the fields of `aestream bench --json`.
+Needs torch (CPU): pip install torch numpy
+"""
+import argparse
+import json
+import time
+
+import torch
+from torch import nn
+
+
+def conv_ae_ref():
+    # Exactly `conv-ae-ref` (src/model/reference.rs): input 1×64×64.
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, 1, 1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(),
+        nn.ConvTranspose2d(64, 64, 3, 2, 1, output_padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=1), nn.ReLU(),
+        nn.Conv2d(32, 1, 3, 1, 1), nn.Sigmoid(),
+    )
+
+
+def dense_ae_ref():
+    # `dense-ae-ref`: 625-2000-1000-500-30-500-1000-2000-625, linear code, sigmoid output.
+    dims = [625, 2000, 1000, 500, 30, 500, 1000, 2000, 625]
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if dims[i + 1] == 30:
+            continue
+        layers.append(nn.Sigmoid() if i == len(dims) - 2 else nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def time_it(seconds, f):
+    """Like `time_it` in src/bench.rs: 0.5 s warm-up, then at least 3 calls and `seconds`."""
+    start = time.perf_counter()
+    f()
+    while time.perf_counter() - start < 0.5:
+        f()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times
+
+
+def quantile_ms(times, q):
+    return times[min(round((len(times) - 1) * q), len(times) - 1)] * 1e3
+
+
+def bench(name, net, shape, batch, seconds, threads):
+    torch.manual_seed(0)
+    x = torch.rand((batch,) + shape)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    loss_fn = nn.MSELoss()
+
+    def infer():
+        with torch.no_grad():
+            net(x)
+
+    def train():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), x).backward()
+        opt.step()
+
+    inf = time_it(seconds, infer)
+    tr = time_it(seconds, train)
+    p50, t50 = quantile_ms(inf, 0.5), quantile_ms(tr, 0.5)
+    print(json.dumps({
+        "model": name, "framework": f"pytorch {torch.__version__}", "batch": batch,
+        "threads": threads, "infer_images_per_s": batch / (p50 / 1e3),
+        "train_steps_per_s": 1e3 / t50, "p50_ms": p50, "p99_ms": quantile_ms(inf, 0.99),
+        "train_step_p50_ms": t50,
+    }), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    for b in (1, 8, 32):
+        bench("conv-ae-ref", conv_ae_ref(), (1, 64, 64), b, a.seconds, a.threads)
+    bench("dense-ae-ref", dense_ae_ref(), (625,), 64, a.seconds, a.threads)
+
+
+if __name__ == "__main__":
+    main()
