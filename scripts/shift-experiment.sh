@@ -8,15 +8,18 @@
 # env:   AESTREAM (binary, default target/release/aestream), PIPE (default denoise),
 #        SETTLE (seconds after the last frame, default 180), FEED_DELAY (seconds between
 #        frames, default 0.1; 0 drops them in at once to measure serving throughput),
-#        FINETUNE (default 1; 0 serves the shipped weights alone, for comparison)
+#        FINETUNE (default 1; 0 serves the shipped weights alone, for comparison),
+#        QUICK (1: stop as soon as every frame has its output, for throughput runs)
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,12p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,13p "$0"; exit 2; }
 STREAM=$1 HELD=$2 WORK=$3; shift 3
 BIN=${AESTREAM:-target/release/aestream}
 PIPE=${PIPE:-denoise}
 rm -rf "$WORK"; mkdir -p "$WORK"/{in,out,state,ck}
+tune=()
+[ "${FINETUNE:-1}" = 1 ] && tune=(--finetune --checkpoints "$WORK/ck")
 "$BIN" run "$PIPE" --input "$WORK/in" --output "$WORK/out" --state "$WORK/state" \
-    $([ "${FINETUNE:-1}" = 1 ] && echo --finetune) --checkpoints "$WORK/ck" "$@" > "$WORK/log" 2>&1 &
+    "${tune[@]}" "$@" > "$WORK/log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 sleep 3
@@ -32,12 +35,13 @@ done
 settle=${SETTLE:-180}
 for ((t = 0; t < settle * 10; t++)); do
     [ "$(ls "$WORK/out" | wc -l)" -ge ${#frames[@]} ] && break
+    kill -0 $PID 2>/dev/null || { echo "the daemon exited early:"; tail -3 "$WORK/log"; exit 1; }
     sleep 0.1
 done
 served=$(date +%s.%N)
 echo "all ${#frames[@]} outputs after $(awk "BEGIN{printf \"%.1f\", $served - $start}") s" \
     "($(awk "BEGIN{printf \"%.2f\", ${#frames[@]} / ($served - $start)}") frames/s)"
-sleep "$(awk "BEGIN{r = $settle - ($served - $start) + 30; print (r > 0 ? r : 0)}")"
+[ "${QUICK:-0}" = 1 ] || sleep "$(awk "BEGIN{r = $settle - ($served - $start) + 30; print (r > 0 ? r : 0)}")"
 kill -TERM $PID; wait $PID && rc=0 || rc=$?
 trap - EXIT
 end=$(date +%s.%N)
