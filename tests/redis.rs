@@ -195,6 +195,19 @@ fn worker(
 }
 
 /// Every result decodes to an image of its input's size, and there is exactly one per frame.
+/// Waits until `results` holds at least `n` entries and nothing is pending on `frames`; returns
+/// the results.
+fn all_results(con: &mut redis::Connection, n: usize, within: Duration) -> Vec<StreamId> {
+    assert!(
+        wait_until(within, || results(con, "results").len() >= n
+            && total_pending(con, "frames") == 0),
+        "not finished: {} results, pending {:?}",
+        results(con, "results").len(),
+        pending(con, "frames")
+    );
+    results(con, "results")
+}
+
 fn check_results(got: &[StreamId], sent: &[(PathBuf, (u32, u32))]) {
     let sizes: HashMap<String, (u32, u32)> = sent
         .iter()
@@ -245,16 +258,7 @@ fn workers_share_the_stream_and_every_frame_gets_exactly_one_result() {
     }));
     let sent = frames(&t.path().join("in"), 90, 0);
     add_paths(&mut con, "frames", &sent);
-    assert!(
-        wait_until(Duration::from_secs(180), || results(&mut con, "results")
-            .len()
-            >= sent.len()
-            && total_pending(&mut con, "frames") == 0),
-        "not finished: {} results, {} pending",
-        results(&mut con, "results").len(),
-        total_pending(&mut con, "frames")
-    );
-    let got = results(&mut con, "results");
+    let got = all_results(&mut con, sent.len(), Duration::from_secs(180));
     check_results(&got, &sent);
     let by: BTreeSet<String> = got.iter().map(|e| text(e, "consumer")).collect();
     assert!(by.len() >= 2, "work was not shared: only {by:?}");
@@ -299,16 +303,7 @@ fn a_killed_workers_pending_entries_are_taken_over() {
         .unwrap_or(0);
     assert!(held > 0, "the victim held nothing when it died");
     let rescuer = worker(p, &srv, "rescuer", &out, t.path().join("r.log"), &[]);
-    assert!(
-        wait_until(Duration::from_secs(180), || results(&mut con, "results")
-            .len()
-            >= sent.len()
-            && total_pending(&mut con, "frames") == 0),
-        "not finished: {} results, pending {:?}",
-        results(&mut con, "results").len(),
-        pending(&mut con, "frames")
-    );
-    let got = results(&mut con, "results");
+    let got = all_results(&mut con, sent.len(), Duration::from_secs(180));
     check_results(&got, &sent);
     assert!(
         got.iter().any(|e| text(e, "consumer") == "rescuer"),
@@ -428,16 +423,10 @@ fn a_server_restarted_mid_stream_loses_nothing() {
     let second = frames(&t.path().join("in"), 30, 30);
     add_paths(&mut con, "frames", &second);
     let all: Vec<_> = first.into_iter().chain(second).collect();
-    assert!(
-        wait_until(Duration::from_secs(120), || results(&mut con, "results")
-            .len()
-            >= all.len()
-            && total_pending(&mut con, "frames") == 0),
-        "{} results, pending {:?}",
-        results(&mut con, "results").len(),
-        pending(&mut con, "frames")
+    check_results(
+        &all_results(&mut con, all.len(), Duration::from_secs(120)),
+        &all,
     );
-    check_results(&results(&mut con, "results"), &all);
     assert!(wait_until(Duration::from_secs(10), || http_get(
         port, "/readyz"
     )

@@ -288,6 +288,9 @@ pub struct Finetuner {
     opt: AdamW,
     buffer: Vec<TrainImage>,
     holdout: Vec<TrainImage>,
+    /// `target = "noisy"`: the noise σ estimated on `holdout`, kept until the holdout changes
+    /// (estimating it costs a pass over every held-out pixel).
+    holdout_sigma: std::cell::Cell<Option<f64>>,
     offered: u64,
     /// Accepted versions, oldest first; the last one is serving (unless a reload replaced it).
     history: Vec<(Arc<Generation>, Weights)>,
@@ -368,6 +371,7 @@ impl Finetuner {
             opt,
             buffer: vec![],
             holdout: vec![],
+            holdout_sigma: std::cell::Cell::new(None),
             offered: 0,
             history: vec![(gen, tensors)],
             ckpt,
@@ -400,6 +404,7 @@ impl Finetuner {
         }
         self.offered += 1;
         let (buf, cap, seen) = if self.offered.is_multiple_of(8) {
+            self.holdout_sigma.set(None);
             (&mut self.holdout, self.fc.holdout, self.offered / 8)
         } else {
             (
@@ -603,12 +608,16 @@ impl Finetuner {
             Ok((out - &y)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
         };
         let candidate = loss(self.net.forward_raw(&x)?.raw)?;
-        let serving_model = match self.history.last() {
+        let serving = loss(self.serving_model().forward(&x)?)?;
+        Ok((candidate, serving))
+    }
+
+    /// The model candidates are compared with: the last accepted version.
+    fn serving_model(&self) -> Arc<dyn Model> {
+        match self.history.last() {
             Some((g, _)) => g.model.clone(),
             None => self.slot.load().model.clone(),
-        };
-        let serving = loss(serving_model.forward(&x)?)?;
-        Ok((candidate, serving))
+        }
     }
 
     /// `target = "noisy"`: Monte-Carlo SURE of (candidate, serving) on the same noisy
@@ -618,13 +627,16 @@ impl Finetuner {
         let s = PatchSampler::new(&self.holdout, p)?;
         let n = self.fc.val_patches;
         let y: Vec<f32> = (0..n).flat_map(|_| s.clean(rng)).collect();
-        let probe: Vec<f32> = (0..y.len())
-            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-            .collect();
+        let probe = rademacher(y.len(), rng);
         let sigma = if self.fc.stream_sigma > 0.0 {
             self.fc.stream_sigma as f64 / 255.0
         } else {
-            median_noise_sigma(&self.holdout)
+            let est = self
+                .holdout_sigma
+                .get()
+                .unwrap_or_else(|| median_noise_sigma(&self.holdout));
+            self.holdout_sigma.set(Some(est));
+            est
         };
         self.tel.gauge(
             "aestream_finetune_noise_sigma",
@@ -633,19 +645,17 @@ impl Finetuner {
         );
         let y = Tensor::from_vec(y, (n, p, p, 1), &self.dev)?;
         let probe = Tensor::from_vec(probe, (n, p, p, 1), &self.dev)?;
-        let serving_model = match self.history.last() {
-            Some((g, _)) => g.model.clone(),
-            None => self.slot.load().model.clone(),
-        };
+        let serving_model = self.serving_model();
         // Only pixels whose clean value (as the serving model sees it) is 2σ away from black
         // and white: there the noise was almost never clipped.
         let est = serving_model.forward(&y)?;
         let lo = 2.0 * sigma;
         let mask = est.ge(lo)?.mul(&est.le(1.0 - lo)?)?.to_dtype(DType::F32)?;
-        let candidate = mc_sure(&y, &probe, Some(&mask), sigma, |x| {
-            Ok(self.net.forward_raw(x)?.raw)
+        let forward = |x: &Tensor| Ok(self.net.forward_raw(x)?.raw);
+        let candidate = mc_sure(&y, &forward(&y)?, &probe, Some(&mask), sigma, forward)?;
+        let serving = mc_sure(&y, &est, &probe, Some(&mask), sigma, |x| {
+            serving_model.forward(x)
         })?;
-        let serving = mc_sure(&y, &probe, Some(&mask), sigma, |x| serving_model.forward(x))?;
         Ok((candidate, serving))
     }
 
@@ -928,12 +938,14 @@ pub fn spawn(
 /// Monte-Carlo SURE (Ramani, Blu & Unser 2008): for `y = x + n`, `n ~ N(0, σ²)` per pixel, an
 /// unbiased estimate of the per-pixel MSE of `f(y)` against the unknown `x`:
 /// `‖y − f(y)‖²/N − σ² + 2σ²·div f(y)/N`, the divergence taken along the ±1 `probe` by a finite
-/// difference. With `mask` (1 = counted) the sums run over the masked pixels only: the
+/// difference; `fy` is `f(y)`, which the caller has at hand. With `mask` (1 = counted) the
+/// sums run over the masked pixels only: the
 /// estimate stays unbiased for them, which lets the caller leave out pixels whose noise was
 /// clipped at black or white (clipped noise is not Gaussian, and SURE goes wrong there).
 /// Paired comparisons (same `y`, probe and mask) are what the gate uses.
 pub fn mc_sure(
     y: &Tensor,
+    fy: &Tensor,
     probe: &Tensor,
     mask: Option<&Tensor>,
     sigma: f64,
@@ -941,10 +953,9 @@ pub fn mc_sure(
 ) -> Result<f64> {
     // Small against σ, large against f32 rounding of outputs near 1.
     let eps = (sigma * 0.01).max(1e-4);
-    let fy = f(y)?;
     let fyb = f(&(y + (probe * eps)?)?)?;
-    let fit = (y - &fy)?.sqr()?;
-    let div = ((fyb - &fy)? * probe)?;
+    let fit = (y - fy)?.sqr()?;
+    let div = ((fyb - fy)? * probe)?;
     let (fit, div, count) = match mask {
         Some(m) => (
             (fit * m)?.sum_all()?,
@@ -960,6 +971,13 @@ pub fn mc_sure(
     let div = div.to_scalar::<f32>()? as f64 / count / eps;
     let s2 = sigma * sigma;
     Ok(fit - s2 + 2.0 * s2 * div)
+}
+
+/// `n` random ±1 values: the probe of [`mc_sure`]'s divergence estimate.
+pub fn rademacher<R: Rng>(n: usize, rng: &mut R) -> Vec<f32> {
+    (0..n)
+        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+        .collect()
 }
 
 /// Noise σ (0–1 scale) of each image's first plane by Immerkær's Laplacian-difference estimator
@@ -1017,16 +1035,14 @@ mod tests {
             .collect();
         let mut noisy = clean.clone();
         corrupt::gaussian(&mut noisy, 20.0, false, &mut rng);
-        let probe: Vec<f32> = (0..noisy.len())
-            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-            .collect();
+        let probe = rademacher(noisy.len(), &mut rng);
         let shape = (n, p, p, 1);
         let (x, y) = (
             Tensor::from_vec(clean, shape, &dev)?,
             Tensor::from_vec(noisy, shape, &dev)?,
         );
         let probe = Tensor::from_vec(probe, shape, &dev)?;
-        let id = mc_sure(&y, &probe, None, sigma, |t| Ok(t.clone()))?;
+        let id = mc_sure(&y, &y, &probe, None, sigma, |t| Ok(t.clone()))?;
         assert!(
             (id - sigma * sigma).abs() < 1e-6,
             "{id} vs {}",
@@ -1043,7 +1059,7 @@ mod tests {
                 2,
             )?)
         };
-        let est = mc_sure(&y, &probe, None, sigma, blur)?;
+        let est = mc_sure(&y, &blur(&y)?, &probe, None, sigma, blur)?;
         let truth = (blur(&y)? - &x)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
         assert!(
             (est - truth).abs() < 0.1 * truth,
@@ -1065,15 +1081,13 @@ mod tests {
             .collect();
         let mut noisy = clean.clone();
         corrupt::gaussian(&mut noisy, 20.0, true, &mut rng);
-        let probe: Vec<f32> = (0..noisy.len())
-            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-            .collect();
+        let probe = rademacher(noisy.len(), &mut rng);
         let mask: Vec<f32> = clean.iter().map(|&v| f32::from(v > 0.2)).collect();
         let shape = (n, p, p, 1);
         let t = |v: Vec<f32>| Tensor::from_vec(v, shape, &dev);
         let (x, y, probe, mask) = (t(clean)?, t(noisy)?, t(probe)?, t(mask)?);
         let smooth = |t: &Tensor| -> Result<Tensor> { Ok(t.affine(0.5, 0.25)?) };
-        let est = mc_sure(&y, &probe, Some(&mask), sigma, smooth)?;
+        let est = mc_sure(&y, &smooth(&y)?, &probe, Some(&mask), sigma, smooth)?;
         let err = (smooth(&y)? - &x)?.sqr()?;
         let truth = ((err * &mask)?.sum_all()?.to_scalar::<f32>()?
             / mask.sum_all()?.to_scalar::<f32>()?) as f64;
