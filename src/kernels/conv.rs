@@ -884,22 +884,31 @@ mod tests {
                     x.conv2d(&k, cs.pad, cs.stride, 1, 1)?,
                 )
             };
-            let theirs = theirs.broadcast_add(&b4)?;
+            let pre = theirs.broadcast_add(&b4)?;
+            assert_eq!(ours.dims(), pre.dims());
             let theirs = if act == Act::Relu {
-                theirs.relu()?
+                let d = max_rel(&ours, &pre.relu()?)?;
+                assert!(d < 1e-4, "forward differs by {d} (k {:?})", cs.k);
+                // A pre-activation within rounding of 0 may fall on either side of the ReLU in
+                // the two summation orders, and its whole gradient with it; so the gradients
+                // are compared through our forward's own mask, which the check above ties to
+                // candle's values.
+                let mask = ours.gt(0f32)?.to_dtype(DType::F32)?.detach();
+                (pre * mask)?
             } else {
-                theirs
+                let d = max_rel(&ours, &pre)?;
+                assert!(d < 1e-4, "forward differs by {d} (k {:?})", cs.k);
+                pre
             };
-            assert_eq!(ours.dims(), theirs.dims());
-            let d = max_rel(&ours, &theirs)?;
-            assert!(d < 1e-4, "forward differs by {d} (k {:?})", cs.k);
             let r = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
             let go = (ours * &r)?.sum_all()?.backward()?;
             let gt = (theirs * &r)?.sum_all()?.backward()?;
             for (name, v) in [("x", &x), ("w", &k), ("bias", &bias)] {
                 let (a, b) = (go.get(v).expect("grad"), gt.get(v).expect("grad"));
+                // 1e-3: a bias gradient sums hundreds of ±1 terms whose f32 rounding differs
+                // with the summation order; a wrong gradient is off by O(1).
                 let d = max_rel(a, b)?;
-                assert!(d < 1e-4, "grad of {name} differs by {d} (k {:?})", cs.k);
+                assert!(d < 1e-3, "grad of {name} differs by {d} (k {:?})", cs.k);
             }
         }
         Ok(())
