@@ -324,6 +324,12 @@ pub struct InferConfig {
     pub workers: usize,
     /// Self-ensemble: 1 (off), 2 or 4 flipped views averaged (slower, slightly better).
     pub ensemble: usize,
+    /// Denoisers: blend output and input block by block where Stein's unbiased risk estimate
+    /// says the model took detail for noise (one more model pass per frame).
+    pub sure_blend: bool,
+    /// The frames' noise σ (0–255 scale) for the SURE blend, where it is known (a fixed
+    /// camera gain); 0 = estimate it per plane.
+    pub noise_sigma: f32,
 }
 
 impl Default for InferConfig {
@@ -334,6 +340,8 @@ impl Default for InferConfig {
             max_wait_ms: 10,
             workers: 0,
             ensemble: 1,
+            sure_blend: false,
+            noise_sigma: 0.0,
         }
     }
 }
@@ -630,6 +638,10 @@ pub struct TrainConfig {
     /// MSE) the strongest noise dominates the loss and a blind model learns to smooth fine
     /// texture away at low σ; p ≈ 1.5 weighs every σ about equally in PSNR terms.
     pub sigma_weight_power: f32,
+    /// Denoising and inpainting: the training photos are also used downscaled by each of these
+    /// factors (area-filtered): finer texture than the originals show, and less of their own
+    /// noise and JPEG artefacts. `[1.0]`: the photos as they are.
+    pub scales: Vec<f32>,
     /// Fraction of the training images held out for validation when no `--val` is given.
     pub val_fraction: f64,
     /// Write a checkpoint every this many steps.
@@ -676,6 +688,7 @@ impl Default for TrainConfig {
             sigma_max: 50.0,
             val_sigma: 25.0,
             sigma_weight_power: 0.0,
+            scales: vec![1.0],
             val_fraction: 0.1,
             checkpoint_every: 100,
             loss: Loss::Mse,
@@ -873,8 +886,27 @@ impl PipelineConfig {
         if ![1, 2, 4].contains(&self.infer.ensemble) {
             return Err(bad("infer.ensemble", "must be 1, 2 or 4".into()));
         }
+        if !(0.0..=255.0).contains(&self.infer.noise_sigma) {
+            return Err(bad(
+                "infer.noise_sigma",
+                "must be between 0 (estimate) and 255".into(),
+            ));
+        }
+        if self.infer.sure_blend && m.arch != "unet-denoiser" {
+            return Err(bad(
+                "infer.sure_blend",
+                format!("needs a Gaussian denoiser (unet-denoiser), not {}", m.arch),
+            ));
+        }
         if self.channels.capacity == 0 {
             return Err(bad("channels.capacity", "must be at least 1".into()));
+        }
+        let sc = &self.train.scales;
+        if sc.is_empty() || sc.iter().any(|&s| !(s > 0.05 && s <= 1.0)) {
+            return Err(bad(
+                "train.scales",
+                "must be a non-empty list of factors in (0.05, 1]".into(),
+            ));
         }
         let f = &self.finetune;
         let multiple = self.model.size_multiple().max(1);
@@ -1009,5 +1041,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("infer.max_batch"), "{err}");
+        for scales in ["[]", "[0.0]", "[1.5]", "[1.0, -0.5]"] {
+            let text = BUILTIN_PIPELINES[0]
+                .1
+                .replace("[train]", &format!("[train]\nscales = {scales}"));
+            let err = PipelineConfig::from_toml(&text, "z.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("train.scales"), "{scales}: {err}");
+        }
     }
 }

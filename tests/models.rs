@@ -1,6 +1,7 @@
 //! End-to-end tests of the autoencoder family through the real binary: the shipped `faces`,
 //! `digits-sparse`, `conv-ae` and `segment-nuclei` pipelines and weights on the sample frames,
-//! output kinds (latent `.npy` and JSON lines, label maps, overlays), eval scores, and training.
+//! output kinds (latent `.npy` and JSON lines, label maps, overlays), eval scores, and training;
+//! and the denoiser's SURE-guided blend.
 
 mod common;
 
@@ -435,4 +436,83 @@ fn inpaint_takes_missing_pixels_from_a_mask_folder() {
     let rmse = (se / n as f64).sqrt() * 255.0;
     assert!(rmse < 20.0, "RMSE {rmse} grey levels in the holes");
     assert!(!out.join("no-mask.png").exists());
+}
+
+/// PSNR per image name from an eval of `pipeline` (the shipped denoiser weights) on the clean
+/// samples with Gaussian noise σ = 15.
+fn denoise_scores(pipeline: &str) -> std::collections::BTreeMap<String, f64> {
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/denoise.safetensors");
+    let clean = samples().join("clean");
+    let v = eval_json(&[
+        pipeline,
+        "--weights",
+        weights.to_str().unwrap(),
+        "--data",
+        clean.to_str().unwrap(),
+        "--noise",
+        "gaussian:15",
+    ]);
+    v["images"]
+        .as_array()
+        .expect("per-image scores")
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["psnr"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The SURE blend of `denoise-fast` gives back the foliage the blind model takes for noise in
+/// the china crop, leaves the smooth flower photos as they were, and follows a given σ: told
+/// the noise is far stronger than it is, it keeps the model's output.
+#[test]
+fn sure_blend_gives_back_texture_and_leaves_smooth_photos() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/denoise-fast.toml"),
+    )
+    .unwrap();
+    assert!(
+        base.contains("sure_blend = true"),
+        "the shipped pipeline blends"
+    );
+    let variant = |name: &str, from: &str, to: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, base.replace(from, to)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let plain = denoise_scores(&variant(
+        "plain.toml",
+        "sure_blend = true",
+        "sure_blend = false",
+    ));
+    let blend = denoise_scores("denoise-fast");
+    let told = denoise_scores(&variant(
+        "told.toml",
+        "noise_sigma = 0.0",
+        "noise_sigma = 40.0",
+    ));
+    assert!(
+        blend["china.png"] > plain["china.png"] + 0.4,
+        "china: blend {:.2} dB vs plain {:.2} dB",
+        blend["china.png"],
+        plain["china.png"]
+    );
+    for name in ["flower.png", "flower-colour.png"] {
+        assert!(
+            (blend[name] - plain[name]).abs() < 0.05,
+            "{name}: blend {:.2} dB vs plain {:.2} dB",
+            blend[name],
+            plain[name]
+        );
+    }
+    assert!(
+        (told["china.png"] - plain["china.png"]).abs() < 0.1,
+        "china told σ 40: {:.2} dB vs plain {:.2} dB",
+        told["china.png"],
+        plain["china.png"]
+    );
 }

@@ -767,6 +767,8 @@ fn infer_worker(
         }
         let mut ready = Vec::new();
         let mut units = Vec::new();
+        // Which plane (of the whole batch) each unit is a tile of.
+        let mut planes = Vec::new();
         for mut p in batch {
             if defer(Some(stop), &p.id, p.body.is_some(), stats, tel) {
                 p.body = None;
@@ -774,6 +776,8 @@ fn infer_worker(
             match p.body {
                 Some(prep) => {
                     for plane in &prep.planes {
+                        let k = planes.last().map_or(0, |&l| l + 1);
+                        planes.extend(std::iter::repeat_n(k, plane.len()));
                         units.extend(plane.iter().cloned());
                     }
                     ready.push((p.seq, p.id, prep));
@@ -801,6 +805,7 @@ fn infer_worker(
             infer::run_units_with_codes(
                 gen.model.as_ref(),
                 &units,
+                &planes,
                 (&gen.cfg.infer).into(),
                 want_code,
             )
@@ -907,6 +912,8 @@ mod tests {
         cfg.infer.workers = 1;
         cfg.model.channels = vec![4];
         cfg.model.blocks = vec![1];
+        // These tests watch the model's own output (constant models stand in for versions).
+        cfg.infer.sure_blend = false;
         cfg
     }
 

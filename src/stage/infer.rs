@@ -3,12 +3,15 @@
 //! Units of the same shape (all tiles, and equally sized whole frames) are stacked into one
 //! NHWC batch of at most `max_batch`; each batch is one forward pass. With `ensemble` > 1 each
 //! unit also runs flipped (left-right, up-down, both) and the un-flipped outputs are averaged:
-//! slower, and a little better, since the model's errors differ between orientations.
+//! slower, and a little better, since the model's errors differ between orientations. With
+//! `sure_blend` each unit also runs once on a slightly perturbed copy, which gives the model's
+//! divergence for the SURE-guided blend of output and input ([`super::sure`]).
 
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
+use super::sure;
 use super::tiling::{merge, split, TilePlan, Unit};
 use crate::config::InferConfig;
 use crate::error::Result;
@@ -23,6 +26,11 @@ pub struct RunOpts {
     pub max_batch_pixels: usize,
     /// 1 (off), 2 (+ left-right flip) or 4 (+ up-down flip and both).
     pub ensemble: usize,
+    /// Denoisers: one more pass on a perturbed input, then the SURE-guided residual blend
+    /// ([`super::sure`]).
+    pub sure_blend: bool,
+    /// Known noise σ (0–1 scale) for the blend; `None`: estimated per plane.
+    pub noise_sigma: Option<f64>,
 }
 
 impl From<&InferConfig> for RunOpts {
@@ -31,6 +39,8 @@ impl From<&InferConfig> for RunOpts {
             max_batch: c.max_batch,
             max_batch_pixels: c.max_batch_pixels,
             ensemble: c.ensemble,
+            sure_blend: c.sure_blend,
+            noise_sigma: (c.noise_sigma > 0.0).then(|| c.noise_sigma as f64 / 255.0),
         }
     }
 }
@@ -51,19 +61,29 @@ fn flip(data: &[f32], w: usize, h: usize, lr: bool, ud: bool) -> Vec<f32> {
 }
 
 const FLIPS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+/// The work item that runs the un-flipped unit plus `EPS · probe` (for the SURE blend).
+const PERTURBED: usize = FLIPS.len();
 
-/// Runs units through the model; returns outputs in input order.
+/// The ±1 probe of unit `i` (fixed seeds: the same frame gives the same output).
+fn unit_probe(u: &Unit, i: usize) -> Vec<f32> {
+    sure::probe(u.uw * u.uh, 0x5eed_0000 + i as u64)
+}
+
+/// Runs units, each a plane of its own, through the model; returns outputs in input order.
 pub fn run_units(model: &dyn Model, units: &[Unit], opts: RunOpts) -> Result<Vec<Vec<f32>>> {
-    Ok(run_units_with_codes(model, units, opts, false)?.0)
+    let planes: Vec<usize> = (0..units.len()).collect();
+    Ok(run_units_with_codes(model, units, &planes, opts, false)?.0)
 }
 
 /// Runs units through the model; returns image outputs and (with `want_code`, for models that
 /// have one) each unit's code with its shape, in input order. Codes come from the un-flipped
-/// view only: a flipped image has a different code.
+/// view only: a flipped image has a different code. `planes[i]` says which plane unit `i` is a
+/// tile of: the SURE blend estimates one noise σ per plane.
 #[allow(clippy::type_complexity)]
 pub fn run_units_with_codes(
     model: &dyn Model,
     units: &[Unit],
+    planes: &[usize],
     opts: RunOpts,
     want_code: bool,
 ) -> Result<(Vec<Vec<f32>>, Vec<Option<Code>>)> {
@@ -72,11 +92,16 @@ pub fn run_units_with_codes(
     // Work items: (unit index, flip), grouped by shape so each batch is one tensor.
     let mut by_shape: BTreeMap<(usize, usize), Vec<(usize, usize)>> = BTreeMap::new();
     for (i, u) in units.iter().enumerate() {
-        for v in 0..views {
-            by_shape.entry((u.uh, u.uw)).or_default().push((i, v));
+        let entry = by_shape.entry((u.uh, u.uw)).or_default();
+        entry.extend((0..views).map(|v| (i, v)));
+        if opts.sure_blend {
+            entry.push((i, PERTURBED));
         }
     }
     let mut outputs: Vec<Vec<f32>> = units.iter().map(|u| vec![0f32; u.uw * u.uh]).collect();
+    // With the SURE blend: each unit's un-flipped output, and its output on the perturbed copy.
+    let mut plain: Vec<Vec<f32>> = vec![vec![]; units.len()];
+    let mut perturbed: Vec<Vec<f32>> = vec![vec![]; units.len()];
     for ((uh, uw), items) in by_shape {
         let per_pass = opts
             .max_batch
@@ -85,10 +110,13 @@ pub fn run_units_with_codes(
         for chunk in items.chunks(per_pass) {
             let mut data = Vec::with_capacity(chunk.len() * uh * uw);
             for &(i, v) in chunk {
-                let (lr, ud) = FLIPS[v];
-                if v == 0 {
+                if v == PERTURBED {
+                    let p = unit_probe(&units[i], i);
+                    data.extend(units[i].data.iter().zip(p).map(|(a, b)| a + sure::EPS * b));
+                } else if v == 0 {
                     data.extend_from_slice(&units[i].data);
                 } else {
+                    let (lr, ud) = FLIPS[v];
                     data.extend(flip(&units[i].data, uw, uh, lr, ud));
                 }
             }
@@ -110,6 +138,13 @@ pub fn run_units_with_codes(
             }
             for (k, &(i, v)) in chunk.iter().enumerate() {
                 let out = &y[k * uh * uw..(k + 1) * uh * uw];
+                if v == PERTURBED {
+                    perturbed[i] = out.to_vec();
+                    continue;
+                }
+                if v == 0 && opts.sure_blend {
+                    plain[i] = out.to_vec();
+                }
                 let (lr, ud) = FLIPS[v];
                 let back = if v == 0 {
                     out.to_vec()
@@ -119,6 +154,42 @@ pub fn run_units_with_codes(
                 for (acc, b) in outputs[i].iter_mut().zip(back) {
                     *acc += b / views as f32;
                 }
+            }
+        }
+    }
+    if opts.sure_blend {
+        // The divergence of the un-flipped view stands in for the ensemble's: the views are the
+        // same network on mirrored pixels.
+        let stats: Vec<sure::Stats> = units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let div = sure::divergence(&plain[i], &perturbed[i], &unit_probe(u, i));
+                sure::stats(&u.data, &outputs[i], &div, u.uw, u.uh)
+            })
+            .collect();
+        let mut sigmas: BTreeMap<usize, Option<f64>> = BTreeMap::new();
+        for (i, u) in units.iter().enumerate() {
+            let plane = planes.get(i).copied().unwrap_or(i);
+            let sigma = *sigmas.entry(plane).or_insert_with(|| {
+                opts.noise_sigma.or_else(|| {
+                    sure::estimate_sigma(
+                        stats
+                            .iter()
+                            .enumerate()
+                            .filter(|(k, _)| planes.get(*k).copied().unwrap_or(*k) == plane)
+                            .map(|(_, s)| s),
+                    )
+                })
+            });
+            if let Some(sigma) = sigma {
+                let (blended, weight) =
+                    sure::apply(&u.data, &outputs[i], u.uw, u.uh, &stats[i], sigma);
+                tracing::debug!(
+                    "unit {i} (plane {plane}): SURE blend σ {:.2}, mean weight {weight:.3}",
+                    sigma * 255.0
+                );
+                outputs[i] = blended;
             }
         }
     }
@@ -135,7 +206,7 @@ pub fn run_plane(
     opts: RunOpts,
 ) -> Result<Vec<f32>> {
     let units = split(plane, w, h, plan);
-    let outs = run_units(model, &units, opts)?;
+    let outs = run_units_with_codes(model, &units, &vec![0; units.len()], opts, false)?.0;
     Ok(merge(&units, &outs, w, h))
 }
 

@@ -5,4 +5,5 @@ pub mod decode;
 pub mod infer;
 pub mod normalise;
 pub mod postprocess;
+pub mod sure;
 pub mod tiling;

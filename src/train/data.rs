@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 
 use crate::error::{Error, Result};
-use crate::frame::{list_images, read_image, DecodeLimits};
+use crate::frame::{list_images, read_image, resize_plane, DecodeLimits};
 use crate::stage::corrupt;
 
 /// One training image as grey planes: grey images give one, colour images their luma and
@@ -37,6 +37,39 @@ pub fn load_folder(dir: &Path) -> Result<Vec<TrainImage>> {
         });
     }
     Ok(out)
+}
+
+/// The images and, for each factor in `scales` other than 1, an area-filtered downscaled copy
+/// (copies smaller than `min_side` are left out). Named `NAME@0.5` etc. in logs.
+pub fn with_scales(images: Vec<TrainImage>, scales: &[f32], min_side: usize) -> Vec<TrainImage> {
+    let mut out = Vec::with_capacity(images.len() * scales.len());
+    for img in &images {
+        for &s in scales.iter().filter(|&&s| s < 1.0) {
+            let (w, h) = (
+                (img.w as f32 * s).round() as usize,
+                (img.h as f32 * s).round() as usize,
+            );
+            if w < min_side || h < min_side {
+                continue;
+            }
+            let mut name = img.path.clone().into_os_string();
+            name.push(format!("@{s}"));
+            out.push(TrainImage {
+                path: name.into(),
+                w,
+                h,
+                planes: img
+                    .planes
+                    .iter()
+                    .map(|p| resize_plane(p, img.w, img.h, w, h))
+                    .collect(),
+            });
+        }
+    }
+    if scales.contains(&1.0) {
+        out.splice(0..0, images);
+    }
+    out
 }
 
 /// Where pixel `(x, y)` of a `p × p` patch reads from under symmetry `t` (0–7) of the square:
@@ -158,5 +191,40 @@ impl<'a> PatchSampler<'a> {
             sigmas.push(sigma);
         }
         (noisy, clean, sigmas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkerboard(w: usize, h: usize) -> TrainImage {
+        TrainImage {
+            path: PathBuf::from("board.png"),
+            w,
+            h,
+            planes: vec![(0..w * h).map(|i| ((i % w + i / w) % 2) as f32).collect()],
+        }
+    }
+
+    /// Downscaled copies have the scaled size, are area-filtered (a one-pixel checkerboard
+    /// halves to flat grey, not to an aliased pattern), and copies too small are left out.
+    #[test]
+    fn scaled_copies_are_area_filtered() {
+        let out = with_scales(vec![checkerboard(64, 48)], &[1.0, 0.5, 0.25], 16);
+        assert_eq!(out.len(), 2, "the 16×12 copy is below the minimum side");
+        assert_eq!((out[0].w, out[0].h), (64, 48));
+        assert_eq!((out[1].w, out[1].h), (32, 24));
+        assert!(out[1].path.to_string_lossy().ends_with("@0.5"));
+        let half = &out[1].planes[0];
+        let worst = half.iter().map(|v| (v - 0.5).abs()).fold(0f32, f32::max);
+        assert!(
+            worst < 0.05,
+            "downscaled checkerboard strays {worst} from grey"
+        );
+        // Without 1.0 in the list, only the copies remain.
+        let only = with_scales(vec![checkerboard(64, 48)], &[0.5], 16);
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].w, 32);
     }
 }

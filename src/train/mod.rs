@@ -147,6 +147,8 @@ pub fn validate(
                 max_batch: 4,
                 max_batch_pixels: 1 << 19,
                 ensemble: 1,
+                sure_blend: false,
+                noise_sigma: None,
             },
         )?;
         let out: Vec<f32> = out
@@ -452,6 +454,7 @@ fn denoise_job<'a>(
         None => dataset::every_kth(load_folder(&args.data)?, tc.val_fraction),
     };
     let (train_names, val_names) = (names_of(&train_imgs), names_of(&val_imgs));
+    let train_imgs = data::with_scales(train_imgs, &tc.scales, tc.patch);
     // Fail before training starts if no image is large enough.
     PatchSampler::new(&train_imgs, tc.patch)?;
     let plan = TilePlan::for_pipeline(cfg, net.size_multiple());

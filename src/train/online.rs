@@ -980,37 +980,13 @@ pub fn rademacher<R: Rng>(n: usize, rng: &mut R) -> Vec<f32> {
         .collect()
 }
 
-/// Noise σ (0–1 scale) of each image's first plane by Immerkær's Laplacian-difference estimator
-/// (1996), the median over images. 3×3 windows holding a clipped pixel (0 or 1) are skipped:
-/// clipping shrinks the noise there. Texture inflates the estimate somewhat, so `stream_sigma`
-/// is better where the camera's noise is known.
+/// Noise σ (0–1 scale) of each image's first plane by Immerkær's estimator (clip-aware, see
+/// [`crate::stage::sure::immerkaer_sigma`]), the median over images. Texture inflates the
+/// estimate somewhat, so `stream_sigma` is better where the camera's noise is known.
 pub fn median_noise_sigma(imgs: &[TrainImage]) -> f64 {
     let mut est: Vec<f64> = imgs
         .iter()
-        .filter(|i| i.w >= 3 && i.h >= 3)
-        .filter_map(|i| -> Option<f64> {
-            let (w, h, a) = (i.w, i.h, &i.planes[0]);
-            let at = |x: usize, y: usize| a[y * w + x] as f64;
-            let clipped = |v: f64| !(0.5 / 255.0..=254.5 / 255.0).contains(&v);
-            let (mut sum, mut count) = (0.0, 0usize);
-            for y in 1..h - 1 {
-                for x in 1..w - 1 {
-                    if (0..9).any(|k| clipped(at(x + k % 3 - 1, y + k / 3 - 1))) {
-                        continue;
-                    }
-                    count += 1;
-                    let v = at(x - 1, y - 1) - 2.0 * at(x, y - 1) + at(x + 1, y - 1)
-                        - 2.0 * at(x - 1, y)
-                        + 4.0 * at(x, y)
-                        - 2.0 * at(x + 1, y)
-                        + at(x - 1, y + 1)
-                        - 2.0 * at(x, y + 1)
-                        + at(x + 1, y + 1);
-                    sum += v.abs();
-                }
-            }
-            (count > 0).then(|| (std::f64::consts::PI / 2.0).sqrt() * sum / (6.0 * count as f64))
-        })
+        .filter_map(|i| crate::stage::sure::immerkaer_sigma(&i.planes[0], i.w, i.h))
         .collect();
     if est.is_empty() {
         return 0.0;
