@@ -64,9 +64,15 @@ const FLIPS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), 
 /// The work item that runs the un-flipped unit plus `EPS · probe` (for the SURE blend).
 const PERTURBED: usize = FLIPS.len();
 
-/// The ±1 probe of unit `i` (fixed seeds: the same frame gives the same output).
-fn unit_probe(u: &Unit, i: usize) -> Vec<f32> {
-    sure::probe(u.uw * u.uh, 0x5eed_0000 + i as u64)
+/// The ±1 probe of a unit, seeded by where the unit lies in its plane, so that a frame gives
+/// the same output whatever else shares its batch.
+fn unit_probe(u: &Unit) -> Vec<f32> {
+    let seed = [u.src_x, u.src_y, u.uw, u.uh]
+        .iter()
+        .fold(0x5eed_u64, |h, &v| {
+            h.wrapping_mul(0x100_0000_01b3) ^ v as u64
+        });
+    sure::probe(u.uw * u.uh, seed)
 }
 
 /// Runs units, each a plane of its own, through the model; returns outputs in input order.
@@ -111,7 +117,7 @@ pub fn run_units_with_codes(
             let mut data = Vec::with_capacity(chunk.len() * uh * uw);
             for &(i, v) in chunk {
                 if v == PERTURBED {
-                    let p = unit_probe(&units[i], i);
+                    let p = unit_probe(&units[i]);
                     data.extend(units[i].data.iter().zip(p).map(|(a, b)| a + sure::EPS * b));
                 } else if v == 0 {
                     data.extend_from_slice(&units[i].data);
@@ -164,7 +170,7 @@ pub fn run_units_with_codes(
             .iter()
             .enumerate()
             .map(|(i, u)| {
-                let div = sure::divergence(&plain[i], &perturbed[i], &unit_probe(u, i));
+                let div = sure::divergence(&plain[i], &perturbed[i], &unit_probe(u));
                 sure::stats(&u.data, &outputs[i], &div, u.uw, u.uh)
             })
             .collect();
@@ -213,6 +219,64 @@ pub fn run_plane(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PipelineConfig;
+    use crate::model::{Net, NetModel};
+
+    /// With the SURE blend, a frame comes out the same alone or batched behind another (its
+    /// probe depends on the frame, not on its place in the batch), and the blend changes the
+    /// model's output.
+    #[test]
+    fn the_blend_is_the_same_whatever_shares_the_batch() -> Result<()> {
+        let cfg = PipelineConfig::load("denoise")?;
+        let dev = candle_core::Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        let mut mcfg = cfg.model.denoiser();
+        (mcfg.channels, mcfg.blocks) = (vec![4, 8], vec![1, 1]);
+        let net = crate::model::denoise::Denoiser::new(vb, &mcfg)?;
+        let model = NetModel::new(Net::Denoise(net), dev, None);
+        let plan = TilePlan::for_pipeline(&cfg, 4);
+        let plane = |seed: u64| -> Vec<f32> {
+            (0..96 * 64)
+                .map(|k| {
+                    let v = (k as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    0.3 + 0.4 * (v >> 40) as f32 / (1u64 << 24) as f32
+                })
+                .collect()
+        };
+        let (a, b) = (
+            split(&plane(1), 96, 64, &plan),
+            split(&plane(2), 96, 64, &plan),
+        );
+        let opts = RunOpts {
+            max_batch: 8,
+            max_batch_pixels: 1 << 20,
+            ensemble: 1,
+            sure_blend: true,
+            noise_sigma: None,
+        };
+        let alone = run_units_with_codes(&model, &a, &vec![0; a.len()], opts, false)?.0;
+        let both: Vec<Unit> = b.iter().chain(&a).cloned().collect();
+        let planes: Vec<usize> = (0..both.len()).map(|i| (i >= b.len()) as usize).collect();
+        let batched = run_units_with_codes(&model, &both, &planes, opts, false)?.0;
+        assert_eq!(alone, batched[b.len()..].to_vec());
+        let plain = run_units_with_codes(
+            &model,
+            &a,
+            &vec![0; a.len()],
+            RunOpts {
+                sure_blend: false,
+                ..opts
+            },
+            false,
+        )?
+        .0;
+        assert_ne!(
+            alone, plain,
+            "uniform noise is not what the untrained model removes"
+        );
+        Ok(())
+    }
 
     #[test]
     fn flips_are_their_own_inverse() {
