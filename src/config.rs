@@ -639,7 +639,7 @@ pub struct TrainConfig {
     /// texture away at low σ; p ≈ 1.5 weighs every σ about equally in PSNR terms.
     pub sigma_weight_power: f32,
     /// Denoising and inpainting: the training photos are also used downscaled by each of these
-    /// factors (area-filtered): finer texture than the originals show, and less of their own
+    /// factors (antialiased): finer texture than the originals show, and less of their own
     /// noise and JPEG artefacts. `[1.0]`: the photos as they are.
     pub scales: Vec<f32>,
     /// Fraction of the training images held out for validation when no `--val` is given.

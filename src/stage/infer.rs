@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 
 use super::sure;
-use super::tiling::{merge, split, TilePlan, Unit};
+use super::tiling::{self, merge, split, TilePlan, Unit};
 use crate::config::InferConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sink::Code;
 
@@ -65,14 +65,30 @@ const FLIPS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), 
 const PERTURBED: usize = FLIPS.len();
 
 /// The ±1 probe of a unit, seeded by where the unit lies in its plane, so that a frame gives
-/// the same output whatever else shares its batch.
+/// the same output whatever else shares its batch. (Made twice per unit, for the perturbed
+/// input and for the divergence: cheaper than keeping it.)
 fn unit_probe(u: &Unit) -> Vec<f32> {
-    let seed = [u.src_x, u.src_y, u.uw, u.uh]
+    let seed = [u.dst_x, u.dst_y, u.uw, u.uh]
         .iter()
         .fold(0x5eed_u64, |h, &v| {
             h.wrapping_mul(0x100_0000_01b3) ^ v as u64
         });
     sure::probe(u.uw * u.uh, seed)
+}
+
+/// The `w × h` plane that units `idx` tile, from their kept regions of `of(unit index)`.
+fn gather<'a>(
+    units: &[Unit],
+    idx: &[usize],
+    w: usize,
+    h: usize,
+    of: impl Fn(usize) -> &'a [f32],
+) -> Vec<f32> {
+    let mut p = vec![0f32; w * h];
+    for &i in idx {
+        tiling::put(&mut p, w, &units[i], of(i));
+    }
+    p
 }
 
 /// Runs units, each a plane of its own, through the model; returns outputs in input order.
@@ -105,9 +121,17 @@ pub fn run_units_with_codes(
         }
     }
     let mut outputs: Vec<Vec<f32>> = units.iter().map(|u| vec![0f32; u.uw * u.uh]).collect();
-    // With the SURE blend: each unit's un-flipped output, and its output on the perturbed copy.
+    if opts.sure_blend && planes.len() != units.len() {
+        return Err(Error::Other(format!(
+            "{} plane indices for {} units",
+            planes.len(),
+            units.len()
+        )));
+    }
+    // With the SURE blend: each unit's un-flipped output until its perturbed output arrives
+    // (always later: a unit's views come before it in the work list), then the divergence.
     let mut plain: Vec<Vec<f32>> = vec![vec![]; units.len()];
-    let mut perturbed: Vec<Vec<f32>> = vec![vec![]; units.len()];
+    let mut div: Vec<Vec<f32>> = vec![vec![]; units.len()];
     for ((uh, uw), items) in by_shape {
         let per_pass = opts
             .max_batch
@@ -145,7 +169,13 @@ pub fn run_units_with_codes(
             for (k, &(i, v)) in chunk.iter().enumerate() {
                 let out = &y[k * uh * uw..(k + 1) * uh * uw];
                 if v == PERTURBED {
-                    perturbed[i] = out.to_vec();
+                    let f = std::mem::take(&mut plain[i]);
+                    if f.len() != out.len() {
+                        return Err(Error::Other(format!(
+                            "unit {i}: perturbed output before the plain one"
+                        )));
+                    }
+                    div[i] = sure::divergence(&f, out, &unit_probe(&units[i]));
                     continue;
                 }
                 if v == 0 && opts.sure_blend {
@@ -165,37 +195,29 @@ pub fn run_units_with_codes(
     }
     if opts.sure_blend {
         // The divergence of the un-flipped view stands in for the ensemble's: the views are the
-        // same network on mirrored pixels.
-        let stats: Vec<sure::Stats> = units
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let div = sure::divergence(&plain[i], &perturbed[i], &unit_probe(u));
-                sure::stats(&u.data, &outputs[i], &div, u.uw, u.uh)
-            })
-            .collect();
-        let mut sigmas: BTreeMap<usize, Option<f64>> = BTreeMap::new();
-        for (i, u) in units.iter().enumerate() {
-            let plane = planes.get(i).copied().unwrap_or(i);
-            let sigma = *sigmas.entry(plane).or_insert_with(|| {
-                opts.noise_sigma.or_else(|| {
-                    sure::estimate_sigma(
-                        stats
-                            .iter()
-                            .enumerate()
-                            .filter(|(k, _)| planes.get(*k).copied().unwrap_or(*k) == plane)
-                            .map(|(_, s)| s),
-                    )
-                })
-            });
-            if let Some(sigma) = sigma {
-                let (blended, weight) =
-                    sure::apply(&u.data, &outputs[i], u.uw, u.uh, &stats[i], sigma);
+        // same network on mirrored pixels. The blend runs per plane, on its real pixels only
+        // (tiles' kept regions): one σ, one block grid, no padding.
+        let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, &p) in planes.iter().enumerate() {
+            members.entry(p).or_default().push(i);
+        }
+        for (plane, idx) in members {
+            let w = idx.iter().map(|&i| units[i].dst_x + units[i].keep_w).max();
+            let h = idx.iter().map(|&i| units[i].dst_y + units[i].keep_h).max();
+            let (Some(w), Some(h)) = (w, h) else { continue };
+            let y = gather(units, &idx, w, h, |i| &units[i].data);
+            let f = gather(units, &idx, w, h, |i| &outputs[i]);
+            let d = gather(units, &idx, w, h, |i| &div[i]);
+            let (blended, info) = sure::blend(&y, &f, &d, w, h, opts.noise_sigma);
+            if let Some(info) = info {
                 tracing::debug!(
-                    "unit {i} (plane {plane}): SURE blend σ {:.2}, mean weight {weight:.3}",
-                    sigma * 255.0
+                    "plane {plane} ({w}×{h}): SURE blend σ {:.2}, mean weight {:.3}",
+                    info.sigma * 255.0,
+                    info.mean_weight
                 );
-                outputs[i] = blended;
+            }
+            for &i in &idx {
+                tiling::take(&blended, w, &units[i], &mut outputs[i]);
             }
         }
     }
@@ -222,11 +244,8 @@ mod tests {
     use crate::config::PipelineConfig;
     use crate::model::{Net, NetModel};
 
-    /// With the SURE blend, a frame comes out the same alone or batched behind another (its
-    /// probe depends on the frame, not on its place in the batch), and the blend changes the
-    /// model's output.
-    #[test]
-    fn the_blend_is_the_same_whatever_shares_the_batch() -> Result<()> {
+    /// The `denoise` pipeline's settings and an untrained two-level denoiser.
+    fn tiny_denoiser() -> Result<(PipelineConfig, NetModel)> {
         let cfg = PipelineConfig::load("denoise")?;
         let dev = candle_core::Device::Cpu;
         let vm = candle_nn::VarMap::new();
@@ -234,7 +253,15 @@ mod tests {
         let mut mcfg = cfg.model.denoiser();
         (mcfg.channels, mcfg.blocks) = (vec![4, 8], vec![1, 1]);
         let net = crate::model::denoise::Denoiser::new(vb, &mcfg)?;
-        let model = NetModel::new(Net::Denoise(net), dev, None);
+        Ok((cfg, NetModel::new(Net::Denoise(net), dev, None)))
+    }
+
+    /// With the SURE blend, a frame comes out the same alone or batched behind another (its
+    /// probe depends on the frame, not on its place in the batch), and the blend changes the
+    /// model's output.
+    #[test]
+    fn the_blend_is_the_same_whatever_shares_the_batch() -> Result<()> {
+        let (cfg, model) = tiny_denoiser()?;
         let plan = TilePlan::for_pipeline(&cfg, 4);
         let plane = |seed: u64| -> Vec<f32> {
             (0..96 * 64)
@@ -274,6 +301,50 @@ mod tests {
         assert_ne!(
             alone, plain,
             "uniform noise is not what the untrained model removes"
+        );
+        Ok(())
+    }
+
+    /// On a plane cut into tiles, the blend covers every pixel once: told there is no noise it
+    /// gives the input back exactly (weight 1), told the noise is enormous it keeps the model's
+    /// output (weight 0).
+    #[test]
+    fn the_blend_covers_a_tiled_plane() -> Result<()> {
+        let (cfg, model) = tiny_denoiser()?;
+        let plan = TilePlan {
+            tile: 32,
+            overlap: 8,
+            ..TilePlan::for_pipeline(&cfg, 4)
+        };
+        let (w, h) = (90, 70);
+        let plane: Vec<f32> = (0..w * h)
+            .map(|k| 0.5 + 0.3 * (k as f32 * 0.37).sin())
+            .collect();
+        assert!(split(&plane, w, h, &plan).len() > 4, "the plane is tiled");
+        let opts = |sure_blend: bool, sigma: f64| RunOpts {
+            max_batch: 8,
+            max_batch_pixels: 1 << 20,
+            ensemble: 1,
+            sure_blend,
+            noise_sigma: Some(sigma),
+        };
+        let model_only = run_plane(&model, &plane, w, h, &plan, opts(false, 0.0))?;
+        let none = run_plane(&model, &plane, w, h, &plan, opts(true, 1e-9))?;
+        let huge = run_plane(&model, &plane, w, h, &plan, opts(true, 10.0))?;
+        let worst = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(worst(&none, &plane) < 1e-6, "no noise: the input back");
+        assert!(
+            worst(&huge, &model_only) < 1e-6,
+            "enormous noise: the model's output"
+        );
+        assert!(
+            worst(&model_only, &plane) > 1e-3,
+            "the model changes the plane"
         );
         Ok(())
     }

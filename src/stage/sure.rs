@@ -15,9 +15,9 @@
 //! ```
 //!
 //! σ comes from the same statistics: by Stein's identity `m = error + σ²·(1 − 2d)`, so each
-//! block free of clipped pixels gives an upper bound `σ² ≤ m / (1 − 2d)`, tight where the model
-//! is right (flat areas); we take a low percentile of those bounds, capped by Immerkær's
-//! estimator, which also stands in where too few blocks qualify.
+//! block with next to no clipped pixels and `d < 0.4` gives an upper bound `σ² ≤ m / (1 − 2d)`,
+//! tight where the model is right (flat areas); we take a low percentile of those bounds,
+//! capped by Immerkær's estimator, which also stands in where too few blocks qualify.
 
 use rand::{Rng, SeedableRng};
 
@@ -29,17 +29,22 @@ pub const BLOCK: usize = 64;
 const SIGMA_BLOCK: usize = 32;
 /// Size of the ±ε probe for the divergence, on the 0–1 scale (half a grey level).
 pub const EPS: f32 = 2e-3;
-/// Fewest clip-free blocks for the model-based σ; below, Immerkær's estimate alone.
+/// Fewest qualifying blocks for the model-based σ; below, Immerkær's estimate alone.
 const MIN_BLOCKS: usize = 4;
 /// Percentile of the per-block σ bounds taken as σ.
 const PERCENTILE: f64 = 0.2;
 
-/// A ±1 probe of `n` values, the same for the same seed.
-pub fn probe(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+/// `n` independent ±1 values (a Rademacher probe: the Monte-Carlo divergence estimate is
+/// unbiased for it, with less variance than a Gaussian probe).
+pub fn rademacher<R: Rng>(n: usize, rng: &mut R) -> Vec<f32> {
     (0..n)
         .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
         .collect()
+}
+
+/// A ±1 probe of `n` values, the same for the same seed.
+pub fn probe(n: usize, seed: u64) -> Vec<f32> {
+    rademacher(n, &mut rand::rngs::StdRng::seed_from_u64(seed))
 }
 
 fn is_clipped(v: f32) -> bool {
@@ -47,7 +52,7 @@ fn is_clipped(v: f32) -> bool {
 }
 
 /// Noise σ (0–1 scale) of one plane by Immerkær's Laplacian-difference estimator (1996), or
-/// `None` below 3×3. Clipping shrinks the noise near black and white, so 3×3 windows holding a
+/// `None` with fewer than 64 usable 3×3 windows. Clipping shrinks the noise near black and white, so 3×3 windows holding a
 /// clipped pixel are skipped, and then (twice, with the estimate so far) windows whose mean lies
 /// within 2σ of 0 or 1. Texture inflates the estimate somewhat.
 pub fn immerkaer_sigma(plane: &[f32], w: usize, h: usize) -> Option<f64> {
@@ -97,147 +102,68 @@ pub fn immerkaer_sigma(plane: &[f32], w: usize, h: usize) -> Option<f64> {
     estimate
 }
 
-/// One unit's block statistics, ready for [`estimate_sigma`] and [`apply`].
-#[derive(Debug, Clone)]
-pub struct Stats {
-    /// Per `BLOCK` block, row-major: mean squared residual and mean divergence.
-    blocks: Vec<(f64, f64)>,
-    bx: usize,
-    by: usize,
-    /// Upper bounds `√(m / (1 − 2d))` on σ from the `SIGMA_BLOCK` blocks that may give one
-    /// (at least half a block, at most 2 % clipped input pixels: clipping shrinks the residual).
-    bounds: Vec<f64>,
-    /// Immerkær's σ of the input and the pixel count it stands for.
-    immerkaer: Option<(f64, usize)>,
+/// Block boundaries along an axis of `len` pixels: about `len / b` equal blocks (at least one),
+/// so no block is a sliver at the edge.
+fn edges(len: usize, b: usize) -> Vec<usize> {
+    let n = ((len + b / 2) / b).max(1);
+    (0..=n).map(|i| i * len / n).collect()
 }
 
-/// Per `b × b` block (edge blocks smaller), row-major: mean squared residual, mean divergence,
+/// Per block of the `xe × ye` grid, row-major: mean squared residual `m`, mean divergence `d`,
 /// fraction of clipped input pixels and pixel count.
 fn block_means(
     y: &[f32],
     f: &[f32],
     div: &[f32],
     w: usize,
-    h: usize,
-    b: usize,
+    xe: &[usize],
+    ye: &[usize],
 ) -> Vec<(f64, f64, f64, usize)> {
-    let mut out = Vec::with_capacity(w.div_ceil(b) * h.div_ceil(b));
-    for y0 in (0..h).step_by(b) {
-        for x0 in (0..w).step_by(b) {
-            let (x1, y1) = ((x0 + b).min(w), (y0 + b).min(h));
+    let mut out = Vec::with_capacity((xe.len() - 1) * (ye.len() - 1));
+    for yb in ye.windows(2) {
+        for xb in xe.windows(2) {
             let (mut m, mut d, mut clipped) = (0.0f64, 0.0f64, 0usize);
-            for yy in y0..y1 {
-                for k in yy * w + x0..yy * w + x1 {
+            for yy in yb[0]..yb[1] {
+                for k in yy * w + xb[0]..yy * w + xb[1] {
                     let r = (y[k] - f[k]) as f64;
                     m += r * r;
                     d += div[k] as f64;
                     clipped += is_clipped(y[k]) as usize;
                 }
             }
-            let count = (x1 - x0) * (y1 - y0);
-            let c = count as f64;
+            let count = (xb[1] - xb[0]) * (yb[1] - yb[0]);
+            let c = count.max(1) as f64;
             out.push((m / c, d / c, clipped as f64 / c, count));
         }
     }
     out
 }
 
-/// Block statistics of the model's output `f` on the noisy input `y` (both `w × h`), given
-/// `div`, per-pixel estimates of ∂f_i/∂y_i (see [`divergence`]).
-pub fn stats(y: &[f32], f: &[f32], div: &[f32], w: usize, h: usize) -> Stats {
-    let n = w * h;
-    if n == 0 || y.len() < n || f.len() < n || div.len() < n {
-        return Stats {
-            blocks: vec![],
-            bx: 0,
-            by: 0,
-            bounds: vec![],
-            immerkaer: None,
-        };
-    }
+/// The noise σ (0–1 scale) of a plane from its block statistics: the 20th percentile of the
+/// upper bounds `√(m / (1 − 2d))` of the `SIGMA_BLOCK` blocks that may give one, capped by
+/// Immerkær's estimate, which alone decides when fewer than 4 blocks qualify.
+///
+/// A block qualifies with at least half a block of pixels, at most 2 % of them clipped
+/// (clipping shrinks the residual) and `d` below 0.4: the bound needs `1 − 2d > 0`, and a
+/// block the model passes through nearly unchanged (`d` near 1, `m` near 0) bounds nothing.
+fn estimate_sigma(y: &[f32], f: &[f32], div: &[f32], w: usize, h: usize) -> Option<f64> {
     let sb = SIGMA_BLOCK;
-    let bounds = block_means(y, f, div, w, h, sb)
+    let mut bounds: Vec<f64> = block_means(y, f, div, w, &edges(w, sb), &edges(h, sb))
         .into_iter()
-        .filter(|&(_, _, clipped, count)| 2 * count >= sb * sb && clipped <= 0.02)
-        .map(|(m, d, _, _)| (m / (1.0 - 2.0 * d).max(0.05)).sqrt())
+        .filter(|&(_, d, clipped, count)| 2 * count >= sb * sb && clipped <= 0.02 && d < 0.4)
+        .map(|(m, d, _, _)| (m / (1.0 - 2.0 * d)).sqrt())
         .collect();
-    Stats {
-        blocks: block_means(y, f, div, w, h, BLOCK)
-            .into_iter()
-            .map(|(m, d, _, _)| (m, d))
-            .collect(),
-        bx: w.div_ceil(BLOCK),
-        by: h.div_ceil(BLOCK),
-        bounds,
-        immerkaer: immerkaer_sigma(y, w, h).map(|s| (s, n)),
-    }
-}
-
-/// The noise σ (0–1 scale) of the units of one plane: the 20th percentile of the per-block
-/// upper bounds `√(m / (1 − 2d))`, capped by Immerkær's estimate (pixel-weighted over the
-/// units), which alone decides when fewer than 4 blocks qualify. `None` if neither exists.
-pub fn estimate_sigma<'a>(units: impl IntoIterator<Item = &'a Stats>) -> Option<f64> {
-    let mut bounds = Vec::new();
-    let (mut sum, mut pixels) = (0.0, 0usize);
-    for s in units {
-        bounds.extend_from_slice(&s.bounds);
-        if let Some((sigma, n)) = s.immerkaer {
-            sum += sigma * n as f64;
-            pixels += n;
-        }
-    }
-    let global = (pixels > 0).then(|| sum / pixels as f64);
     bounds.sort_by(f64::total_cmp);
     let local = (bounds.len() >= MIN_BLOCKS)
         .then(|| bounds[((bounds.len() - 1) as f64 * PERCENTILE).round() as usize]);
+    let global = immerkaer_sigma(y, w, h);
     match (local, global) {
         (Some(l), Some(g)) => Some(l.min(g)),
         (l, g) => l.or(g),
     }
 }
 
-/// The SURE-optimal blend `f + a·(y − f)` for noise `sigma` (0–1 scale), `a` per block from
-/// `st` and interpolated between block centres; also returns the mean of the block weights
-/// (0: all model output, 1: all input).
-pub fn apply(y: &[f32], f: &[f32], w: usize, h: usize, st: &Stats, sigma: f64) -> (Vec<f32>, f64) {
-    if st.blocks.is_empty() || st.bx * BLOCK < w || st.by * BLOCK < h {
-        return (f.to_vec(), 0.0);
-    }
-    let s2 = sigma * sigma;
-    let weights: Vec<f64> = st
-        .blocks
-        .iter()
-        .map(|&(m, d)| {
-            if m <= 1e-12 {
-                0.0
-            } else {
-                (1.0 - s2 * (1.0 - d) / m).clamp(0.0, 1.0)
-            }
-        })
-        .collect();
-    let mean_weight = weights.iter().sum::<f64>() / weights.len() as f64;
-    let (bx, by) = (st.bx, st.by);
-    let axis = |p: usize, nb: usize| -> (usize, usize, f64) {
-        let c = ((p as f64 + 0.5) / BLOCK as f64 - 0.5).clamp(0.0, (nb - 1) as f64);
-        let i0 = c.floor() as usize;
-        (i0, (i0 + 1).min(nb - 1), c - i0 as f64)
-    };
-    let xs: Vec<_> = (0..w).map(|x| axis(x, bx)).collect();
-    let mut out = Vec::with_capacity(w * h);
-    for yy in 0..h {
-        let (j0, j1, ty) = axis(yy, by);
-        for (xx, &(i0, i1, tx)) in xs.iter().enumerate() {
-            let top = weights[j0 * bx + i0] * (1.0 - tx) + weights[j0 * bx + i1] * tx;
-            let bottom = weights[j1 * bx + i0] * (1.0 - tx) + weights[j1 * bx + i1] * tx;
-            let a = (top * (1.0 - ty) + bottom * ty) as f32;
-            let k = yy * w + xx;
-            out.push(f[k] + a * (y[k] - f[k]));
-        }
-    }
-    (out, mean_weight)
-}
-
-/// What [`blend`] decided.
+/// What [`blend`] decided for a plane.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlendInfo {
     /// The noise σ used (0–1 scale).
@@ -246,8 +172,12 @@ pub struct BlendInfo {
     pub mean_weight: f64,
 }
 
-/// [`stats`], [`estimate_sigma`] (unless `sigma` is given) and [`apply`] for one whole plane.
-/// Returns `f` unchanged if no σ can be had.
+/// The SURE-optimal blend `f + a·(y − f)` of the model's output `f` with the noisy input `y`
+/// (one whole `w × h` plane, real pixels only: mirrored padding would copy the same noise into
+/// two inputs and break Stein's identity), given `div`, per-pixel estimates of ∂f_i/∂y_i (see
+/// [`divergence`]). `a` is chosen per `BLOCK` block and interpolated between block centres.
+/// `sigma`: the noise σ (0–1 scale) if known, else estimated. Returns `f` unchanged if no σ
+/// can be had.
 pub fn blend(
     y: &[f32],
     f: &[f32],
@@ -256,11 +186,45 @@ pub fn blend(
     h: usize,
     sigma: Option<f64>,
 ) -> (Vec<f32>, Option<BlendInfo>) {
-    let st = stats(y, f, div, w, h);
-    let Some(sigma) = sigma.or_else(|| estimate_sigma([&st])) else {
+    let n = w * h;
+    if n == 0 || y.len() < n || f.len() < n || div.len() < n {
+        return (f.to_vec(), None);
+    }
+    let Some(sigma) = sigma.or_else(|| estimate_sigma(y, f, div, w, h)) else {
         return (f.to_vec(), None);
     };
-    let (out, mean_weight) = apply(y, f, w, h, &st, sigma);
+    let (xe, ye) = (edges(w, BLOCK), edges(h, BLOCK));
+    let (bx, by) = (xe.len() - 1, ye.len() - 1);
+    let s2 = sigma * sigma;
+    let weights: Vec<f64> = block_means(y, f, div, w, &xe, &ye)
+        .into_iter()
+        .map(|(m, d, _, _)| {
+            if m <= 1e-12 {
+                0.0
+            } else {
+                (1.0 - s2 * (1.0 - d) / m).clamp(0.0, 1.0)
+            }
+        })
+        .collect();
+    let mean_weight = weights.iter().sum::<f64>() / weights.len() as f64;
+    // Where pixel `p` lies between the centres of blocks `i0` and `i1` (weight `t` on `i1`).
+    let axis = |p: usize, len: usize, nb: usize| -> (usize, usize, f64) {
+        let c = ((p as f64 + 0.5) * nb as f64 / len as f64 - 0.5).clamp(0.0, (nb - 1) as f64);
+        let i0 = c.floor() as usize;
+        (i0, (i0 + 1).min(nb - 1), c - i0 as f64)
+    };
+    let xs: Vec<_> = (0..w).map(|x| axis(x, w, bx)).collect();
+    let mut out = Vec::with_capacity(n);
+    for yy in 0..h {
+        let (j0, j1, ty) = axis(yy, h, by);
+        for (xx, &(i0, i1, tx)) in xs.iter().enumerate() {
+            let top = weights[j0 * bx + i0] * (1.0 - tx) + weights[j0 * bx + i1] * tx;
+            let bottom = weights[j1 * bx + i0] * (1.0 - tx) + weights[j1 * bx + i1] * tx;
+            let a = (top * (1.0 - ty) + bottom * ty) as f32;
+            let k = yy * w + xx;
+            out.push(f[k] + a * (y[k] - f[k]));
+        }
+    }
     (out, Some(BlendInfo { sigma, mean_weight }))
 }
 
@@ -394,6 +358,45 @@ mod tests {
             );
         }
         assert_eq!(immerkaer_sigma(&[0.5; 4], 2, 2), None);
+    }
+
+    /// Where the model passes its input through (`d` = 1, nothing removed) the blocks bound
+    /// nothing: σ still comes from the blocks it smooths, and those get no noise back. An odd
+    /// size (edge blocks of other widths) comes out whole.
+    #[test]
+    fn pass_through_blocks_do_not_drag_sigma_down() {
+        let (w, h) = (200, 130);
+        let clean = vec![0.5f32; w * h];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut y = clean.clone();
+        corrupt::gaussian(&mut y, 12.0, false, &mut rng);
+        let smooth = blur(&y, w, h);
+        // The right 60 % is passed through untouched.
+        let through = |k: usize| k % w >= 2 * w / 5;
+        let f: Vec<f32> = (0..w * h)
+            .map(|k| if through(k) { y[k] } else { smooth[k] })
+            .collect();
+        let div: Vec<f32> = (0..w * h)
+            .map(|k| if through(k) { 1.0 } else { 1.0 / 25.0 })
+            .collect();
+        let (out, info) = blend(&y, &f, &div, w, h, None);
+        assert_eq!(out.len(), w * h);
+        let sigma = info.expect("σ estimated").sigma * 255.0;
+        assert!((sigma - 12.0).abs() < 1.2, "σ estimate {sigma:.2} for 12");
+        let left = |v: &[f32]| -> Vec<f32> {
+            (0..w * h)
+                .filter(|&k| k % w < w / 5)
+                .map(|k| v[k])
+                .collect()
+        };
+        let (before, after) = (
+            psnr(&left(&f), &left(&clean)),
+            psnr(&left(&out), &left(&clean)),
+        );
+        assert!(
+            after > before - 0.2,
+            "smoothed part: {before:.2} → {after:.2} dB"
+        );
     }
 
     /// A perfect denoiser is left alone (weight 0); with no noise at all, an over-smoothing

@@ -145,13 +145,28 @@ pub fn split(plane: &[f32], w: usize, h: usize, plan: &TilePlan) -> Vec<Unit> {
 pub fn merge(units: &[Unit], outputs: &[Vec<f32>], w: usize, h: usize) -> Vec<f32> {
     let mut plane = vec![0f32; w * h];
     for (u, out) in units.iter().zip(outputs) {
-        for y in 0..u.keep_h {
-            let s = (u.src_y + y) * u.uw + u.src_x;
-            let d = (u.dst_y + y) * w + u.dst_x;
-            plane[d..d + u.keep_w].copy_from_slice(&out[s..s + u.keep_w]);
-        }
+        put(&mut plane, w, u, out);
     }
     plane
+}
+
+/// Rows `(start in the unit, start in the plane)` of the unit's kept region in a `w`-wide plane.
+fn kept_rows(u: &Unit, w: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    (0..u.keep_h).map(move |y| ((u.src_y + y) * u.uw + u.src_x, (u.dst_y + y) * w + u.dst_x))
+}
+
+/// Copies the kept region of `unit_values` (laid out as `u`) into a `w`-wide plane.
+pub fn put(plane: &mut [f32], w: usize, u: &Unit, unit_values: &[f32]) {
+    for (s, d) in kept_rows(u, w) {
+        plane[d..d + u.keep_w].copy_from_slice(&unit_values[s..s + u.keep_w]);
+    }
+}
+
+/// Copies the plane back over the kept region of `unit_values` (the inverse of [`put`]).
+pub fn take(plane: &[f32], w: usize, u: &Unit, unit_values: &mut [f32]) {
+    for (s, d) in kept_rows(u, w) {
+        unit_values[s..s + u.keep_w].copy_from_slice(&plane[d..d + u.keep_w]);
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub fn load_folder(dir: &Path) -> Result<Vec<TrainImage>> {
     Ok(out)
 }
 
-/// The images and, for each factor in `scales` other than 1, an area-filtered downscaled copy
+/// The images and, for each factor in `scales` other than 1, an antialiased downscaled copy
 /// (copies smaller than `min_side` are left out). Named `NAME@0.5` etc. in logs.
 pub fn with_scales(images: Vec<TrainImage>, scales: &[f32], min_side: usize) -> Vec<TrainImage> {
     let mut out = Vec::with_capacity(images.len() * scales.len());
@@ -207,7 +207,7 @@ mod tests {
         }
     }
 
-    /// Downscaled copies have the scaled size, are area-filtered (a one-pixel checkerboard
+    /// Downscaled copies have the scaled size, are antialiased (a one-pixel checkerboard
     /// halves to flat grey, not to an aliased pattern), and copies too small are left out.
     #[test]
     fn scaled_copies_are_area_filtered() {

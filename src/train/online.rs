@@ -52,6 +52,7 @@ use crate::model::{Model, Net, NetModel, Task};
 use crate::pipeline::{Generation, ModelSlot, Telemetry};
 use crate::source::Stop;
 use crate::stage::corrupt;
+use crate::stage::sure::rademacher;
 
 /// Where the pipeline offers frames to the trainer.
 #[derive(Clone, Debug)]
@@ -971,13 +972,6 @@ pub fn mc_sure(
     let div = div.to_scalar::<f32>()? as f64 / count / eps;
     let s2 = sigma * sigma;
     Ok(fit - s2 + 2.0 * s2 * div)
-}
-
-/// `n` random ±1 values: the probe of [`mc_sure`]'s divergence estimate.
-pub fn rademacher<R: Rng>(n: usize, rng: &mut R) -> Vec<f32> {
-    (0..n)
-        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-        .collect()
 }
 
 /// Noise σ (0–1 scale) of each image's first plane by Immerkær's estimator (clip-aware, see
