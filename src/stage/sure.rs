@@ -51,18 +51,20 @@ fn is_clipped(v: f32) -> bool {
     !(0.5 / 255.0..=254.5 / 255.0).contains(&v)
 }
 
-/// Noise σ (0–1 scale) of one plane by Immerkær's Laplacian-difference estimator (1996), or
-/// `None` with fewer than 64 usable 3×3 windows. Clipping shrinks the noise near black and white, so 3×3 windows holding a
-/// clipped pixel are skipped, and then (twice, with the estimate so far) windows whose mean lies
-/// within 2σ of 0 or 1. Texture inflates the estimate somewhat.
-pub fn immerkaer_sigma(plane: &[f32], w: usize, h: usize) -> Option<f64> {
+/// Noise σ (0–1 scale) of one plane by Immerkær's Laplacian-difference estimator (1996).
+/// Clipping shrinks the noise near black and white, so 3×3 windows holding a clipped pixel are
+/// skipped; with `refine`, twice more (with the estimate so far) windows whose mean lies within
+/// 2σ of 0 or 1, and `None` with fewer than 64 usable windows (without: `None` with none).
+/// Texture inflates the estimate somewhat.
+pub fn immerkaer_sigma(plane: &[f32], w: usize, h: usize, refine: bool) -> Option<f64> {
     if w < 3 || h < 3 || plane.len() < w * h {
         return None;
     }
     let at = |x: usize, y: usize| plane[y * w + x] as f64;
     let mut sigma = f64::INFINITY;
     let mut estimate = None;
-    for pass in 0..3 {
+    let (passes, least) = if refine { (3, 64) } else { (1, 1) };
+    for pass in 0..passes {
         let margin = if pass == 0 {
             f64::NEG_INFINITY
         } else {
@@ -93,7 +95,7 @@ pub fn immerkaer_sigma(plane: &[f32], w: usize, h: usize) -> Option<f64> {
             }
         }
         // Too few windows left to trust a narrower estimate: keep the last one.
-        if count < 64 {
+        if count < least {
             break;
         }
         sigma = (std::f64::consts::PI / 2.0).sqrt() * sum / (6.0 * count as f64);
@@ -156,7 +158,7 @@ fn estimate_sigma(y: &[f32], f: &[f32], div: &[f32], w: usize, h: usize) -> Opti
     bounds.sort_by(f64::total_cmp);
     let local = (bounds.len() >= MIN_BLOCKS)
         .then(|| bounds[((bounds.len() - 1) as f64 * PERCENTILE).round() as usize]);
-    let global = immerkaer_sigma(y, w, h);
+    let global = immerkaer_sigma(y, w, h, true);
     match (local, global) {
         (Some(l), Some(g)) => Some(l.min(g)),
         (l, g) => l.or(g),
@@ -351,13 +353,13 @@ mod tests {
                 })
                 .collect();
             corrupt::gaussian(&mut p, sigma, true, &mut rng);
-            let est = immerkaer_sigma(&p, w, h).expect("estimate") * 255.0;
+            let est = immerkaer_sigma(&p, w, h, true).expect("estimate") * 255.0;
             assert!(
                 (est - sigma as f64).abs() < 0.06 * sigma as f64 + 0.3,
                 "σ {sigma}: estimated {est:.2}"
             );
         }
-        assert_eq!(immerkaer_sigma(&[0.5; 4], 2, 2), None);
+        assert_eq!(immerkaer_sigma(&[0.5; 4], 2, 2, true), None);
     }
 
     /// Where the model passes its input through (`d` = 1, nothing removed) the blocks bound

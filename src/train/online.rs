@@ -974,13 +974,15 @@ pub fn mc_sure(
     Ok(fit - s2 + 2.0 * s2 * div)
 }
 
-/// Noise σ (0–1 scale) of each image's first plane by Immerkær's estimator (clip-aware, see
-/// [`crate::stage::sure::immerkaer_sigma`]), the median over images. Texture inflates the
-/// estimate somewhat, so `stream_sigma` is better where the camera's noise is known.
+/// Noise σ (0–1 scale) of each image's first plane by Immerkær's estimator (skipping windows
+/// with a clipped pixel, see [`crate::stage::sure::immerkaer_sigma`]), the median over images.
+/// One pass, without leaving out dark windows: on fluorescence frames, mostly dark background,
+/// that would leave only the textured cells. Texture inflates the estimate somewhat, so
+/// `stream_sigma` is better where the camera's noise is known.
 pub fn median_noise_sigma(imgs: &[TrainImage]) -> f64 {
     let mut est: Vec<f64> = imgs
         .iter()
-        .filter_map(|i| crate::stage::sure::immerkaer_sigma(&i.planes[0], i.w, i.h))
+        .filter_map(|i| crate::stage::sure::immerkaer_sigma(&i.planes[0], i.w, i.h, false))
         .collect();
     if est.is_empty() {
         return 0.0;
