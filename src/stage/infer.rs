@@ -256,9 +256,8 @@ mod tests {
         Ok((cfg, NetModel::new(Net::Denoise(net), dev, None)))
     }
 
-    /// With the SURE blend, a frame comes out the same alone or batched behind another (its
-    /// probe depends on the frame, not on its place in the batch), and the blend changes the
-    /// model's output.
+    /// With the SURE blend, a frame comes out the same alone or batched behind another: its
+    /// probe depends on the frame, not on its place in the batch.
     #[test]
     fn the_blend_is_the_same_whatever_shares_the_batch() -> Result<()> {
         let (cfg, model) = tiny_denoiser()?;
@@ -275,39 +274,44 @@ mod tests {
             split(&plane(1), 96, 64, &plan),
             split(&plane(2), 96, 64, &plan),
         );
-        let opts = RunOpts {
+        let plain_opts = RunOpts {
             max_batch: 8,
             max_batch_pixels: 1 << 20,
             ensemble: 1,
-            sure_blend: true,
+            sure_blend: false,
             noise_sigma: None,
+        };
+        let plain = run_units_with_codes(&model, &a, &vec![0; a.len()], plain_opts, false)?.0;
+        // σ at half the residual's RMS puts the weights between 0 and 1, where they depend on
+        // the probe (an estimated σ may leave an untrained model's output as it is).
+        let (mut sq, mut n) = (0.0f64, 0usize);
+        for (u, f) in a.iter().zip(&plain) {
+            sq += u
+                .data
+                .iter()
+                .zip(f)
+                .map(|(y, f)| ((y - f) as f64).powi(2))
+                .sum::<f64>();
+            n += f.len();
+        }
+        let opts = RunOpts {
+            sure_blend: true,
+            noise_sigma: Some(0.5 * (sq / n as f64).sqrt()),
+            ..plain_opts
         };
         let alone = run_units_with_codes(&model, &a, &vec![0; a.len()], opts, false)?.0;
         let both: Vec<Unit> = b.iter().chain(&a).cloned().collect();
         let planes: Vec<usize> = (0..both.len()).map(|i| (i >= b.len()) as usize).collect();
         let batched = run_units_with_codes(&model, &both, &planes, opts, false)?.0;
         assert_eq!(alone, batched[b.len()..].to_vec());
-        let plain = run_units_with_codes(
-            &model,
-            &a,
-            &vec![0; a.len()],
-            RunOpts {
-                sure_blend: false,
-                ..opts
-            },
-            false,
-        )?
-        .0;
-        assert_ne!(
-            alone, plain,
-            "uniform noise is not what the untrained model removes"
-        );
+        assert_ne!(alone, plain, "the blend changed the model's output");
         Ok(())
     }
 
-    /// On a plane cut into tiles, the blend covers every pixel once: told there is no noise it
-    /// gives the input back exactly (weight 1), told the noise is enormous it keeps the model's
-    /// output (weight 0).
+    /// On a plane cut into tiles, the blend covers every pixel: told there is no noise it gives
+    /// the input back exactly (weight 1 wherever the model changed anything), so no pixel kept
+    /// the model's output. (The converse, weight 0 for enormous noise, holds only where the
+    /// model's divergence is below 1, which an untrained model does not promise.)
     #[test]
     fn the_blend_covers_a_tiled_plane() -> Result<()> {
         let (cfg, model) = tiny_denoiser()?;
@@ -330,7 +334,6 @@ mod tests {
         };
         let model_only = run_plane(&model, &plane, w, h, &plan, opts(false, 0.0))?;
         let none = run_plane(&model, &plane, w, h, &plan, opts(true, 1e-9))?;
-        let huge = run_plane(&model, &plane, w, h, &plan, opts(true, 10.0))?;
         let worst = |a: &[f32], b: &[f32]| {
             a.iter()
                 .zip(b)
@@ -338,10 +341,6 @@ mod tests {
                 .fold(0f32, f32::max)
         };
         assert!(worst(&none, &plane) < 1e-6, "no noise: the input back");
-        assert!(
-            worst(&huge, &model_only) < 1e-6,
-            "enormous noise: the model's output"
-        );
         assert!(
             worst(&model_only, &plane) > 1e-3,
             "the model changes the plane"
