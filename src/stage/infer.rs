@@ -78,17 +78,13 @@ fn unit_probe(u: &Unit) -> Vec<f32> {
 
 /// The `w × h` plane that units `idx` tile, from their kept regions of `of(unit index)`.
 fn gather<'a>(
-    units: &[Unit],
+    units: &'a [Unit],
     idx: &[usize],
     w: usize,
     h: usize,
     of: impl Fn(usize) -> &'a [f32],
 ) -> Vec<f32> {
-    let mut p = vec![0f32; w * h];
-    for &i in idx {
-        tiling::put(&mut p, w, &units[i], of(i));
-    }
-    p
+    tiling::merge_parts(idx.iter().map(|&i| (&units[i], of(i))), w, h)
 }
 
 /// Runs units, each a plane of its own, through the model; returns outputs in input order.
@@ -284,19 +280,11 @@ mod tests {
         let plain = run_units_with_codes(&model, &a, &vec![0; a.len()], plain_opts, false)?.0;
         // σ at half the residual's RMS puts the weights between 0 and 1, where they depend on
         // the probe (an estimated σ may leave an untrained model's output as it is).
-        let (mut sq, mut n) = (0.0f64, 0usize);
-        for (u, f) in a.iter().zip(&plain) {
-            sq += u
-                .data
-                .iter()
-                .zip(f)
-                .map(|(y, f)| ((y - f) as f64).powi(2))
-                .sum::<f64>();
-            n += f.len();
-        }
+        let ys: Vec<f32> = a.iter().flat_map(|u| u.data.iter().copied()).collect();
+        let rms = crate::metrics::mse(&ys, &plain.concat()).sqrt();
         let opts = RunOpts {
             sure_blend: true,
-            noise_sigma: Some(0.5 * (sq / n as f64).sqrt()),
+            noise_sigma: Some(0.5 * rms),
             ..plain_opts
         };
         let alone = run_units_with_codes(&model, &a, &vec![0; a.len()], opts, false)?.0;

@@ -242,17 +242,8 @@ pub fn divergence(f: &[f32], f_perturbed: &[f32], probe: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::psnr;
     use crate::stage::corrupt;
-
-    fn psnr(a: &[f32], b: &[f32]) -> f64 {
-        let mse = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| ((x - y) as f64).powi(2))
-            .sum::<f64>()
-            / a.len() as f64;
-        -10.0 * mse.log10()
-    }
 
     /// A 5×5 box blur (edges clamped): a "denoiser" that over-smooths fine texture.
     fn blur(p: &[f32], w: usize, h: usize) -> Vec<f32> {

@@ -143,9 +143,18 @@ pub fn split(plane: &[f32], w: usize, h: usize, plan: &TilePlan) -> Vec<Unit> {
 
 /// Puts units' outputs (same order as [`split`] returned them) back into a `w × h` plane.
 pub fn merge(units: &[Unit], outputs: &[Vec<f32>], w: usize, h: usize) -> Vec<f32> {
+    merge_parts(units.iter().zip(outputs.iter().map(Vec::as_slice)), w, h)
+}
+
+/// A `w × h` plane from the kept regions of `(unit, values laid out as the unit)` pairs.
+pub fn merge_parts<'a>(
+    parts: impl IntoIterator<Item = (&'a Unit, &'a [f32])>,
+    w: usize,
+    h: usize,
+) -> Vec<f32> {
     let mut plane = vec![0f32; w * h];
-    for (u, out) in units.iter().zip(outputs) {
-        put(&mut plane, w, u, out);
+    for (u, values) in parts {
+        put(&mut plane, w, u, values);
     }
     plane
 }
