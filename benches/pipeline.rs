@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use aestream::config::{OutputKind, PipelineConfig};
+use aestream::frame::framing::Framing;
 use aestream::frame::{encode_png, Planes};
 use aestream::model::{load, Model};
+use aestream::runtime::Stop;
 use aestream::sink::{Output, Sink};
-use aestream::source::split::Framing;
 use aestream::source::stdin::StreamSource;
-use aestream::source::Stop;
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -71,9 +71,9 @@ fn end_to_end(c: &mut Criterion) {
                 1 << 30,
             ));
             let gen =
-                aestream::pipeline::Generation::new(cfg.clone(), model.clone(), "bench".into(), 1);
-            aestream::pipeline::run(
-                aestream::pipeline::slot(gen),
+                aestream::serving::Generation::new(cfg.clone(), model.clone(), "bench".into(), 1);
+            aestream::serving::run(
+                aestream::serving::slot(gen),
                 src,
                 Box::new(NullSink(0)),
                 vec![OutputKind::Denoised],

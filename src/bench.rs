@@ -280,18 +280,10 @@ fn pipeline(
     ))
 }
 
-/// Sets the thread count for candle's kernels (which read RAYON_NUM_THREADS on every op and
-/// hand gemm that many rayon threads) and sizes rayon's global pool to match. Must run before
-/// any parallel work has started the global pool.
+/// Sizes rayon's (and candle's) thread pool; see [`crate::runtime::threads::set_threads`].
 pub fn set_threads(threads: usize) -> Result<usize> {
-    if threads > 0 {
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .map_err(|e| usage(format!("--threads {threads}: {e}")))?;
-    }
-    Ok(rayon::current_num_threads())
+    crate::runtime::threads::set_threads(threads)
+        .map_err(|e| usage(format!("--threads {threads}: {e}")))
 }
 
 /// Runs `f` repeatedly for about `seconds` after a warm-up; returns each call's duration.
@@ -320,18 +312,6 @@ fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
-}
-
-/// Peak resident memory of this process (VmHWM), in MiB; NaN where /proc is unavailable.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Measures inference then training; [`set_threads`] should have been called first.
@@ -374,7 +354,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
         infer_gflop_per_s: wl
             .macs_per_image
             .map(|m| 2.0 * m * a.batch as f64 / (p50 / 1e3) / 1e9),
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: crate::runtime::threads::peak_rss_mb(),
     })
 }
 

@@ -349,7 +349,7 @@ pub fn write_montage(path: &Path, tiles: &[(usize, Tile)], rows: usize) -> Resul
         }
     }
     let png = crate::frame::encode_png(&Planes::grey(w, h, img), &path.display().to_string())?;
-    crate::sink::folder::write_atomic(path, &png)
+    Ok(crate::runtime::write_atomic(path, &png)?)
 }
 
 /// Labels for a folder of frames from a `name,label` CSV.

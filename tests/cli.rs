@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aestream::frame::framing::{Framing, Split, Splitter};
 use aestream::frame::{decode, DecodeLimits, Planes};
 use aestream::metrics::psnr;
-use aestream::source::split::{Framing, Split, Splitter};
 use common::{bin, read, samples};
 
 /// Splits a stream of PNG frames (stdout of a run) into decoded frames.

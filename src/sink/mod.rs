@@ -8,39 +8,7 @@ pub mod stdout;
 use crate::config::OutputKind;
 use crate::error::Result;
 use crate::frame::FrameId;
-
-/// A latent code: its shape per frame (e.g. `[30]`, or `[7, 7, 8]` for a feature map) and values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Code {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-impl Code {
-    /// The code as a `.npy` file (little-endian f32, C order), readable by `numpy.load`.
-    pub fn to_npy(&self) -> Result<Vec<u8>> {
-        let shape: Vec<u64> = self.shape.iter().map(|&d| d as u64).collect();
-        let mut buf = Vec::new();
-        let err = |e: std::io::Error| crate::error::Error::Other(format!("writing .npy: {e}"));
-        use npyz::WriterBuilder;
-        let mut w = npyz::WriteOptions::<f32>::new()
-            .default_dtype()
-            .shape(&shape)
-            .writer(&mut buf)
-            .begin_nd()
-            .map_err(err)?;
-        w.extend(self.data.iter().copied()).map_err(err)?;
-        w.finish().map_err(err)?;
-        Ok(buf)
-    }
-}
-
-/// One encoded output: file bytes, or a code (written as `.npy` or a JSON line by the sink).
-#[derive(Debug, Clone)]
-pub enum Payload {
-    Bytes(Vec<u8>),
-    Code(Code),
-}
+use crate::stage::encode::Payload;
 
 /// One frame's results, ready to write.
 #[derive(Debug)]

@@ -19,9 +19,9 @@ use redis::{Connection, RedisResult, Value};
 use super::{Output, Payload, Sink};
 use crate::error::{Error, Result};
 use crate::frame::FrameId;
-use crate::pipeline::telemetry::Telemetry;
-use crate::queue::redis::{Backoff, Conn, RedisAddress};
-use crate::source::Stop;
+use crate::runtime::Stop;
+use crate::runtime::Telemetry;
+use crate::source::redis::conn::{Backoff, Conn, RedisAddress};
 
 /// XACK the input entry; only if that acknowledged it, XADD the result.
 /// KEYS: input stream, result stream. ARGV: group, entry id, maxlen (0 = none), field/values.

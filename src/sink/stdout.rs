@@ -6,7 +6,7 @@ use std::io::Write;
 
 use super::{Output, Payload, Sink};
 use crate::error::{Error, Result};
-use crate::source::split::Framing;
+use crate::frame::framing::Framing;
 
 pub struct StreamSink<W: Write + Send> {
     out: W,

@@ -1,20 +1,27 @@
-//! Sources: where frames come from. Each source sends [`RawFrame`]s into a bounded channel and
-//! blocks when it is full (backpressure), until its input ends or the pipeline is stopped.
+//! Sources: where frames come from, and what becomes of them once the pipeline is done.
+//!
+//! Each source sends [`RawFrame`]s into a bounded channel and blocks when it is full
+//! (backpressure), until its input ends or the pipeline is stopped. Each source also owns its
+//! frames' completion ([`Completion`]): a folder records finished files in its journal, moves
+//! them to `--done` and quarantines bad ones; a Redis source acknowledges entries and
+//! dead-letters bad ones; stdin has nothing to settle. The pipeline core calls the trait and
+//! knows none of these mechanisms, so a new source (HTTP, video) brings its own.
 
 pub mod folder;
 pub mod redis;
-pub mod split;
 pub mod stdin;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::config::Overload;
 use crate::error::Result;
 use crate::frame::FrameId;
-use crate::pipeline::telemetry::Telemetry;
+use crate::runtime::{Stop, Telemetry};
 
 /// An undecoded frame: its identity, its place in the source's order, and its bytes.
 #[derive(Debug)]
@@ -23,22 +30,6 @@ pub struct RawFrame {
     pub id: FrameId,
     /// The bytes, or why the source could not produce them (already named with the id).
     pub bytes: std::result::Result<Vec<u8>, String>,
-}
-
-/// Set when the pipeline should stop taking new input (signal, or the sink failed).
-#[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<AtomicBool>);
-
-impl Stop {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 /// Where a source puts its frames: the pipeline's first bounded channel, under an overload
@@ -114,10 +105,59 @@ impl Intake {
 pub trait Source: Send {
     /// Sends frames until the input ends (`Ok`), `stop` is requested, or the pipeline is gone.
     fn run(self: Box<Self>, intake: Intake, stop: Stop) -> Result<()>;
-    /// For queue sources: where the pipeline reports each frame's fate (acknowledge once its
-    /// result is durable, dead-letter when it cannot succeed). Taken before `run`.
-    fn settle(&self) -> Option<Arc<dyn crate::queue::Settle>> {
-        None
+    /// Where the pipeline reports each frame's fate. Taken before `run`.
+    fn completion(&self) -> Arc<dyn Completion> {
+        Arc::new(Nothing)
+    }
+}
+
+/// What became of a frame rejected as bad input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetAside {
+    /// The input file was moved here (with its error note beside it).
+    Quarantined(PathBuf),
+    /// The entry went to the queue's dead-letter stream.
+    DeadLettered,
+    /// Left where it is: it changed while being read, and will be taken again.
+    Retaken,
+    /// Nothing to set aside (a stream frame), or setting it aside failed (logged).
+    Reported,
+}
+
+/// How a source hears what became of the frames it handed over. Every call names the frame
+/// and comes from the pipeline's threads, in any order across frames.
+pub trait Completion: Send + Sync {
+    /// The frame's outputs are durable (renamed into place, or in the result stream), made by
+    /// model `version`; `by_sink`: the sink settled it in the same transaction as its result.
+    /// An error stops the run: exactly-once depends on this record.
+    fn done(&self, id: &FrameId, version: &str, by_sink: bool) -> Result<()>;
+    /// The frame can never succeed (its bytes do not decode): set it aside with its error.
+    fn rejected(&self, id: &FrameId, error: &str) -> SetAside;
+    /// Something other than the frame failed (the model, an output that could not be
+    /// written): it may be tried again (a queue entry stays pending).
+    fn failed(&self, _id: &FrameId, _error: &str) {}
+    /// After a stop request, may a frame that has not reached the model be left for the next
+    /// run? (A file is still on disk with no journal record; a stream frame cannot be read
+    /// again.)
+    fn can_defer(&self, _id: &FrameId) -> bool {
+        false
+    }
+    /// Before exit: sends what is still owed (acknowledgements while a server was away),
+    /// trying for at most `within`; false if some is left.
+    fn flush_within(&self, _within: Duration) -> bool {
+        true
+    }
+}
+
+/// The completion of a source with nothing to settle (stdin).
+pub struct Nothing;
+
+impl Completion for Nothing {
+    fn done(&self, _: &FrameId, _: &str, _: bool) -> Result<()> {
+        Ok(())
+    }
+    fn rejected(&self, _: &FrameId, _: &str) -> SetAside {
+        SetAside::Reported
     }
 }
 

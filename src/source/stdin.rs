@@ -2,10 +2,11 @@
 
 use std::io::Read;
 
-use super::split::{Framing, Split, Splitter};
-use super::{Intake, RawFrame, Source, Stop};
+use super::{Intake, RawFrame, Source};
 use crate::error::{Error, Result};
+use crate::frame::framing::{Framing, Split, Splitter};
 use crate::frame::FrameId;
+use crate::runtime::Stop;
 
 /// Reads frames from any byte reader (stdin in the daemon, a buffer in tests).
 pub struct StreamSource<R: Read + Send> {

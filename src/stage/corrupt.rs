@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use crate::config::CorruptConfig;
-use crate::frame::Planes;
+use crate::frame::{FrameId, Planes};
 
 /// Adds N(0, σ²) noise (σ on the 0–255 scale) in place, clipping to [0, 1]; with `quantise`,
 /// values are also rounded to 8-bit levels, as a noisy 8-bit file would hold them.
@@ -97,6 +97,29 @@ pub fn apply(cfg: &CorruptConfig, planes: &mut Planes, frame_key: u64) {
             mask(plane, cfg.mask, &mut rng);
         }
     }
+}
+
+/// The corrupt stage for one frame: its mask file (inpainting with `--masks`), then the
+/// configured corruption, seeded by the frame's sequence number so a rerun is identical.
+pub fn frame(
+    seq: u64,
+    id: &FrameId,
+    mask_dir: Option<&std::path::Path>,
+    cfg: &CorruptConfig,
+    mut planes: Planes,
+) -> crate::error::Result<Planes> {
+    if let (Some(dir), FrameId::File { rel, .. }) = (mask_dir, id) {
+        let path = mask_path(dir, rel).ok_or_else(|| {
+            crate::error::Error::Other(format!(
+                "{id}: no mask {} in {}",
+                rel.display(),
+                dir.display()
+            ))
+        })?;
+        apply_mask_file(&path, &mut planes)?;
+    }
+    apply(cfg, &mut planes, seq);
+    Ok(planes)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::tiling::{self, merge, split, TilePlan, Unit};
 use crate::config::InferConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::sink::Code;
+use crate::stage::encode::Code;
 
 /// How units are run.
 #[derive(Debug, Clone, Copy)]

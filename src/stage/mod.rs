@@ -1,7 +1,10 @@
-//! The pipeline's processing stages: decode, corrupt, normalise (pad/tile), infer, post-process.
+//! The pipeline's processing stages, one file each: decode, corrupt, normalise (pad/tile),
+//! infer (with the SURE blend and tiling it uses), post-process and encode. Each is a function
+//! of a frame and its settings; the threads and channels that run them are `serving`'s.
 
 pub mod corrupt;
 pub mod decode;
+pub mod encode;
 pub mod infer;
 pub mod normalise;
 pub mod postprocess;

@@ -1,12 +1,12 @@
-//! The post-process stage: model outputs → merged, un-padded, clipped planes → encoded outputs
-//! (images, label maps, overlays, latent codes).
+//! The post-process stage: model outputs → merged, un-padded, clipped planes, plus the label
+//! maps and overlays that segmentation outputs are drawn from.
 
+use super::encode::Code;
 use super::normalise::Prepared;
 use super::tiling::merge;
-use crate::config::{OutputKind, PostprocessConfig};
+use crate::config::PostprocessConfig;
 use crate::error::{Error, Result};
-use crate::frame::{encode_png, Planes};
-use crate::sink::{Code, Payload};
+use crate::frame::Planes;
 
 /// A frame's results after the model.
 #[derive(Debug)]
@@ -99,7 +99,7 @@ pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
     }
 }
 
-fn png_u8(w: usize, h: usize, data: Vec<u8>, what: &str) -> Result<Vec<u8>> {
+pub(super) fn png_u8(w: usize, h: usize, data: Vec<u8>, what: &str) -> Result<Vec<u8>> {
     let img = image::GrayImage::from_raw(w as u32, h as u32, data)
         .ok_or_else(|| Error::Other(format!("{what}: label map of the wrong size")))?;
     let mut out = Vec::new();
@@ -110,30 +110,6 @@ fn png_u8(w: usize, h: usize, data: Vec<u8>, what: &str) -> Result<Vec<u8>> {
             message: e.to_string(),
         })?;
     Ok(out)
-}
-
-/// Encodes one output kind of a finished frame.
-pub fn encode(f: &Finished, kind: OutputKind, what: &str) -> Result<Payload> {
-    let missing = |m: &str| Error::Other(format!("{what}: cannot emit {}: {m}", kind.name()));
-    Ok(match kind {
-        OutputKind::Denoised | OutputKind::Reconstruction => {
-            Payload::Bytes(encode_png(&f.planes, what)?)
-        }
-        OutputKind::Latent => Payload::Code(
-            f.code
-                .clone()
-                .ok_or_else(|| missing("the model has no code"))?,
-        ),
-        OutputKind::Segmentation => {
-            let l = labels(&f.planes.planes[0]);
-            Payload::Bytes(png_u8(f.planes.width, f.planes.height, l, what)?)
-        }
-        OutputKind::Overlay => {
-            let input = f.input.as_ref().ok_or_else(|| missing("no input kept"))?;
-            let l = labels(&f.planes.planes[0]);
-            Payload::Bytes(encode_png(&overlay(input, &l), what)?)
-        }
-    })
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::config::{Loss, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{Model, Net, NetModel, Task};
-use crate::sink::folder::write_atomic;
+use crate::runtime::write_atomic;
 use crate::stage::{corrupt, infer, tiling::TilePlan};
 use adamw::{AdamW, AdamWParams};
 use data::{load_folder, PatchSampler, TrainImage};
@@ -94,7 +94,7 @@ fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
         None,
     )
     .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-    write_atomic(path, &bytes)
+    Ok(write_atomic(path, &bytes)?)
 }
 
 fn model_tensors(vm: &VarMap) -> HashMap<String, Tensor> {

@@ -49,8 +49,9 @@ use crate::config::{FinetuneConfig, FinetuneTarget, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::frame::Planes;
 use crate::model::{Model, Net, NetModel, Task};
-use crate::pipeline::{Generation, ModelSlot, Telemetry};
-use crate::source::Stop;
+use crate::runtime::Stop;
+use crate::runtime::Telemetry;
+use crate::serving::{Generation, ModelSlot};
 use crate::stage::corrupt;
 use crate::stage::sure::rademacher;
 
@@ -60,9 +61,9 @@ pub struct Offer {
     tx: Sender<Planes>,
 }
 
-impl Offer {
+impl crate::serving::Tap for Offer {
     /// Hands the trainer a copy of `p` if its inbox has room; never blocks.
-    pub fn offer(&self, p: &Planes) {
+    fn decoded(&self, p: &Planes) {
         // Checked first so a full inbox costs no copy; losing a race to another decode worker
         // just means this frame is not offered.
         if !self.tx.is_full() {
@@ -187,7 +188,7 @@ impl Checkpoints {
         super::save_tensors(&self.path(n, ".opt.safetensors"), opt)?;
         super::save_tensors(&self.path(n, ".safetensors"), tensors)?;
         let json = serde_json::to_vec_pretty(meta).map_err(|e| Error::Other(e.to_string()))?;
-        crate::sink::folder::write_atomic(&self.path(n, ".json"), &json)?;
+        crate::runtime::write_atomic(&self.path(n, ".json"), &json)?;
         for old in self.numbers().into_iter().skip(self.keep) {
             for s in [".safetensors", ".opt.safetensors", ".json"] {
                 let _ = std::fs::remove_file(self.path(old, s));
@@ -1107,7 +1108,7 @@ mod tests {
         let g =
             Generation::new(cfg, model, "denoise-fast@base".into(), 1).with_tensors(Arc::new(t));
         Finetuner::new(
-            crate::pipeline::slot(g),
+            crate::serving::slot(g),
             Arc::new(Telemetry::new()),
             ckpt,
             None,
@@ -1266,7 +1267,7 @@ mod tests {
         assert_eq!(g.version, serving);
         let step = opt["train.step"].to_vec1::<f32>().unwrap()[0] as u64;
         let t2 = Finetuner::new(
-            crate::pipeline::slot(g),
+            crate::serving::slot(g),
             Arc::new(Telemetry::new()),
             Some(ck()),
             Some((step, opt)),

@@ -22,13 +22,20 @@ use std::time::{Duration, Instant};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{Connection, RedisResult, Value};
 
-use super::{Intake, RawFrame, Source, Stop};
+pub mod conn;
+pub mod settle;
+
+pub use conn::RedisAddress;
+pub use settle::RedisSettler;
+
+use super::{Completion, Intake, RawFrame, Source};
 use crate::config::QueueSourceConfig;
 use crate::error::Result;
+use crate::frame::entry::{safe_name, Entry, QueueOrigin};
 use crate::frame::FrameId;
-use crate::pipeline::telemetry::Telemetry;
-use crate::queue::redis::{Backoff, Conn, RedisAddress, RedisSettler};
-use crate::queue::{safe_name, Entry, QueueOrigin, Settle};
+use crate::runtime::Stop;
+use crate::runtime::Telemetry;
+use conn::{is_nogroup, Backoff, Conn};
 
 /// Everything the Redis source needs: the address and the `[source]` settings.
 #[derive(Debug, Clone)]
@@ -421,8 +428,8 @@ fn read_capped(p: &std::path::Path, cap: u64) -> std::result::Result<Vec<u8>, St
 }
 
 impl Source for RedisSource {
-    fn settle(&self) -> Option<Arc<dyn Settle>> {
-        Some(self.settler.clone())
+    fn completion(&self) -> Arc<dyn Completion> {
+        self.settler.clone()
     }
 
     fn run(mut self: Box<Self>, intake: Intake, stop: Stop) -> Result<()> {
@@ -495,7 +502,7 @@ impl Source for RedisSource {
                 Ok(true) => backoff.reset(),
                 Ok(false) => return Ok(()), // the pipeline is gone
                 Err(e) => {
-                    if crate::queue::redis::is_nogroup(&e) {
+                    if is_nogroup(&e) {
                         // The server lost the stream and group (restarted empty): make them again.
                         group_ready = false;
                     }

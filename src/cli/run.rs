@@ -12,18 +12,20 @@ use anyhow::Context;
 use clap::Args;
 
 use aestream::config::PipelineConfig;
-use aestream::pipeline::{self, Generation, Journal, ModelSlot, Quarantine, RunOptions, Telemetry};
-use aestream::queue::redis::RedisAddress;
-use aestream::service;
+use aestream::frame::framing::Framing;
+use aestream::runtime::{Stop, Telemetry};
+use aestream::serving::{self, service, Generation, ModelSlot, RunOptions};
 use aestream::sink::{folder::FolderSink, redis::RedisSink, stdout::StreamSink, Sink};
-use aestream::source::folder::{FolderSource, FolderSourceConfig};
+use aestream::source::folder::{
+    FolderCompletion, FolderSource, FolderSourceConfig, Journal, Quarantine,
+};
 use aestream::source::redis::{RedisSource, RedisSourceConfig};
-use aestream::source::split::Framing;
 use aestream::source::stdin::StreamSource;
-use aestream::source::{Source, Stop};
+use aestream::source::Source;
 use aestream::train::online::{self, Checkpoints};
 
-use crate::{parse_kinds, with_ensemble, FramingArg};
+use super::endpoint::Endpoint;
+use super::{parse_kinds, with_ensemble, FramingArg};
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
@@ -33,11 +35,11 @@ pub struct RunArgs {
     /// Folder to read (and watch), - for stdin, or a Redis stream redis://HOST:PORT/STREAM
     /// (consumer group settings in the pipeline's `[source]`; default `[source] url`).
     #[arg(long, short)]
-    input: Option<String>,
+    input: Option<Endpoint>,
     /// Folder to write into, - for stdout, or a Redis stream redis://HOST:PORT/STREAM
     /// (default `[sink] url`).
     #[arg(long, short)]
-    output: Option<String>,
+    output: Option<Endpoint>,
     /// Redis input: the consumer group (overrides `[source] group`).
     #[arg(long)]
     group: Option<String>,
@@ -110,37 +112,44 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The input as resolved by [`resolve_endpoints`].
-    fn input(&self) -> &str {
-        self.input.as_deref().unwrap_or("-")
+    /// The input, once [`resolve_endpoints`] has filled it in.
+    fn input(&self) -> &Endpoint {
+        self.input.as_ref().unwrap_or(&Endpoint::Stdio)
     }
-    fn output(&self) -> &str {
-        self.output.as_deref().unwrap_or("-")
+    fn output(&self) -> &Endpoint {
+        self.output.as_ref().unwrap_or(&Endpoint::Stdio)
     }
-    fn input_is_folder(&self) -> bool {
-        self.input() != "-" && !RedisAddress::is_redis(self.input())
-    }
-    fn output_is_folder(&self) -> bool {
-        self.output() != "-" && !RedisAddress::is_redis(self.output())
+    /// Where state (journal) and quarantine go by default: beside the outputs when they are a
+    /// folder, else beside the input folder.
+    fn base_folder(&self) -> Option<&std::path::Path> {
+        self.output().folder().or_else(|| self.input().folder())
     }
 }
 
 /// Fills in `--input` / `--output` from the pipeline's `[source] url` / `[sink] url`.
 fn resolve_endpoints(a: &mut RunArgs) -> anyhow::Result<()> {
     let cfg = PipelineConfig::load(&a.pipeline)?;
-    for (arg, url, what) in [
-        (&mut a.input, cfg.source.url, "--input"),
-        (&mut a.output, cfg.sink.url, "--output"),
+    for (arg, url, section) in [
+        (&mut a.input, cfg.source.url, "source"),
+        (&mut a.output, cfg.sink.url, "sink"),
     ] {
-        if arg.is_none() {
-            *arg = Some(url.ok_or_else(|| aestream::Error::Config {
-                origin: what.into(),
-                message: format!(
-                    "needed: a folder, -, or redis://HOST:PORT/STREAM (or a url in the pipeline's [{}])",
-                    if what == "--input" { "source" } else { "sink" }
-                ),
-            })?);
+        if arg.is_some() {
+            continue;
         }
+        let origin = format!("{}: [{section}] url", cfg.origin);
+        let Some(url) = url else {
+            return Err(aestream::Error::Config {
+                origin: if section == "source" { "--input" } else { "--output" }.into(),
+                message: format!(
+                    "needed: a folder, -, or redis://HOST:PORT/STREAM (or a url in the pipeline's [{section}])"
+                ),
+            }
+            .into());
+        };
+        *arg = Some(
+            url.parse()
+                .map_err(|message| aestream::Error::Config { origin, message })?,
+        );
     }
     Ok(())
 }
@@ -168,7 +177,7 @@ fn load_generation(
                 "only inpainting pipelines take masks ({} is a {})",
                 cfg.name, cfg.model.arch
             ))
-        } else if !a.input_is_folder() {
+        } else if a.input().folder().is_none() {
             Some("masks are matched to input files by name: needs a folder --input".into())
         } else {
             None
@@ -211,17 +220,13 @@ fn state_dir(a: &RunArgs) -> PathBuf {
             }
         }
     }
-    let base = if a.output_is_folder() {
-        a.output()
-    } else {
-        a.input()
-    };
-    PathBuf::from(base).join(".aestream")
+    let base = a.base_folder().unwrap_or(std::path::Path::new("."));
+    base.join(".aestream")
 }
 
 pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     // Before any parallel work starts rayon's global pool.
-    let threads = aestream::bench::set_threads(a.threads).context("--threads")?;
+    let threads = aestream::runtime::threads::set_threads(a.threads).context("--threads")?;
     tracing::info!("model threads: {threads}");
     resolve_endpoints(&mut a)?;
     let device = aestream::model::select_device(&a.device)?;
@@ -271,27 +276,23 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let kinds = parse_kinds(a.emit.clone(), &first.cfg)?;
     // Only files can be set aside; a bad stdin frame is reported and skipped.
     // (A bad queue entry goes to the queue's dead-letter stream instead.)
-    let quarantine = a.input_is_folder().then(|| {
+    let quarantine = a.input().folder().map(|_| {
         Quarantine::new(a.quarantine.clone().unwrap_or_else(|| {
-            let base = if a.output_is_folder() {
-                a.output()
-            } else {
-                a.input()
-            };
-            PathBuf::from(base).join(".failed")
+            let base = a.base_folder().unwrap_or(std::path::Path::new("."));
+            base.join(".failed")
         }))
     });
     let framing: Framing = a.framing.into();
-    if a.input_is_folder() && a.output_is_folder() {
-        let same = std::fs::canonicalize(a.input())
+    if let (Endpoint::Folder(input), Endpoint::Folder(output)) = (a.input(), a.output()) {
+        let same = std::fs::canonicalize(input)
             .ok()
-            .zip(std::fs::canonicalize(a.output()).ok());
+            .zip(std::fs::canonicalize(output).ok());
         if matches!(same, Some((x, y)) if x == y) {
             return Err(aestream::Error::Config {
                 origin: "--output".into(),
                 message: format!(
                     "{} is the input folder; outputs would be taken as inputs",
-                    a.output()
+                    output.display()
                 ),
             }
             .into());
@@ -303,79 +304,82 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| first.cfg.source.consumer.clone())
         .unwrap_or_else(aestream::source::redis::default_consumer);
-    let sink: Box<dyn Sink> = if a.output() == "-" {
-        Box::new(StreamSink::new(
+    let sink: Box<dyn Sink> = match a.output() {
+        Endpoint::Stdio => Box::new(StreamSink::new(
             std::io::BufWriter::new(std::io::stdout()),
             framing,
-        ))
-    } else if RedisAddress::is_redis(a.output()) {
-        let addr = RedisAddress::parse(a.output()).context("--output")?;
-        Box::new(RedisSink::new(
-            addr,
+        )),
+        Endpoint::Redis(addr) => Box::new(RedisSink::new(
+            addr.clone(),
             first.cfg.sink.maxlen,
             consumer.clone(),
             stop.clone(),
             telemetry.clone(),
-        )?)
-    } else {
-        Box::new(FolderSink::new(PathBuf::from(a.output()).as_path())?.per_kind(kinds.len() > 1))
+        )?),
+        Endpoint::Folder(dir) => Box::new(FolderSink::new(dir)?.per_kind(kinds.len() > 1)),
     };
-    let mut journal = None;
-    let source: Box<dyn Source> = if RedisAddress::is_redis(a.input()) {
-        let addr = RedisAddress::parse(a.input()).context("--input")?;
-        let mut q = first.cfg.source.clone();
-        q.consumer = Some(consumer.clone());
-        if let Some(g) = &a.group {
-            q.group = g.clone();
+    let source: Box<dyn Source> = match a.input() {
+        Endpoint::Redis(addr) => {
+            let mut q = first.cfg.source.clone();
+            q.consumer = Some(consumer.clone());
+            if let Some(g) = &a.group {
+                q.group = g.clone();
+            }
+            let max_file = first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20);
+            let cfg = RedisSourceConfig::new(addr.clone(), &q, max_file);
+            Box::new(RedisSource::new(cfg, telemetry.clone())?)
         }
-        let max_file = first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20);
-        let cfg = RedisSourceConfig::new(addr, &q, max_file);
-        Box::new(RedisSource::new(cfg, telemetry.clone())?)
-    } else if a.input() == "-" {
-        Box::new(StreamSource::new(
+        Endpoint::Stdio => Box::new(StreamSource::new(
             std::io::stdin(),
             framing,
             first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20) as usize,
-        ))
-    } else {
-        let state = state_dir(&a);
-        let j = Arc::new(
-            Journal::open(&state, &first.cfg.name, &first.version)
-                .with_context(|| format!("--state {}", state.display()))?,
-        );
-        if !j.is_empty() {
-            tracing::info!(
-                "{} inputs are already finished on record in {}; they are skipped",
-                j.len(),
-                j.path().display()
+        )),
+        Endpoint::Folder(input) => {
+            let state = state_dir(&a);
+            let j = Arc::new(
+                Journal::open(&state, &first.cfg.name, &first.version)
+                    .with_context(|| format!("--state {}", state.display()))?,
             );
+            if !j.is_empty() {
+                tracing::info!(
+                    "{} inputs are already finished on record in {}; they are skipped",
+                    j.len(),
+                    j.path().display()
+                );
+            }
+            let mut exclude = vec![state];
+            if let Endpoint::Folder(out) = a.output() {
+                exclude.push(out.clone());
+            }
+            if let Some(q) = &quarantine {
+                exclude.push(q.dir().to_path_buf());
+            }
+            if let Some(d) = &a.done {
+                std::fs::create_dir_all(d).with_context(|| format!("--done {}", d.display()))?;
+                exclude.push(d.clone());
+            }
+            let src_cfg = FolderSourceConfig {
+                recursive: a.recursive,
+                once: a.once,
+                exclude,
+                max_file_bytes: first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20),
+                quiet: Duration::from_millis(a.quiet_ms),
+                poll: a.poll.map(|p| secs("--poll", p)).transpose()?,
+                rescan: (a.rescan > 0.0)
+                    .then(|| secs("--rescan", a.rescan))
+                    .transpose()?,
+                completion: FolderCompletion {
+                    journal: Some(j),
+                    done_dir: a.done.clone(),
+                    quarantine,
+                },
+                ..FolderSourceConfig::new(input.clone())
+            };
+            Box::new(
+                FolderSource::new(src_cfg)
+                    .with_context(|| format!("--input {}", input.display()))?,
+            )
         }
-        journal = Some(j.clone());
-        let mut exclude = vec![state];
-        if a.output_is_folder() {
-            exclude.push(PathBuf::from(a.output()));
-        }
-        if let Some(q) = &quarantine {
-            exclude.push(q.dir().to_path_buf());
-        }
-        if let Some(d) = &a.done {
-            std::fs::create_dir_all(d).with_context(|| format!("--done {}", d.display()))?;
-            exclude.push(d.clone());
-        }
-        let src_cfg = FolderSourceConfig {
-            recursive: a.recursive,
-            once: a.once,
-            exclude,
-            max_file_bytes: first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20),
-            quiet: Duration::from_millis(a.quiet_ms),
-            poll: a.poll.map(|p| secs("--poll", p)).transpose()?,
-            rescan: (a.rescan > 0.0)
-                .then(|| secs("--rescan", a.rescan))
-                .transpose()?,
-            journal: Some(j),
-            ..FolderSourceConfig::new(PathBuf::from(a.input()))
-        };
-        Box::new(FolderSource::new(src_cfg).with_context(|| format!("--input {}", a.input()))?)
     };
     if let Some(addr) = a.metrics {
         service::serve_http(addr, telemetry.clone())?;
@@ -390,12 +394,15 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         a.output()
     );
     let finetune_on = first.cfg.finetune.enabled;
-    let slot = pipeline::slot(first);
+    let slot = serving::slot(first);
     let (offer, control) = if finetune_on {
         let trainer =
             online::Finetuner::new(slot.clone(), telemetry.clone(), checkpoints, restored_opt)?;
         let (o, c, handle) = online::spawn(trainer, stop.clone())?;
-        (Some(o), Some((c, handle)))
+        (
+            Some(Arc::new(o) as Arc<dyn serving::Tap>),
+            Some((c, handle)),
+        )
     } else {
         (None, None)
     };
@@ -414,14 +421,11 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     service::spawn_watchdog(telemetry.clone(), stop.clone());
     service::ready(&format!("running {}", slot.load().version));
     let opts = RunOptions {
-        quarantine,
-        journal,
-        done_dir: a.done.clone(),
         telemetry: telemetry.clone(),
-        finetune: offer,
+        tap: offer,
     };
-    let settle = source.settle();
-    let s = pipeline::run(slot, source, sink, kinds, opts, stop.clone())?;
+    let completion = source.completion();
+    let s = serving::run(slot, source, sink, kinds, opts, stop.clone())?;
     if let Some(h) = trainer {
         // Its last round (validate, maybe swap and checkpoint) finishes before we exit.
         stop.request();
@@ -430,10 +434,8 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    if let Some(settle) = settle {
-        // Acknowledgements owed while the server was away: a last try before exiting.
-        settle.flush_within(Duration::from_secs(10));
-    }
+    // Acknowledgements owed while a queue server was away: a last try before exiting.
+    completion.flush_within(Duration::from_secs(10));
     tracing::info!(
         "done: {} frames in, {} written, {} failed ({} quarantined), {} dropped, {} left for the next run, {} batches, {:.2} s ({:.2} frames/s)",
         s.frames_in,

@@ -27,10 +27,18 @@ use crossbeam_channel::RecvTimeoutError;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use super::{Intake, RawFrame, Source, Stop};
+pub mod completion;
+pub mod journal;
+pub mod quarantine;
+
+pub use completion::FolderCompletion;
+pub use journal::Journal;
+pub use quarantine::Quarantine;
+
+use super::{Completion, Intake, RawFrame, Source};
 use crate::error::{Error, Result};
 use crate::frame::{FileStamp, FrameId};
-use crate::pipeline::Journal;
+use crate::runtime::Stop;
 
 /// Settings of a folder source.
 #[derive(Debug, Clone)]
@@ -49,8 +57,8 @@ pub struct FolderSourceConfig {
     pub poll: Option<Duration>,
     /// Full rescan period (`None`: only on lost events).
     pub rescan: Option<Duration>,
-    /// Finished inputs: skipped.
-    pub journal: Option<Arc<Journal>>,
+    /// The journal (finished inputs are skipped), `--done` folder and quarantine.
+    pub completion: FolderCompletion,
 }
 
 impl FolderSourceConfig {
@@ -65,7 +73,7 @@ impl FolderSourceConfig {
             quiet: Duration::from_secs(2),
             poll: None,
             rescan: Some(Duration::from_secs(300)),
-            journal: None,
+            completion: FolderCompletion::default(),
         }
     }
 }
@@ -179,7 +187,7 @@ impl FolderSource {
         if self.seen.get(path) == Some(&shape) {
             return Taken::Skipped;
         }
-        if let Some(j) = &self.cfg.journal {
+        if let Some(j) = &self.cfg.completion.journal {
             if j.is_done(&rel, &stamp) {
                 self.seen.insert(path.to_path_buf(), shape);
                 return Taken::Skipped;
@@ -204,7 +212,7 @@ impl FolderSource {
                 Err(e) => Err(format!("cannot read: {e}")),
             }
         };
-        if let Some(j) = &self.cfg.journal {
+        if let Some(j) = &self.cfg.completion.journal {
             if !stamp.hash.is_empty() && j.is_done_content(&rel, &stamp.hash) {
                 tracing::debug!("{}: finished before (same content)", path.display());
                 self.seen.insert(path.to_path_buf(), shape);
@@ -255,31 +263,15 @@ impl FolderSource {
 
     /// Files under `dir` (recursively if configured), sorted for a stable order.
     fn scan(&self, dir: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                tracing::warn!("{}: cannot list folder", d.display());
-                continue;
-            };
-            for entry in rd.flatten() {
-                let p = entry.path();
-                let Ok(ft) = entry.file_type() else { continue };
-                if ft.is_dir() {
-                    let hidden = is_ignored_name(&entry.file_name().to_string_lossy());
-                    if self.cfg.recursive
-                        && !hidden
-                        && !self.exclude.iter().any(|e| p.starts_with(e))
-                    {
-                        stack.push(p);
-                    }
-                } else {
-                    out.push(p);
-                }
-            }
+        let w = crate::runtime::walk::walk(dir, |e| {
+            self.cfg.recursive
+                && !is_ignored_name(&e.name.to_string_lossy())
+                && !self.exclude.iter().any(|x| e.path.starts_with(x))
+        });
+        for e in &w.errors {
+            tracing::warn!("{}: cannot list folder", e.path.display());
         }
-        out.sort();
-        out
+        w.files.into_iter().map(|e| e.path).collect()
     }
 
     /// Takes what a scan finds. While watching, a file modified within the quiet period (or,
@@ -401,6 +393,10 @@ impl FolderSource {
 }
 
 impl Source for FolderSource {
+    fn completion(&self) -> Arc<dyn Completion> {
+        Arc::new(self.cfg.completion.clone())
+    }
+
     fn run(mut self: Box<Self>, intake: Intake, stop: Stop) -> Result<()> {
         // Files wait safely on disk: a folder is never read lossily.
         let intake = intake.lossless();

@@ -11,8 +11,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use crate::error::{Error, Result};
-use crate::pipeline::Telemetry;
-use crate::source::Stop;
+use crate::runtime::{Stop, Telemetry};
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {

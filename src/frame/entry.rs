@@ -1,13 +1,7 @@
-//! Message-queue plumbing shared by queue sources and sinks, whatever the engine: what a queued
-//! frame is ([`Entry`]), and how the pipeline tells the source what became of it ([`Settle`]):
-//! acknowledged once its result is durable, dead-lettered when it can never succeed.
-//!
-//! An engine (Redis Streams today; NATS JetStream or Kafka the same way) provides a
-//! [`crate::source::Source`] whose frames carry [`crate::frame::FrameId::Entry`], a `Settle`
-//! the source hands to the pipeline, and optionally a [`crate::sink::Sink`] that settles the
-//! input together with writing its result (see [`crate::sink::Sink::settles`]).
-
-pub mod redis;
+//! A frame read from a message queue: which queue ([`QueueOrigin`]), the engine's id, the
+//! name its outputs get, and how often it was delivered. Engine-neutral (Redis Streams today;
+//! NATS JetStream or Kafka the same way), so frames, sinks and the wiring can name a queued
+//! frame without knowing the engine.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,27 +37,6 @@ impl std::fmt::Display for Entry {
             "{}/{} entry {} ({})",
             self.origin.server, self.origin.stream, self.id, self.name
         )
-    }
-}
-
-/// What a queue source needs to hear about the frames it handed over.
-pub trait Settle: Send + Sync {
-    /// The frame's results are durable (renamed into place, or in the result stream):
-    /// acknowledge it. Must not fail the frame: a failed acknowledgement is retried, and at
-    /// worst the entry is delivered again and its output replaced by the same result.
-    fn done(&self, entry: &Entry);
-    /// The frame can never succeed (it does not decode, the model rejects it): set it aside
-    /// with its error (dead-letter stream) and acknowledge it.
-    fn failed(&self, entry: &Entry, error: &str);
-    /// Something other than the frame failed (the model, an output that could not be
-    /// written): leave the entry pending so that it is delivered again later, and dead-lettered
-    /// with this error once it has been delivered `max_deliveries` times.
-    fn retry_later(&self, entry: &Entry, error: &str);
-    /// The sink settled it together with writing its result (one transaction).
-    fn settled_elsewhere(&self, _entry: &Entry) {}
-    /// Sends what could not be sent yet, trying for at most `within`; false if some is left.
-    fn flush_within(&self, _within: std::time::Duration) -> bool {
-        true
     }
 }
 

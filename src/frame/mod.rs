@@ -1,15 +1,21 @@
 //! Frames and images as they travel through the pipeline.
 //!
-//! A [`Frame`] carries its identity (source path or stream sequence number) from the source to
-//! the sink; [`Planes`] is the decoded image as float planes in [0, 1], which every stage after
-//! decode works on.
+//! A [`FrameId`] carries a frame's identity (source path, stream sequence number, queue entry)
+//! from the source to the sink; [`Planes`] is the decoded image as float planes in [0, 1],
+//! which every stage after decode works on. Beside them: the codecs ([`codec`]), which files
+//! are images ([`files`]), and how frames are cut out of a byte stream ([`framing`]).
 
-use std::io::Cursor;
+pub mod codec;
+pub mod entry;
+pub mod files;
+pub mod framing;
+
 use std::path::PathBuf;
 
-use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use image::DynamicImage;
 
-use crate::error::{Error, Result};
+pub use codec::{decode, encode_png, read_image, resize_plane, stretch_percentiles, DecodeLimits};
+pub use files::{is_image_name, list_images, list_images_recursive};
 
 /// Where a frame came from; kept end to end so outputs and errors can name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -24,7 +30,7 @@ pub enum FrameId {
     /// A frame of a byte stream: its sequence number (from 0) and byte offset.
     Stream { seq: u64, offset: u64 },
     /// An entry of a queue (a Redis stream).
-    Entry(crate::queue::Entry),
+    Entry(entry::Entry),
 }
 
 /// A file's size, modification time and content hash (xxh3-128, hex) as it was read.
@@ -208,223 +214,11 @@ impl Planes {
     }
 }
 
-/// Decoder limits for one frame.
-#[derive(Debug, Clone, Copy)]
-pub struct DecodeLimits {
-    pub max_pixels: u64,
-    pub max_alloc_bytes: u64,
-}
-
-impl Default for DecodeLimits {
-    fn default() -> Self {
-        Self {
-            max_pixels: 64_000_000,
-            max_alloc_bytes: 1 << 30,
-        }
-    }
-}
-
-/// Decodes PNG, JPEG, PNM, TIFF or WebP bytes (format sniffed from the content) within `limits`.
-pub fn decode(bytes: &[u8], limits: DecodeLimits, what: &str) -> Result<Planes> {
-    let err = |message: String| Error::Decode {
-        what: what.to_string(),
-        message,
-    };
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    let format = reader
-        .format()
-        .ok_or_else(|| err("unknown image format".into()))?;
-    if !matches!(
-        format,
-        ImageFormat::Png
-            | ImageFormat::Jpeg
-            | ImageFormat::Pnm
-            | ImageFormat::Tiff
-            | ImageFormat::WebP
-            | ImageFormat::Bmp
-            | ImageFormat::Gif
-    ) {
-        return Err(err(format!("unsupported format {format:?}")));
-    }
-    // Check the header's size before allocating anything for the pixels.
-    let (w, h) = reader.into_dimensions().map_err(|e| err(e.to_string()))?;
-    if (w as u64) * (h as u64) > limits.max_pixels {
-        return Err(err(format!(
-            "{w}x{h} is over the limit of {} pixels",
-            limits.max_pixels
-        )));
-    }
-    if w == 0 || h == 0 {
-        return Err(err("empty image".into()));
-    }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut lim = Limits::default();
-    lim.max_alloc = Some(limits.max_alloc_bytes);
-    reader.limits(lim);
-    let img = reader.decode().map_err(|e| err(e.to_string()))?;
-    Ok(Planes::from_dynamic(img))
-}
-
-/// Reads and decodes an image file.
-pub fn read_image(path: &std::path::Path, limits: DecodeLimits) -> Result<Planes> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    decode(&bytes, limits, &path.display().to_string())
-}
-
-/// Encodes as PNG (8-bit).
-pub fn encode_png(planes: &Planes, what: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    planes
-        .to_dynamic()
-        .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-        .map_err(|e| Error::Encode {
-            what: what.to_string(),
-            message: e.to_string(),
-        })?;
-    Ok(out)
-}
-
-/// Image files in a folder (non-recursive, sorted), skipping dot-files and partial files.
-pub fn list_images(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
-    let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-        let p = entry.path();
-        if p.is_file() && is_image_name(&p) {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Resizes a plane with a triangle (bilinear, anti-aliased when shrinking) filter: the one
-/// resize used by the pipeline, training and eval, so they all see the same pixels.
-pub fn resize_plane(data: &[f32], w: usize, h: usize, nw: usize, nh: usize) -> Vec<f32> {
-    if (w, h) == (nw, nh) {
-        return data.to_vec();
-    }
-    let Some(img) = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(
-        w as u32,
-        h as u32,
-        data.to_vec(),
-    ) else {
-        return vec![0.0; nw * nh];
-    };
-    image::imageops::resize(
-        &img,
-        nw as u32,
-        nh as u32,
-        image::imageops::FilterType::Triangle,
-    )
-    .into_raw()
-}
-
-/// Maps the `lo`/`hi` percentiles of a plane to 0/1 in place (values outside go beyond 0–1).
-pub fn stretch_percentiles(plane: &mut [f32], lo: f32, hi: f32) {
-    if plane.is_empty() {
-        return;
-    }
-    let mut sorted: Vec<f32> = plane.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f32| {
-        let pos = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
-        let (i, f) = (pos.floor() as usize, pos.fract());
-        let j = (i + 1).min(sorted.len() - 1);
-        sorted[i] * (1.0 - f) + sorted[j] * f
-    };
-    let (a, b) = (at(lo), at(hi));
-    let scale = 1.0 / (b - a).max(1e-6);
-    plane.iter_mut().for_each(|v| *v = (*v - a) * scale);
-}
-
-/// Image files under `dir`, recursively, sorted; paths with a component in `exclude` are
-/// left out.
-pub fn list_images_recursive(dir: &std::path::Path, exclude: &[String]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|e| Error::Io {
-            path: d.clone(),
-            source: e,
-        })?;
-        for entry in rd {
-            let entry = entry.map_err(|e| Error::Io {
-                path: d.clone(),
-                source: e,
-            })?;
-            let p = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if exclude.contains(&name) || name.starts_with('.') {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else if is_image_name(&p) {
-                out.push(p);
-            }
-        }
-    }
-    // Natural order, so s2 comes before s10 and 2.pgm before 10.pgm.
-    out.sort_by_key(|p| natural_key(&p.to_string_lossy()));
-    Ok(out)
-}
-
-/// A sort key that orders runs of digits by value.
-pub fn natural_key(s: &str) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    let mut text = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            let mut n = c.to_digit(10).unwrap_or(0) as u64;
-            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-                n = n.saturating_mul(10).saturating_add(d as u64);
-                chars.next();
-            }
-            out.push((std::mem::take(&mut text), n));
-        } else {
-            text.push(c);
-        }
-    }
-    out.push((text, 0));
-    out
-}
-
-/// Whether a file name looks like an image we take (by extension, not a dot-file or partial).
-pub fn is_image_name(p: &std::path::Path) -> bool {
-    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    if name.starts_with('.') {
-        return false;
-    }
-    let ext = p
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    matches!(
-        ext.as_str(),
-        "png" | "jpg" | "jpeg" | "pgm" | "ppm" | "pnm" | "pbm" | "tif" | "tiff" | "webp"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::ImageFormat;
+    use std::io::Cursor;
 
     fn encode(img: DynamicImage, fmt: ImageFormat) -> Vec<u8> {
         let mut out = Vec::new();

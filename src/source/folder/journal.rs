@@ -114,7 +114,7 @@ impl Journal {
             for (p, stamp) in recs {
                 text.push_str(&record_line(p, stamp, "compacted")?);
             }
-            crate::sink::folder::write_atomic(&path, text.as_bytes())?;
+            crate::runtime::write_atomic(&path, text.as_bytes())?;
             valid_len = text.len() as u64;
             have_header = true;
             tracing::info!(

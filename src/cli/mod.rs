@@ -1,0 +1,82 @@
+//! The command line's parts: one module per subcommand (`run`, `train`, `eval`, `bench`), each
+//! a `#[derive(Args)]` struct turned into the library's typed settings here, at the edge, where
+//! errors get their context (`anyhow`). Exit codes are `main`'s: 0 ok, 1 runtime error, 2 usage
+//! or configuration error.
+
+pub mod bench;
+pub mod endpoint;
+pub mod eval;
+pub mod logging;
+pub mod run;
+pub mod train;
+
+use clap::ValueEnum;
+
+use aestream::config::{OutputKind, PipelineConfig};
+use aestream::frame::framing::Framing;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FramingArg {
+    /// PNG and binary PNM (P5/P6) files back to back.
+    Concat,
+    /// Each frame prefixed by its length, 4 bytes big-endian; any image format.
+    Len,
+}
+
+impl From<FramingArg> for Framing {
+    fn from(f: FramingArg) -> Self {
+        match f {
+            FramingArg::Concat => Framing::Concat,
+            FramingArg::Len => Framing::Length,
+        }
+    }
+}
+
+/// The output kinds asked with `--emit` (default: the pipeline's `output.kinds`), each checked
+/// against what the model can make.
+pub fn parse_kinds(
+    emit: Option<Vec<String>>,
+    cfg: &PipelineConfig,
+) -> anyhow::Result<Vec<OutputKind>> {
+    let Some(list) = emit else {
+        return Ok(cfg.output.kinds.clone());
+    };
+    let allowed = OutputKind::for_task(cfg.model.task());
+    list.iter()
+        .map(|k| {
+            let kind: OutputKind = k.trim().parse().map_err(|m| aestream::Error::Config {
+                origin: "--emit".into(),
+                message: m,
+            })?;
+            if !allowed.contains(&kind) {
+                let names: Vec<_> = allowed.iter().map(|k| k.name()).collect();
+                return Err(aestream::Error::Config {
+                    origin: "--emit".into(),
+                    message: format!(
+                        "pipeline {} cannot emit {k:?} (it can: {})",
+                        cfg.name,
+                        names.join(", ")
+                    ),
+                }
+                .into());
+            }
+            Ok(kind)
+        })
+        .collect()
+}
+
+pub fn with_ensemble(
+    mut cfg: PipelineConfig,
+    ensemble: Option<usize>,
+) -> aestream::Result<PipelineConfig> {
+    if let Some(n) = ensemble {
+        if ![1, 2, 4].contains(&n) {
+            return Err(aestream::Error::Config {
+                origin: "--ensemble".into(),
+                message: format!("must be 1, 2 or 4, got {n}"),
+            });
+        }
+        cfg.infer.ensemble = n;
+    }
+    Ok(cfg)
+}

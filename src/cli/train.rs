@@ -1,0 +1,75 @@
+//! `aestream train`: trains a pipeline's model on a folder of images (or the dataset the
+//! pipeline names) and writes weights, metadata and a checkpoint to continue from.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use aestream::config::PipelineConfig;
+
+/// Train a pipeline's model on a folder of images.
+#[derive(Args)]
+pub struct TrainCmd {
+    /// Built-in pipeline name or path to a .toml file.
+    pub pipeline: String,
+    /// Folder of training images.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder of validation images (default: hold out part of --data).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Steps per epoch (default: the pipeline's train.steps_per_epoch).
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
+    /// Where to write the weights (safetensors); metadata goes to OUT.json, the
+    /// checkpoint to OUT.ckpt.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue from OUT.ckpt if it exists.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start from these weights (safetensors) where names and shapes match; layers the
+    /// file lacks keep their fresh initialisation (warm start of a grown model).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Segmentation: the foreground mask file (or folder of masks named as the images).
+    #[arg(long)]
+    pub masks: Option<PathBuf>,
+    /// Stop after this many steps in all (the learning-rate schedule still spans every
+    /// epoch); continue later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn run(a: TrainCmd) -> anyhow::Result<()> {
+    let cfg = PipelineConfig::load(&a.pipeline)?;
+    let device = aestream::model::select_device(&a.device)?;
+    let out = a.out.unwrap_or_else(|| PathBuf::from(&cfg.model.weights));
+    let args = aestream::train::TrainArgs {
+        data: a.data,
+        val: a.val,
+        epochs: a.epochs,
+        out,
+        seed: a.seed,
+        resume: a.resume,
+        init: a.init,
+        progress: std::io::stderr().is_terminal(),
+        steps_per_epoch: a.steps_per_epoch,
+        masks: a.masks,
+        stop_after: a.stop_after,
+        device,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report =
+        aestream::train::train(&cfg, &args).with_context(|| format!("training {}", cfg.origin))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

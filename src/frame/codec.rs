@@ -1,0 +1,131 @@
+//! Image codecs: bytes to [`Planes`] within decode limits, and planes back to PNG; the one
+//! resize and percentile stretch that the pipeline, training and eval share, so they all see
+//! the same pixels.
+
+use std::io::Cursor;
+
+use image::{ImageFormat, ImageReader, Limits};
+
+use super::Planes;
+use crate::error::{Error, Result};
+
+/// Decoder limits for one frame.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_pixels: u64,
+    pub max_alloc_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: 64_000_000,
+            max_alloc_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Decodes PNG, JPEG, PNM, TIFF or WebP bytes (format sniffed from the content) within `limits`.
+pub fn decode(bytes: &[u8], limits: DecodeLimits, what: &str) -> Result<Planes> {
+    let err = |message: String| Error::Decode {
+        what: what.to_string(),
+        message,
+    };
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| err("unknown image format".into()))?;
+    if !matches!(
+        format,
+        ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::Pnm
+            | ImageFormat::Tiff
+            | ImageFormat::WebP
+            | ImageFormat::Bmp
+            | ImageFormat::Gif
+    ) {
+        return Err(err(format!("unsupported format {format:?}")));
+    }
+    // Check the header's size before allocating anything for the pixels.
+    let (w, h) = reader.into_dimensions().map_err(|e| err(e.to_string()))?;
+    if (w as u64) * (h as u64) > limits.max_pixels {
+        return Err(err(format!(
+            "{w}x{h} is over the limit of {} pixels",
+            limits.max_pixels
+        )));
+    }
+    if w == 0 || h == 0 {
+        return Err(err("empty image".into()));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut lim = Limits::default();
+    lim.max_alloc = Some(limits.max_alloc_bytes);
+    reader.limits(lim);
+    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    Ok(Planes::from_dynamic(img))
+}
+
+/// Reads and decodes an image file.
+pub fn read_image(path: &std::path::Path, limits: DecodeLimits) -> Result<Planes> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    decode(&bytes, limits, &path.display().to_string())
+}
+
+/// Encodes as PNG (8-bit).
+pub fn encode_png(planes: &Planes, what: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    planes
+        .to_dynamic()
+        .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .map_err(|e| Error::Encode {
+            what: what.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(out)
+}
+
+/// Resizes a plane with a triangle (bilinear, anti-aliased when shrinking) filter: the one
+/// resize used by the pipeline, training and eval, so they all see the same pixels.
+pub fn resize_plane(data: &[f32], w: usize, h: usize, nw: usize, nh: usize) -> Vec<f32> {
+    if (w, h) == (nw, nh) {
+        return data.to_vec();
+    }
+    let Some(img) = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(
+        w as u32,
+        h as u32,
+        data.to_vec(),
+    ) else {
+        return vec![0.0; nw * nh];
+    };
+    image::imageops::resize(
+        &img,
+        nw as u32,
+        nh as u32,
+        image::imageops::FilterType::Triangle,
+    )
+    .into_raw()
+}
+
+/// Maps the `lo`/`hi` percentiles of a plane to 0/1 in place (values outside go beyond 0–1).
+pub fn stretch_percentiles(plane: &mut [f32], lo: f32, hi: f32) {
+    if plane.is_empty() {
+        return;
+    }
+    let mut sorted: Vec<f32> = plane.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f32| {
+        let pos = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
+        let (i, f) = (pos.floor() as usize, pos.fract());
+        let j = (i + 1).min(sorted.len() - 1);
+        sorted[i] * (1.0 - f) + sorted[j] * f
+    };
+    let (a, b) = (at(lo), at(hi));
+    let scale = 1.0 / (b - a).max(1e-6);
+    plane.iter_mut().for_each(|v| *v = (*v - a) * scale);
+}

@@ -1,0 +1,38 @@
+//! Threads: named spawning, the model's thread count, and what a process has used.
+//!
+//! Every pipeline thread gets a name (`decode-0`, `infer`, …) so a stack dump, `top -H` or a
+//! panic message says which stage it was.
+
+use std::thread;
+
+/// Starts a named thread.
+pub fn spawn(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new().name(name).spawn(f)
+}
+
+/// Sizes rayon's global pool (and candle's, which reads `RAYON_NUM_THREADS`) before any op
+/// runs; 0 keeps the default (one per core). Returns the pool's size.
+pub fn set_threads(threads: usize) -> Result<usize, rayon::ThreadPoolBuildError> {
+    if threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
+    }
+    Ok(rayon::current_num_threads())
+}
+
+/// The process's peak resident memory (VmHWM) in MiB; NaN where /proc does not say.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}

@@ -1,0 +1,64 @@
+//! The encode stage: a finished frame → the bytes of each output kind asked for (PNG images,
+//! label maps, overlays) or its latent code, which the sink writes as `.npy` or a JSON line.
+
+use super::postprocess::{labels, overlay, png_u8, Finished};
+use crate::config::OutputKind;
+use crate::error::{Error, Result};
+use crate::frame::encode_png;
+
+/// A latent code: its shape per frame (e.g. `[30]`, or `[7, 7, 8]` for a feature map) and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Code {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Code {
+    /// The code as a `.npy` file (little-endian f32, C order), readable by `numpy.load`.
+    pub fn to_npy(&self) -> Result<Vec<u8>> {
+        let shape: Vec<u64> = self.shape.iter().map(|&d| d as u64).collect();
+        let mut buf = Vec::new();
+        let err = |e: std::io::Error| crate::error::Error::Other(format!("writing .npy: {e}"));
+        use npyz::WriterBuilder;
+        let mut w = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(&mut buf)
+            .begin_nd()
+            .map_err(err)?;
+        w.extend(self.data.iter().copied()).map_err(err)?;
+        w.finish().map_err(err)?;
+        Ok(buf)
+    }
+}
+
+/// One encoded output: file bytes, or a code (written as `.npy` or a JSON line by the sink).
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Bytes(Vec<u8>),
+    Code(Code),
+}
+
+/// Encodes one output kind of a finished frame.
+pub fn encode(f: &Finished, kind: OutputKind, what: &str) -> Result<Payload> {
+    let missing = |m: &str| Error::Other(format!("{what}: cannot emit {}: {m}", kind.name()));
+    Ok(match kind {
+        OutputKind::Denoised | OutputKind::Reconstruction => {
+            Payload::Bytes(encode_png(&f.planes, what)?)
+        }
+        OutputKind::Latent => Payload::Code(
+            f.code
+                .clone()
+                .ok_or_else(|| missing("the model has no code"))?,
+        ),
+        OutputKind::Segmentation => {
+            let l = labels(&f.planes.planes[0]);
+            Payload::Bytes(png_u8(f.planes.width, f.planes.height, l, what)?)
+        }
+        OutputKind::Overlay => {
+            let input = f.input.as_ref().ok_or_else(|| missing("no input kept"))?;
+            let l = labels(&f.planes.planes[0]);
+            Payload::Bytes(encode_png(&overlay(input, &l), what)?)
+        }
+    })
+}
