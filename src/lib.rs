@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod frame;

@@ -239,28 +239,20 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let stop = Stop::new();
     let telemetry = Arc::new(Telemetry::new());
     // Fine-tuning: serve the newest checkpoint if there is one, and resume its optimizer.
-    let mut restored_opt = None;
+    let mut restored = None;
     let checkpoints = match (&a.checkpoints, first.cfg.finetune.enabled) {
         (Some(dir), true) => {
             let c = Checkpoints::new(dir.clone(), &first.cfg.name, first.cfg.finetune.keep)?;
             if let Some(r) = c.newest(&device) {
-                let step = r
-                    .opt
-                    .as_ref()
-                    .and_then(|o| o.get("train.step"))
-                    .and_then(|t| t.to_vec1::<f32>().ok())
-                    .and_then(|v| v.first().copied())
-                    .map(|s| s as u64);
-                if let (Some(step), Some(o)) = (step, r.opt.clone()) {
-                    restored_opt = Some((step, o));
-                }
+                let resume = r.resume();
                 let cfg = first.cfg.clone();
                 first = online::restored_generation(&cfg, r, &device, 1)?;
                 tracing::info!(
                     "fine-tune: serving checkpoint {} ({} steps on record)",
                     first.version,
-                    restored_opt.as_ref().map_or(0, |(s, _)| *s)
+                    resume.steps()
                 );
+                restored = Some(resume);
             }
             Some(c)
         }
@@ -397,7 +389,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let slot = serving::slot(first);
     let (offer, control) = if finetune_on {
         let trainer =
-            online::Finetuner::new(slot.clone(), telemetry.clone(), checkpoints, restored_opt)?;
+            online::Finetuner::start(slot.clone(), telemetry.clone(), checkpoints, restored)?;
         let (o, c, handle) = online::spawn(trainer, stop.clone())?;
         (
             Some(Arc::new(o) as Arc<dyn serving::Tap>),

@@ -3,12 +3,14 @@
 //! Every model takes and returns NHWC tensors in [0, 1]. Weights are safetensors files, loaded
 //! through candle's `VarBuilder` so names in the file match the module tree.
 
+pub mod checkpoint;
 pub mod conv_ae;
 pub mod denoise;
 pub mod dense;
 pub mod layers;
 pub mod reference;
 pub mod unet;
+pub mod weights;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;

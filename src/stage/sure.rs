@@ -18,8 +18,15 @@
 //! block with next to no clipped pixels and `d < 0.4` gives an upper bound `σ² ≤ m / (1 − 2d)`,
 //! tight where the model is right (flat areas); we take a low percentile of those bounds,
 //! capped by Immerkær's estimator, which also stands in where too few blocks qualify.
+//!
+//! The online fine-tuner's gate uses the same estimate on tensors ([`mc_sure`]) to compare a
+//! candidate with the serving model when no clean frame exists, with σ from
+//! [`median_noise_sigma`].
 
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
+
+use crate::error::Result;
 
 /// Side of the blocks that get one blend weight each (weights are interpolated between block
 /// centres, so no seams).
@@ -239,11 +246,67 @@ pub fn divergence(f: &[f32], f_perturbed: &[f32], probe: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// Monte-Carlo SURE (Ramani, Blu & Unser 2008) on tensors, as the fine-tuner's gate uses it: for `y = x + n`, `n ~ N(0, σ²)` per pixel, an
+/// unbiased estimate of the per-pixel MSE of `f(y)` against the unknown `x`:
+/// `‖y − f(y)‖²/N − σ² + 2σ²·div f(y)/N`, the divergence taken along the ±1 `probe` by a finite
+/// difference; `fy` is `f(y)`, which the caller has at hand. With `mask` (1 = counted) the
+/// sums run over the masked pixels only: the
+/// estimate stays unbiased for them, which lets the caller leave out pixels whose noise was
+/// clipped at black or white (clipped noise is not Gaussian, and SURE goes wrong there).
+/// Paired comparisons (same `y`, probe and mask) are what the gate uses.
+pub fn mc_sure(
+    y: &Tensor,
+    fy: &Tensor,
+    probe: &Tensor,
+    mask: Option<&Tensor>,
+    sigma: f64,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<f64> {
+    // Small against σ, large against f32 rounding of outputs near 1.
+    let eps = (sigma * 0.01).max(1e-4);
+    let fyb = f(&(y + (probe * eps)?)?)?;
+    let fit = (y - fy)?.sqr()?;
+    let div = ((fyb - fy)? * probe)?;
+    let (fit, div, count) = match mask {
+        Some(m) => (
+            (fit * m)?.sum_all()?,
+            (div * m)?.sum_all()?,
+            m.sum_all()?.to_scalar::<f32>()? as f64,
+        ),
+        None => (fit.sum_all()?, div.sum_all()?, y.elem_count() as f64),
+    };
+    if count < 1.0 {
+        return Ok(f64::NAN);
+    }
+    let fit = fit.to_scalar::<f32>()? as f64 / count;
+    let div = div.to_scalar::<f32>()? as f64 / count / eps;
+    let s2 = sigma * sigma;
+    Ok(fit - s2 + 2.0 * s2 * div)
+}
+
+/// Noise σ (0–1 scale) of each `(plane, width, height)` by Immerkær's estimator (skipping
+/// windows with a clipped pixel, see [`immerkaer_sigma`]), the median over planes.
+/// One pass, without leaving out dark windows: on fluorescence frames, mostly dark background,
+/// that would leave only the textured cells. Texture inflates the estimate somewhat, so
+/// `stream_sigma` is better where the camera's noise is known.
+pub fn median_noise_sigma<'a>(planes: impl IntoIterator<Item = (&'a [f32], usize, usize)>) -> f64 {
+    let mut est: Vec<f64> = planes
+        .into_iter()
+        .filter_map(|(p, w, h)| immerkaer_sigma(p, w, h, false))
+        .collect();
+    if est.is_empty() {
+        return 0.0;
+    }
+    est.sort_by(f64::total_cmp);
+    est[est.len() / 2]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::psnr;
     use crate::stage::corrupt;
+    use candle_core::Device;
 
     /// A 5×5 box blur (edges clamped): a "denoiser" that over-smooths fine texture.
     fn blur(p: &[f32], w: usize, h: usize) -> Vec<f32> {
@@ -413,5 +476,97 @@ mod tests {
             "half the blocks are textured"
         );
         assert!(psnr(&out, &clean) > psnr(&f, &clean) + 20.0);
+    }
+
+    /// SURE is exact for the identity (risk σ²) and for a constant (‖y − c‖² − σ²), and its
+    /// estimate of a real smoother's MSE is close to the truth on a known clean image.
+    #[test]
+    fn sure_estimates_the_clean_mse() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let (n, p, sigma) = (4usize, 32usize, 20.0f64 / 255.0);
+        let clean: Vec<f32> = (0..n * p * p)
+            .map(|i| 0.4 + 0.2 * (((i % p) / 8) % 2) as f32)
+            .collect();
+        let mut noisy = clean.clone();
+        corrupt::gaussian(&mut noisy, 20.0, false, &mut rng);
+        let probe = rademacher(noisy.len(), &mut rng);
+        let shape = (n, p, p, 1);
+        let (x, y) = (
+            Tensor::from_vec(clean, shape, &dev)?,
+            Tensor::from_vec(noisy, shape, &dev)?,
+        );
+        let probe = Tensor::from_vec(probe, shape, &dev)?;
+        let id = mc_sure(&y, &y, &probe, None, sigma, |t| Ok(t.clone()))?;
+        assert!(
+            (id - sigma * sigma).abs() < 1e-6,
+            "{id} vs {}",
+            sigma * sigma
+        );
+        // A 3-tap horizontal box blur: SURE vs the true MSE against the clean image.
+        let blur = |t: &Tensor| -> Result<Tensor> {
+            let l = t.narrow(2, 0, p - 2)?;
+            let m = t.narrow(2, 1, p - 2)?;
+            let r = t.narrow(2, 2, p - 2)?;
+            let inner = ((l + m)? + r)?.affine(1.0 / 3.0, 0.0)?;
+            Ok(Tensor::cat(
+                &[&t.narrow(2, 0, 1)?, &inner, &t.narrow(2, p - 1, 1)?],
+                2,
+            )?)
+        };
+        let est = mc_sure(&y, &blur(&y)?, &probe, None, sigma, blur)?;
+        let truth = (blur(&y)? - &x)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+        assert!(
+            (est - truth).abs() < 0.1 * truth,
+            "SURE {est:.3e} vs true MSE {truth:.3e}"
+        );
+        assert!(est < id, "the blur removes noise: {est:.3e} < {id:.3e}");
+        Ok(())
+    }
+
+    /// On a frame half black, where the noise is clipped, SURE over the unclipped pixels still
+    /// estimates their MSE (over all pixels it would not: clipped noise is not Gaussian).
+    #[test]
+    fn masked_sure_survives_clipping() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (n, p, sigma) = (4usize, 32usize, 20.0f64 / 255.0);
+        let clean: Vec<f32> = (0..n * p * p)
+            .map(|i| if (i % p) < p / 2 { 0.0 } else { 0.5 })
+            .collect();
+        let mut noisy = clean.clone();
+        corrupt::gaussian(&mut noisy, 20.0, true, &mut rng);
+        let probe = rademacher(noisy.len(), &mut rng);
+        let mask: Vec<f32> = clean.iter().map(|&v| f32::from(v > 0.2)).collect();
+        let shape = (n, p, p, 1);
+        let t = |v: Vec<f32>| Tensor::from_vec(v, shape, &dev);
+        let (x, y, probe, mask) = (t(clean)?, t(noisy)?, t(probe)?, t(mask)?);
+        let smooth = |t: &Tensor| -> Result<Tensor> { Ok(t.affine(0.5, 0.25)?) };
+        let est = mc_sure(&y, &smooth(&y)?, &probe, Some(&mask), sigma, smooth)?;
+        let err = (smooth(&y)? - &x)?.sqr()?;
+        let truth = ((err * &mask)?.sum_all()?.to_scalar::<f32>()?
+            / mask.sum_all()?.to_scalar::<f32>()?) as f64;
+        assert!(
+            (est - truth).abs() < 0.1 * truth,
+            "masked SURE {est:.3e} vs true MSE {truth:.3e}"
+        );
+        Ok(())
+    }
+
+    /// Immerkær's estimate finds the σ of noise added to a smooth image.
+    #[test]
+    fn noise_sigma_estimate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let (w, h) = (96, 80);
+        let planes: Vec<Vec<f32>> = [6.0f32, 12.0, 25.0]
+            .iter()
+            .map(|&s| {
+                let mut v: Vec<f32> = (0..w * h).map(|i| 0.3 + 0.002 * (i % w) as f32).collect();
+                corrupt::gaussian(&mut v, s, false, &mut rng);
+                v
+            })
+            .collect();
+        let m = median_noise_sigma(planes.iter().map(|v| (&v[..], w, h))) * 255.0;
+        assert!((m - 12.0).abs() < 1.0, "median σ {m}");
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 
 use crate::kernels::adamw::{adamw_step_inplace, AdamWStep};
+use crate::model::checkpoint::MOMENT_PREFIX;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWParams {
@@ -149,8 +150,8 @@ impl AdamW {
                 }
                 Moments::Tensors { m, v } => (m.clone(), v.clone()),
             };
-            out.insert(format!("optim.m.{name}"), m);
-            out.insert(format!("optim.v.{name}"), v);
+            out.insert(format!("{MOMENT_PREFIX}m.{name}"), m);
+            out.insert(format!("{MOMENT_PREFIX}v.{name}"), v);
         }
         out
     }
@@ -169,8 +170,8 @@ impl AdamW {
                 Ok(t)
             };
             let (m, v) = (
-                get(format!("optim.m.{name}"))?,
-                get(format!("optim.v.{name}"))?,
+                get(format!("{MOMENT_PREFIX}m.{name}"))?,
+                get(format!("{MOMENT_PREFIX}v.{name}"))?,
             );
             match moments {
                 Moments::Host { m: hm, v: hv } => {
@@ -189,6 +190,7 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use rand::{Rng, SeedableRng};
 
     /// AdamW minimises a quadratic, and a restored state continues identically.
     #[test]
@@ -234,9 +236,18 @@ mod tests {
     #[test]
     fn fused_step_matches_candle_ops() -> Result<()> {
         let dev = Device::Cpu;
-        let w0 = Tensor::randn(0f32, 1., (3, 4), &dev)?;
-        let b0 = Tensor::randn(0f32, 1., 4, &dev)?;
-        let x = Tensor::randn(0f32, 1., (5, 3), &dev)?;
+        // Seeded standard-normal values, the same on every run.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let mut randn = |shape: &[usize]| -> Result<Tensor> {
+            let n = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
+                .collect();
+            Tensor::from_vec(v, shape, &dev)
+        };
+        let w0 = randn(&[3, 4])?;
+        let b0 = randn(&[4])?;
+        let x = randn(&[5, 3])?;
         let run = |fused: bool| -> Result<(Tensor, Tensor, HashMap<String, Tensor>)> {
             let (w, b) = (Var::from_tensor(&w0)?, Var::from_tensor(&b0)?);
             let vars = vec![("w".into(), w.clone()), ("b".into(), b.clone())];

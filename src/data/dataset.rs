@@ -355,7 +355,7 @@ pub fn pair_patch<R: Rng>(
     let (mut img, mut msk) = (vec![0f32; p * p], vec![0f32; p * p]);
     for y in 0..p {
         for x in 0..p {
-            let (sx, sy) = super::data::symmetry(t, x, y, p);
+            let (sx, sy) = super::patches::symmetry(t, x, y, p);
             let i = (y0 + sy) * pair.w + x0 + sx;
             img[y * p + x] = pair.image[i] * gain;
             msk[y * p + x] = pair.mask[i];

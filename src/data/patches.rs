@@ -1,4 +1,6 @@
 //! Training data for the denoiser: image folders → grey planes → random clean/noisy patches.
+//! Used by offline training and by the online fine-tuner, which fills its replay buffer with
+//! the same `TrainImage`s.
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,67 @@
+//! Weights in memory: copying them out of a training `VarMap`, setting them back, and building
+//! a serving model from a tensor map.
+//!
+//! Offline training and the fine-tuner both move weights between a `VarMap` (what the
+//! optimizer updates) and plain tensor maps (what is served, saved and compared); these are
+//! the only places that do it. [`super::load`] builds a model from a file; [`serving`] builds
+//! the same model from tensors already in memory (a fine-tuned version, a checkpoint).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::{Model, Net, NetModel};
+use crate::config::PipelineConfig;
+use crate::error::{Error, Result};
+
+/// The variables with their names, for an optimizer to update.
+pub fn vars(vm: &VarMap) -> Vec<(String, Var)> {
+    let d = vm.data().lock().expect("varmap lock");
+    d.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The variables' current values, shared with the map (no copy): for saving them right away.
+pub fn tensors(vm: &VarMap) -> HashMap<String, Tensor> {
+    let data = vm.data().lock().expect("varmap lock");
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// A copy of the variables' current values that later steps do not change.
+pub fn snapshot(vm: &VarMap) -> Result<HashMap<String, Tensor>> {
+    let d = vm.data().lock().expect("varmap lock");
+    d.iter()
+        // Detached: a copy that still tracked the variable would keep autograd history alive
+        // (the fine-tuner's moving average built on such copies grew without bound: 24 GB in
+        // minutes).
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
+        .collect()
+}
+
+/// Sets every variable of `vm` from `t`; `what` names `t` in the error when a variable is not
+/// in it.
+pub fn set_vars(vm: &VarMap, t: &HashMap<String, Tensor>, what: &str) -> Result<()> {
+    let d = vm.data().lock().expect("varmap lock");
+    for (k, v) in d.iter() {
+        let src = t
+            .get(k)
+            .ok_or_else(|| Error::Other(format!("{what}: {k} is missing")))?;
+        v.set(src)?;
+    }
+    Ok(())
+}
+
+/// The pipeline's model with the weights `t` (copied), ready to serve.
+pub fn serving(
+    cfg: &PipelineConfig,
+    t: &HashMap<String, Tensor>,
+    dev: &Device,
+) -> Result<Arc<dyn Model>> {
+    let vb = VarBuilder::from_tensors(t.clone(), DType::F32, dev);
+    let net = Net::new(vb, &cfg.model)?;
+    let fixed = cfg.model.size.map(|[w, h]| (w, h));
+    Ok(Arc::new(NetModel::new(net, dev.clone(), fixed)))
+}
