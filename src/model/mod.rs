@@ -3,6 +3,7 @@
 //! Every model takes and returns NHWC tensors in [0, 1]. Weights are safetensors files, loaded
 //! through candle's `VarBuilder` so names in the file match the module tree.
 
+pub mod arch;
 pub mod conv_ae;
 pub mod denoise;
 pub mod dense;
@@ -15,6 +16,8 @@ use candle_nn::VarBuilder;
 
 use crate::config::{ModelConfig, PipelineConfig};
 use crate::error::{Error, Result};
+
+pub use arch::{Arch, ArchKind};
 
 /// What a network is for; decides its outputs and how it is trained and evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
