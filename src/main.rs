@@ -231,7 +231,7 @@ fn parse_kinds(emit: Option<Vec<String>>, cfg: &PipelineConfig) -> anyhow::Resul
     let Some(list) = emit else {
         return Ok(cfg.output.kinds.clone());
     };
-    let allowed = OutputKind::for_task(cfg.model.task());
+    let allowed = OutputKind::for_task(cfg.model.arch.task());
     list.iter()
         .map(|k| {
             let kind: OutputKind = k.trim().parse().map_err(|m| aestream::Error::Config {
@@ -379,7 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let device = aestream::model::select_device(&device)?;
-            let model = aestream::model::load(&cfg, weights.as_deref(), &device)?;
+            let model = cfg.load_model(weights.as_deref(), &device)?;
             let args = EvalArgs {
                 data,
                 noise,

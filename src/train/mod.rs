@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::config::{Loss, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::model::{Model, Net, NetModel, Task};
+use crate::model::{Arch, Model, Net, NetModel, Task};
 use crate::sink::folder::write_atomic;
 use crate::stage::{corrupt, infer, tiling::TilePlan};
 use adamw::{AdamW, AdamWParams};
@@ -190,8 +190,8 @@ struct Job<'a> {
 pub fn train(cfg: &PipelineConfig, args: &TrainArgs) -> Result<TrainReport> {
     let vm = VarMap::new();
     let vb = init::seeded_builder(&vm, args.seed, DType::F32, &args.device);
-    let net = Net::new(vb, &cfg.model)?;
-    let fixed = cfg.model.size.map(|[w, h]| (w, h));
+    let net = Net::new(vb, &cfg.model.arch)?;
+    let fixed = cfg.model.arch.fixed_size();
     let model = NetModel::new(net.clone(), args.device.clone(), fixed);
     let job = match net.task() {
         Task::Denoise => denoise_job(cfg, args, &net, &model)?,
@@ -370,7 +370,7 @@ fn fit(cfg: &PipelineConfig, args: &TrainArgs, vm: &VarMap, mut job: Job) -> Res
     let few = |v: Vec<String>| if v.len() <= 100 { v } else { vec![] };
     let report = TrainReport {
         pipeline: cfg.name.clone(),
-        arch: cfg.model.arch.clone(),
+        arch: cfg.model.arch.name().to_string(),
         model: serde_json::to_value(&cfg.model).map_err(|e| Error::Other(e.to_string()))?,
         data: job.data.clone(),
         train_items: job.train_names.len(),
@@ -561,7 +561,7 @@ fn reconstruct_job<'a>(
     }
     let dev = args.device.clone();
     let (w, h) = size;
-    let sparse = tc.l1 > 0.0 || cfg.model.topk > 0;
+    let sparse = tc.l1 > 0.0 || matches!(net, Net::Dense(d) if d.config().topk > 0);
     let labels_train: Option<Vec<u8>> = train_s.iter().map(|s| s.label).collect();
     let labels_val: Option<Vec<u8>> = val_s.iter().map(|s| s.label).collect();
     let stack = move |frames: &[&Vec<f32>], dev: &Device| -> candle_core::Result<Tensor> {
@@ -632,16 +632,20 @@ fn pca_init(
     seed: u64,
 ) -> Result<()> {
     let tc = &cfg.train;
-    let n = cfg.model.layers.len() - 1;
-    if cfg.model.arch != "dense-ae" || !cfg.model.bypass || n < 2 {
-        return Err(Error::Config {
-            origin: cfg.origin.clone(),
-            message:
-                "key `train.pca_init`: needs a dense-ae with `bypass = true` and hidden layers"
-                    .into(),
-        });
-    }
-    let k = cfg.model.layers[n];
+    // `n` layers of weights; the code's width `k` is the PCA's rank.
+    let (n, k) =
+        match &cfg.model.arch {
+            Arch::DenseAe { net, .. } if net.bypass && net.layers.len() > 2 => {
+                let n = net.layers.len() - 1;
+                (n, net.layers[n])
+            }
+            _ => return Err(Error::Config {
+                origin: cfg.origin.clone(),
+                message:
+                    "key `train.pca_init`: needs a dense-ae with `bypass = true` and hidden layers"
+                        .into(),
+            }),
+        };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut rows: Vec<Vec<f32>> = samples.iter().map(|s| dataset::resized(s, size)).collect();
     if dataset::augments(tc) {
@@ -830,20 +834,36 @@ fn segment_job<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
+    use crate::model::conv_ae::ConvAeConfig;
+    use crate::model::dense::{CodeActivation, DenseAeConfig, OutputActivation};
+    use crate::model::unet::UNetConfig;
     use candle_core::Var;
     use candle_nn::VarBuilder;
 
-    fn model_cfg(arch: &str) -> ModelConfig {
-        let mut m = crate::config::PipelineConfig::load("denoise")
-            .unwrap()
-            .model;
-        m.arch = arch.into();
-        m.channels = vec![2, 3];
-        m.layers = vec![16, 6, 3];
-        m.size = Some([4, 4]);
-        m.code_channels = 2;
-        m
+    /// Small networks for 4×4 frames: the segmentation U-Net and the two autoencoders.
+    fn small_archs() -> [Arch; 3] {
+        [
+            Arch::UnetSegment(UNetConfig {
+                channels: vec![2, 3],
+            }),
+            Arch::ConvAe {
+                size: [4, 4],
+                net: ConvAeConfig {
+                    channels: vec![2, 3],
+                    code_channels: 2,
+                },
+            },
+            Arch::DenseAe {
+                size: [4, 4],
+                net: DenseAeConfig {
+                    layers: vec![16, 6, 3],
+                    code: CodeActivation::Relu,
+                    output: OutputActivation::Sigmoid,
+                    bypass: false,
+                    topk: 2,
+                },
+            },
+        ]
     }
 
     /// BCE on logits is finite for huge logits and equals the textbook form for moderate ones
@@ -853,7 +873,7 @@ mod tests {
         let vm = VarMap::new();
         let net = Net::new(
             VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
-            &model_cfg("unet-segment"),
+            &small_archs()[0],
         )?;
         let z = Tensor::new(&[[-200f32, -3.0, 0.5, 150.0]], &Device::Cpu)?;
         let t = Tensor::new(&[[0f32, 1.0, 0.0, 1.0]], &Device::Cpu)?;
@@ -892,16 +912,15 @@ mod tests {
     /// convolutions take the generic path; `layers.rs` checks our f32 im2col op against it.)
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        for (arch, loss) in [
-            ("unet-segment", Loss::Bce),
-            ("conv-ae", Loss::Bce),
-            ("dense-ae", Loss::Mse),
-        ] {
+        for (arch, loss) in small_archs()
+            .into_iter()
+            .zip([Loss::Bce, Loss::Bce, Loss::Mse])
+        {
             let vm = VarMap::new();
-            let mut cfg = model_cfg(arch);
-            cfg.topk = 2;
-            cfg.code_activation = crate::model::dense::CodeActivation::Relu;
-            let net = Net::new(VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu), &cfg)?;
+            let net = Net::new(
+                VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu),
+                &arch,
+            )?;
             let x = Var::from_tensor(&Tensor::rand(0f64, 1., (2, 4, 4, 1), &Device::Cpu)?)?;
             let target = Tensor::rand(0f64, 1., (2, 4, 4, 1), &Device::Cpu)?;
             let f = |x: &Tensor| -> Result<f64> {
@@ -926,7 +945,8 @@ mod tests {
                 let fd = (fp - fm) / (2.0 * eps);
                 assert!(
                     (fd - gx[i]).abs() < 1e-6 + 1e-4 * fd.abs(),
-                    "{arch}: d/dx[{i}] autograd {} vs finite difference {fd}",
+                    "{}: d/dx[{i}] autograd {} vs finite difference {fd}",
+                    arch.name(),
                     gx[i]
                 );
             }

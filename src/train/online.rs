@@ -262,8 +262,8 @@ fn model_from(
     dev: &Device,
 ) -> Result<Arc<dyn Model>> {
     let vb = VarBuilder::from_tensors(t.clone(), DType::F32, dev);
-    let net = Net::new(vb, &cfg.model)?;
-    let fixed = cfg.model.size.map(|[w, h]| (w, h));
+    let net = Net::new(vb, &cfg.model.arch)?;
+    let fixed = cfg.model.arch.fixed_size();
     Ok(Arc::new(NetModel::new(net, dev.clone(), fixed)))
 }
 
@@ -316,12 +316,13 @@ impl Finetuner {
         let gen = slot.load_full();
         let cfg = gen.cfg.clone();
         let fc = cfg.finetune.clone();
-        if cfg.model.task() != Task::Denoise {
+        if cfg.model.arch.task() != Task::Denoise {
             return Err(Error::Config {
                 origin: "--finetune".into(),
                 message: format!(
                     "fine-tuning is implemented for the denoise and inpaint models; {} is a {}",
-                    cfg.name, cfg.model.arch
+                    cfg.name,
+                    cfg.model.arch.name()
                 ),
             });
         }
@@ -342,7 +343,10 @@ impl Finetuner {
             .ok_or_else(|| Error::Other("fine-tune: the serving weights are unknown".into()))?;
         let dev = gen.model.device().clone();
         let vm = VarMap::new();
-        let net = Net::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg.model)?;
+        let net = Net::new(
+            VarBuilder::from_varmap(&vm, DType::F32, &dev),
+            &cfg.model.arch,
+        )?;
         set_vars(&vm, &tensors)?;
         let vars: Vec<(String, Var)> = {
             let d = vm.data().lock().expect("varmap lock");
@@ -1103,7 +1107,7 @@ mod tests {
         let dev = Device::Cpu;
         let t =
             candle_core::safetensors::load_buffer(&cfg.weights_bytes(None).unwrap(), &dev).unwrap();
-        let model: Arc<dyn Model> = Arc::from(crate::model::load(&cfg, None, &dev).unwrap());
+        let model: Arc<dyn Model> = Arc::from(cfg.load_model(None, &dev).unwrap());
         let g =
             Generation::new(cfg, model, "denoise-fast@base".into(), 1).with_tensors(Arc::new(t));
         Finetuner::new(
