@@ -317,14 +317,16 @@ impl PipelineConfig {
     }
 }
 
-/// Turns a toml error into one line naming the key and the cause, with line:column.
+/// Turns a toml error into one line naming the line, the text at fault and the cause.
 fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().to_string();
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let key = text.get(span.clone()).unwrap_or("").trim();
-            if key.is_empty() {
+            // A span over several lines (a multi-line array or table that failed as one)
+            // is no key to quote.
+            if key.is_empty() || key.contains('\n') {
                 format!("line {line}: {msg}")
             } else {
                 format!("line {line}, at `{key}`: {msg}")
