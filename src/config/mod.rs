@@ -380,22 +380,24 @@ mod tests {
         }
     }
 
-    fn builtin(name: &str) -> &'static str {
-        BUILTIN_PIPELINES
+    /// The error of built-in `pipeline` with `from` replaced by `to` (which must be there).
+    fn error_of(pipeline: &str, from: &str, to: &str) -> String {
+        let text = BUILTIN_PIPELINES
             .iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| *n == pipeline)
             .unwrap()
-            .1
+            .1;
+        assert!(text.contains(from), "{pipeline} has no {from:?}");
+        PipelineConfig::from_toml(&text.replace(from, to), "x.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     /// An unknown architecture is refused with the key, the name given and the names known.
     #[test]
     fn unknown_arch_is_named() {
-        let text = builtin("denoise").replace("\"unet-denoiser\"", "\"unet-denoisr\"");
-        let err = PipelineConfig::from_toml(&text, "a.toml")
-            .unwrap_err()
-            .to_string();
-        for part in ["a.toml", "model.arch", "unet-denoisr", "unet-denoiser, "] {
+        let err = error_of("denoise", "\"unet-denoiser\"", "\"unet-denoisr\"");
+        for part in ["x.toml", "model.arch", "unet-denoisr", "unet-denoiser, "] {
             assert!(err.contains(part), "{part}: {err}");
         }
     }
@@ -404,43 +406,40 @@ mod tests {
     /// than ignore it.
     #[test]
     fn size_belongs_to_the_fixed_size_models() {
-        let text = builtin("conv-ae").replace("size = [28, 28]", "");
-        let err = PipelineConfig::from_toml(&text, "b.toml")
-            .unwrap_err()
-            .to_string();
+        let err = error_of("conv-ae", "size = [28, 28]", "");
         assert!(
             err.contains("model.size") && err.contains("conv-ae"),
             "{err}"
         );
-        let text = builtin("denoise").replace("[model]", "[model]\nsize = [64, 64]");
-        let err = PipelineConfig::from_toml(&text, "c.toml")
-            .unwrap_err()
-            .to_string();
+        let err = error_of("denoise", "[model]", "[model]\nsize = [64, 64]");
+        assert!(err.contains("model.size` = [64, 64]"), "{err}");
+    }
+
+    /// A section's rule names its key and the value found; so does a rule across sections.
+    #[test]
+    fn section_errors_carry_key_and_value() {
+        let err = error_of("digits-sparse", "topk = 10", "topk = 64");
+        assert!(err.contains("model.topk` = 64"), "{err}");
+        let err = error_of("denoise", "blocks = [1, 1, 2]", "blocks = [1, 1]");
+        assert!(err.contains("model.blocks` = [1, 1]"), "{err}");
+        let err = error_of("segment-nuclei", "[infer]", "[infer]\nsure_blend = true");
         assert!(
-            err.contains("model.size") && err.contains("[64, 64]"),
+            err.contains("infer.sure_blend") && err.contains("unet-segment"),
             "{err}"
         );
     }
 
-    /// A section's rule names its key and the value found.
+    /// An unknown key is reported on its own line.
     #[test]
-    fn section_errors_carry_key_and_value() {
-        let text = builtin("digits-sparse").replace("topk = 10", "topk = 64");
-        let err = PipelineConfig::from_toml(&text, "d.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("model.topk` = 64"), "{err}");
-        let text = builtin("denoise").replace("blocks = [1, 1, 2]", "blocks = [1, 1]");
-        let err = PipelineConfig::from_toml(&text, "e.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("model.blocks` = [1, 1]"), "{err}");
-        let text = builtin("segment-nuclei").replace("[infer]", "[infer]\nsure_blend = true");
-        let err = PipelineConfig::from_toml(&text, "f.toml")
-            .unwrap_err()
-            .to_string();
+    fn toml_errors_name_the_line() {
+        let err = error_of("denoise", "max_batch = 8", "max_bacth = 8");
+        let line = 1 + BUILTIN_PIPELINES[0]
+            .1
+            .lines()
+            .position(|l| l.starts_with("max_batch = 8"))
+            .unwrap();
         assert!(
-            err.contains("infer.sure_blend") && err.contains("unet-segment"),
+            err.contains(&format!("line {line}, at `max_bacth`")),
             "{err}"
         );
     }
