@@ -6,7 +6,7 @@ use std::sync::Arc;
 use aestream::config::{OutputKind, PipelineConfig};
 use aestream::frame::framing::Framing;
 use aestream::frame::{encode_png, Planes};
-use aestream::model::{load, Model};
+use aestream::model::Model;
 use aestream::runtime::Stop;
 use aestream::sink::{Output, Sink};
 use aestream::source::stdin::StreamSource;
@@ -25,7 +25,7 @@ fn frame(w: usize, h: usize, seed: usize) -> Planes {
 
 fn model_alone(c: &mut Criterion) {
     let cfg = PipelineConfig::load("denoise").unwrap();
-    let model = load(&cfg, None, &Device::Cpu).unwrap();
+    let model = cfg.load_model(None, &Device::Cpu).unwrap();
     let mut g = c.benchmark_group("model");
     g.sample_size(10);
     for b in [1usize, 8] {
@@ -54,7 +54,7 @@ impl Sink for NullSink {
 
 fn end_to_end(c: &mut Criterion) {
     let cfg = PipelineConfig::load("denoise").unwrap();
-    let model: Arc<dyn Model> = Arc::from(load(&cfg, None, &Device::Cpu).unwrap());
+    let model: Arc<dyn Model> = Arc::from(cfg.load_model(None, &Device::Cpu).unwrap());
     let n = 16;
     let mut stream = Vec::new();
     for i in 0..n {

@@ -206,8 +206,8 @@ fn pipeline(
             REFERENCE_MODELS.join(", ")
         ))
     })?;
-    let fixed = cfg.model.size.map(|[w, h]| (w, h));
-    let net = Net::new(vb, &cfg.model)?;
+    let fixed = cfg.model.arch.fixed_size();
+    let net = Net::new(vb, &cfg.model.arch)?;
     let (w, h) = match (fixed, a.size) {
         (Some(wh), None) => wh,
         (Some(wh), Some(s)) if (s, s) == wh => wh,
@@ -227,7 +227,7 @@ fn pipeline(
             (s, s)
         }
     };
-    let served: Box<dyn Model> = match crate::model::load(&cfg, None, dev) {
+    let served: Box<dyn Model> = match cfg.load_model(None, dev) {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!("{name}: {e}; timing inference with random weights");

@@ -83,7 +83,7 @@ pub fn run(a: EvalCmd) -> anyhow::Result<()> {
         }
     };
     let device = aestream::model::select_device(&a.device)?;
-    let model = aestream::model::load(&cfg, a.weights.as_deref(), &device)?;
+    let model = cfg.load_model(a.weights.as_deref(), &device)?;
     let args = EvalArgs {
         data: a.data,
         noise,

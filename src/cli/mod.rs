@@ -41,7 +41,7 @@ pub fn parse_kinds(
     let Some(list) = emit else {
         return Ok(cfg.output.kinds.clone());
     };
-    let allowed = OutputKind::for_task(cfg.model.task());
+    let allowed = OutputKind::for_task(cfg.model.arch.task());
     list.iter()
         .map(|k| {
             let kind: OutputKind = k.trim().parse().map_err(|m| aestream::Error::Config {

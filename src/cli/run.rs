@@ -172,10 +172,11 @@ fn load_generation(
 ) -> anyhow::Result<Generation> {
     let mut cfg = with_ensemble(PipelineConfig::load(&a.pipeline)?, a.ensemble)?;
     if let Some(m) = &a.masks {
-        let why = if cfg.model.arch != "unet-inpaint" {
+        let why = if !matches!(cfg.model.arch, aestream::model::Arch::UnetInpaint(_)) {
             Some(format!(
                 "only inpainting pipelines take masks ({} is a {})",
-                cfg.name, cfg.model.arch
+                cfg.name,
+                cfg.model.arch.name()
             ))
         } else if a.input().folder().is_none() {
             Some("masks are matched to input files by name: needs a folder --input".into())
@@ -195,8 +196,8 @@ fn load_generation(
         cfg.finetune.enabled = true;
     }
     let model: Arc<dyn aestream::model::Model> =
-        Arc::from(aestream::model::load(&cfg, a.weights.as_deref(), device)?);
-    let version = aestream::model::weights_version(&cfg, a.weights.as_deref())?;
+        Arc::from(cfg.load_model(a.weights.as_deref(), device)?);
+    let version = cfg.weights_version(a.weights.as_deref())?;
     let mut g = Generation::new(cfg, model, version, number);
     if g.cfg.finetune.enabled {
         // The fine-tuner starts from these.

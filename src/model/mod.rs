@@ -3,6 +3,7 @@
 //! Every model takes and returns NHWC tensors in [0, 1]. Weights are safetensors files, loaded
 //! through candle's `VarBuilder` so names in the file match the module tree.
 
+pub mod arch;
 pub mod checkpoint;
 pub mod conv_ae;
 pub mod denoise;
@@ -15,8 +16,9 @@ pub mod weights;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{ModelConfig, PipelineConfig};
 use crate::error::{Error, Result};
+
+pub use arch::{Arch, ArchKind};
 
 /// What a network is for; decides its outputs and how it is trained and evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +63,7 @@ pub trait Model: Send + Sync {
     fn device(&self) -> &Device;
 }
 
-/// One of the architectures, built from a pipeline's `[model]`.
+/// One of the architectures, built from its [`Arch`].
 #[derive(Debug, Clone)]
 pub enum Net {
     Denoise(denoise::Denoiser),
@@ -81,13 +83,13 @@ pub struct RawOutputs {
 }
 
 impl Net {
-    pub fn new(vb: VarBuilder, cfg: &ModelConfig) -> candle_core::Result<Self> {
-        Ok(match cfg.arch.as_str() {
-            "dense-ae" => Net::Dense(dense::DenseAe::new(vb, &cfg.dense())?),
-            "conv-ae" => Net::Conv(conv_ae::ConvAe::new(vb, &cfg.conv_ae())?),
-            "unet-segment" => Net::Segment(unet::UNet::new(vb, &cfg.unet())?),
-            "unet-inpaint" => Net::Inpaint(denoise::Denoiser::new(vb, &cfg.denoiser())?),
-            _ => Net::Denoise(denoise::Denoiser::new(vb, &cfg.denoiser())?),
+    pub fn new(vb: VarBuilder, arch: &Arch) -> candle_core::Result<Self> {
+        Ok(match arch {
+            Arch::UnetDenoiser(c) => Net::Denoise(denoise::Denoiser::new(vb, c)?),
+            Arch::UnetInpaint(c) => Net::Inpaint(denoise::Denoiser::new(vb, c)?),
+            Arch::DenseAe { net, .. } => Net::Dense(dense::DenseAe::new(vb, net)?),
+            Arch::ConvAe { net, .. } => Net::Conv(conv_ae::ConvAe::new(vb, net)?),
+            Arch::UnetSegment(c) => Net::Segment(unet::UNet::new(vb, c)?),
         })
     }
 
@@ -262,50 +264,24 @@ pub fn describe_device(d: &Device) -> String {
     }
 }
 
-/// Builds the pipeline's network with its weights (or `weights_override`).
-/// The version a model is known by in logs, outputs and the journal: the pipeline's name, a
-/// hash of its weights and a hash of its settings, e.g. `denoise@1f2e3d4c.9a8b`.
-pub fn weights_version(
-    cfg: &PipelineConfig,
-    weights_override: Option<&std::path::Path>,
-) -> Result<String> {
-    let bytes = cfg.weights_bytes(weights_override)?;
-    let settings = serde_json::to_vec(cfg).unwrap_or_default();
-    Ok(format!(
-        "{}@{:08x}.{:04x}",
-        cfg.name,
-        xxhash_rust::xxh3::xxh3_64(&bytes) as u32,
-        xxhash_rust::xxh3::xxh3_64(&settings) as u16
-    ))
-}
-
-pub fn load(
-    cfg: &PipelineConfig,
-    weights_override: Option<&std::path::Path>,
-    device: &Device,
-) -> Result<Box<dyn Model>> {
-    let bytes = cfg.weights_bytes(weights_override)?;
-    let what = weights_override
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| cfg.model.weights.clone());
-    if bytes.is_empty() {
-        return Err(Error::Config {
-            origin: cfg.origin.clone(),
-            message: format!("weights {what} are empty: train them with `aestream train`"),
-        });
-    }
-    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(|e| {
+/// Builds `arch` with the safetensors `weights` on `device`; `what` names the weights (a path
+/// or a built-in name) in errors.
+pub fn load(arch: &Arch, weights: Vec<u8>, what: &str, device: &Device) -> Result<Box<dyn Model>> {
+    let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device).map_err(|e| {
         Error::Config {
-            origin: what.clone(),
+            origin: what.to_string(),
             message: format!("not a safetensors file: {e}"),
         }
     })?;
-    let net = Net::new(vb, &cfg.model).map_err(|e| Error::Config {
-        origin: what,
+    let net = Net::new(vb, arch).map_err(|e| Error::Config {
+        origin: what.to_string(),
         message: format!("weights do not fit the pipeline's [model]: {e}"),
     })?;
-    let fixed = cfg.model.size.map(|[w, h]| (w, h));
-    Ok(Box::new(NetModel::new(net, device.clone(), fixed)))
+    Ok(Box::new(NetModel::new(
+        net,
+        device.clone(),
+        arch.fixed_size(),
+    )))
 }
 
 #[cfg(test)]

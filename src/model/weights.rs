@@ -12,8 +12,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::{Model, Net, NetModel};
-use crate::config::PipelineConfig;
+use super::{Arch, Model, Net, NetModel};
 use crate::error::{Error, Result};
 
 /// The variables with their names, for an optimizer to update.
@@ -55,13 +54,9 @@ pub fn set_vars(vm: &VarMap, t: &HashMap<String, Tensor>, what: &str) -> Result<
 }
 
 /// The pipeline's model with the weights `t` (copied), ready to serve.
-pub fn serving(
-    cfg: &PipelineConfig,
-    t: &HashMap<String, Tensor>,
-    dev: &Device,
-) -> Result<Arc<dyn Model>> {
+pub fn serving(arch: &Arch, t: &HashMap<String, Tensor>, dev: &Device) -> Result<Arc<dyn Model>> {
     let vb = VarBuilder::from_tensors(t.clone(), DType::F32, dev);
-    let net = Net::new(vb, &cfg.model)?;
-    let fixed = cfg.model.size.map(|[w, h]| (w, h));
+    let net = Net::new(vb, arch)?;
+    let fixed = arch.fixed_size();
     Ok(Arc::new(NetModel::new(net, dev.clone(), fixed)))
 }

@@ -360,7 +360,7 @@ mod tests {
     use crate::frame::encode_png;
     use crate::frame::FrameId;
     use crate::model::Model;
-    use crate::model::{denoise::Denoiser, Net, NetModel};
+    use crate::model::{Arch, Net, NetModel};
     use candle_core::{DType, Device};
     use std::collections::BTreeSet;
     use std::sync::atomic::AtomicU64;
@@ -417,8 +417,10 @@ mod tests {
         let mut cfg = PipelineConfig::load("denoise").unwrap();
         cfg.channels.capacity = 1;
         cfg.infer.workers = 1;
-        cfg.model.channels = vec![4];
-        cfg.model.blocks = vec![1];
+        let Arch::UnetDenoiser(d) = &mut cfg.model.arch else {
+            unreachable!("the denoise pipeline runs a unet-denoiser");
+        };
+        (d.channels, d.blocks) = (vec![4], vec![1]);
         // These tests watch the model's own output (constant models stand in for versions).
         cfg.infer.sure_blend = false;
         cfg
@@ -428,8 +430,8 @@ mod tests {
     fn tiny_model_and_frame(cfg: &PipelineConfig) -> (Arc<dyn Model>, Vec<u8>) {
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let net = Denoiser::new(vb, &cfg.model.denoiser()).unwrap();
-        let model: Arc<dyn Model> = Arc::new(NetModel::new(Net::Denoise(net), Device::Cpu, None));
+        let net = Net::new(vb, &cfg.model.arch).unwrap();
+        let model: Arc<dyn Model> = Arc::new(NetModel::new(net, Device::Cpu, None));
         let frame = encode_png(&Planes::grey(16, 16, vec![0.5; 256]), "t").unwrap();
         (model, frame)
     }

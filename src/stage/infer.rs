@@ -238,7 +238,7 @@ pub fn run_plane(
 mod tests {
     use super::*;
     use crate::config::PipelineConfig;
-    use crate::model::{Net, NetModel};
+    use crate::model::{Arch, Net, NetModel};
 
     /// The `denoise` pipeline's settings and an untrained two-level denoiser.
     fn tiny_denoiser() -> Result<(PipelineConfig, NetModel)> {
@@ -246,7 +246,9 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
-        let mut mcfg = cfg.model.denoiser();
+        let Arch::UnetDenoiser(mut mcfg) = cfg.model.arch.clone() else {
+            unreachable!("the denoise pipeline runs a unet-denoiser");
+        };
         (mcfg.channels, mcfg.blocks) = (vec![4, 8], vec![1, 1]);
         let net = crate::model::denoise::Denoiser::new(vb, &mcfg)?;
         Ok((cfg, NetModel::new(Net::Denoise(net), dev, None)))

@@ -185,7 +185,7 @@ pub(super) fn fit(
     let few = |v: Vec<String>| if v.len() <= 100 { v } else { vec![] };
     let report = TrainReport {
         pipeline: cfg.name.clone(),
-        arch: cfg.model.arch.clone(),
+        arch: cfg.model.arch.name().to_string(),
         model: serde_json::to_value(&cfg.model).map_err(|e| Error::Other(e.to_string()))?,
         data: job.data.clone(),
         train_items: job.train_names.len(),

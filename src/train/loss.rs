@@ -43,8 +43,11 @@ pub fn weighted_mse(out: &Tensor, target: &Tensor, w: &Tensor) -> candle_core::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
     use crate::error::Result;
+    use crate::model::conv_ae::ConvAeConfig;
+    use crate::model::dense::{CodeActivation, DenseAeConfig, OutputActivation};
+    use crate::model::unet::UNetConfig;
+    use crate::model::Arch;
     use crate::train::init::seeded_builder;
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
@@ -57,16 +60,30 @@ mod tests {
         Ok(Tensor::from_vec(v, (2, 4, 4, 1), &Device::Cpu)?)
     }
 
-    fn model_cfg(arch: &str) -> ModelConfig {
-        let mut m = crate::config::PipelineConfig::load("denoise")
-            .unwrap()
-            .model;
-        m.arch = arch.into();
-        m.channels = vec![2, 3];
-        m.layers = vec![16, 6, 3];
-        m.size = Some([4, 4]);
-        m.code_channels = 2;
-        m
+    /// Small networks for 4×4 frames: the segmentation U-Net and the two autoencoders.
+    fn small_archs() -> [Arch; 3] {
+        [
+            Arch::UnetSegment(UNetConfig {
+                channels: vec![2, 3],
+            }),
+            Arch::ConvAe {
+                size: [4, 4],
+                net: ConvAeConfig {
+                    channels: vec![2, 3],
+                    code_channels: 2,
+                },
+            },
+            Arch::DenseAe {
+                size: [4, 4],
+                net: DenseAeConfig {
+                    layers: vec![16, 6, 3],
+                    code: CodeActivation::Relu,
+                    output: OutputActivation::Sigmoid,
+                    bypass: false,
+                    topk: 2,
+                },
+            },
+        ]
     }
 
     /// BCE on logits is finite for huge logits and equals the textbook form for moderate ones
@@ -76,7 +93,7 @@ mod tests {
         let vm = VarMap::new();
         let net = Net::new(
             seeded_builder(&vm, 1, DType::F32, &Device::Cpu),
-            &model_cfg("unet-segment"),
+            &small_archs()[0],
         )?;
         let z = Tensor::new(&[[-200f32, -3.0, 0.5, 150.0]], &Device::Cpu)?;
         let t = Tensor::new(&[[0f32, 1.0, 0.0, 1.0]], &Device::Cpu)?;
@@ -115,16 +132,12 @@ mod tests {
     /// convolutions take the generic path; `layers.rs` checks our f32 im2col op against it.)
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        for (arch, loss) in [
-            ("unet-segment", Loss::Bce),
-            ("conv-ae", Loss::Bce),
-            ("dense-ae", Loss::Mse),
-        ] {
+        for (arch, loss) in small_archs()
+            .into_iter()
+            .zip([Loss::Bce, Loss::Bce, Loss::Mse])
+        {
             let vm = VarMap::new();
-            let mut cfg = model_cfg(arch);
-            cfg.topk = 2;
-            cfg.code_activation = crate::model::dense::CodeActivation::Relu;
-            let net = Net::new(seeded_builder(&vm, 2, DType::F64, &Device::Cpu), &cfg)?;
+            let net = Net::new(seeded_builder(&vm, 2, DType::F64, &Device::Cpu), &arch)?;
             let x = Var::from_tensor(&seeded_input(3)?)?;
             let target = seeded_input(4)?;
             let f = |x: &Tensor| -> Result<f64> {
@@ -149,7 +162,8 @@ mod tests {
                 let fd = (fp - fm) / (2.0 * eps);
                 assert!(
                     (fd - gx[i]).abs() < 1e-6 + 1e-4 * fd.abs(),
-                    "{arch}: d/dx[{i}] autograd {} vs finite difference {fd}",
+                    "{}: d/dx[{i}] autograd {} vs finite difference {fd}",
+                    arch.name(),
                     gx[i]
                 );
             }

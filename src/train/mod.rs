@@ -112,8 +112,8 @@ pub(crate) struct Job<'a> {
 pub fn train(cfg: &PipelineConfig, args: &TrainArgs) -> Result<TrainReport> {
     let vm = VarMap::new();
     let vb = init::seeded_builder(&vm, args.seed, DType::F32, &args.device);
-    let net = Net::new(vb, &cfg.model)?;
-    let fixed = cfg.model.size.map(|[w, h]| (w, h));
+    let net = Net::new(vb, &cfg.model.arch)?;
+    let fixed = cfg.model.arch.fixed_size();
     let model = NetModel::new(net.clone(), args.device.clone(), fixed);
     let job = match net.task() {
         Task::Denoise => denoise::denoise_job(cfg, args, &net, &model)?,

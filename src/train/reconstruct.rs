@@ -16,7 +16,7 @@ use crate::config::PipelineConfig;
 use crate::data::dataset;
 use crate::error::{Error, Result};
 use crate::eval::score::recon_stats;
-use crate::model::{Model, Net, NetModel};
+use crate::model::{Arch, Model, Net, NetModel};
 
 /// Autoencoders: whole frames resized to the model's size (augmented if asked), reconstruct
 /// the input; an L1 penalty on the code when `train.l1` > 0.
@@ -55,7 +55,7 @@ pub(super) fn reconstruct_job<'a>(
     }
     let dev = args.device.clone();
     let (w, h) = size;
-    let sparse = tc.l1 > 0.0 || cfg.model.topk > 0;
+    let sparse = tc.l1 > 0.0 || matches!(net, Net::Dense(d) if d.config().topk > 0);
     let labels_train: Option<Vec<u8>> = train_s.iter().map(|s| s.label).collect();
     let labels_val: Option<Vec<u8>> = val_s.iter().map(|s| s.label).collect();
     let stack = move |frames: &[&Vec<f32>], dev: &Device| -> candle_core::Result<Tensor> {
@@ -126,16 +126,20 @@ fn pca_init(
     seed: u64,
 ) -> Result<()> {
     let tc = &cfg.train;
-    let n = cfg.model.layers.len() - 1;
-    if cfg.model.arch != "dense-ae" || !cfg.model.bypass || n < 2 {
-        return Err(Error::Config {
-            origin: cfg.origin.clone(),
-            message:
-                "key `train.pca_init`: needs a dense-ae with `bypass = true` and hidden layers"
-                    .into(),
-        });
-    }
-    let k = cfg.model.layers[n];
+    // `n` layers of weights; the code's width `k` is the PCA's rank.
+    let (n, k) =
+        match &cfg.model.arch {
+            Arch::DenseAe { net, .. } if net.bypass && net.layers.len() > 2 => {
+                let n = net.layers.len() - 1;
+                (n, net.layers[n])
+            }
+            _ => return Err(Error::Config {
+                origin: cfg.origin.clone(),
+                message:
+                    "key `train.pca_init`: needs a dense-ae with `bypass = true` and hidden layers"
+                        .into(),
+            }),
+        };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut rows: Vec<Vec<f32>> = samples.iter().map(|s| dataset::resized(s, size)).collect();
     if dataset::augments(tc) {

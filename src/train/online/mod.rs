@@ -148,12 +148,13 @@ impl Finetuner {
         let gen = slot.load_full();
         let cfg = gen.cfg.clone();
         let fc = cfg.finetune.clone();
-        if cfg.model.task() != Task::Denoise {
+        if cfg.model.arch.task() != Task::Denoise {
             return Err(Error::Config {
                 origin: "--finetune".into(),
                 message: format!(
                     "fine-tuning is implemented for the denoise and inpaint models; {} is a {}",
-                    cfg.name, cfg.model.arch
+                    cfg.name,
+                    cfg.model.arch.name()
                 ),
             });
         }
@@ -174,7 +175,10 @@ impl Finetuner {
             .ok_or_else(|| Error::Other("fine-tune: the serving weights are unknown".into()))?;
         let dev = gen.model.device().clone();
         let vm = VarMap::new();
-        let net = Net::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg.model)?;
+        let net = Net::new(
+            VarBuilder::from_varmap(&vm, DType::F32, &dev),
+            &cfg.model.arch,
+        )?;
         weights::set_vars(&vm, &tensors, "fine-tune: the serving weights")?;
         let mut opt = AdamW::new(
             weights::vars(&vm),

@@ -24,7 +24,7 @@ fn trainer(ckpt: Option<Checkpoints>, tweak: impl Fn(&mut FinetuneConfig)) -> Fi
     tweak(&mut cfg.finetune);
     let dev = Device::Cpu;
     let t = candle_core::safetensors::load_buffer(&cfg.weights_bytes(None).unwrap(), &dev).unwrap();
-    let model: Arc<dyn Model> = Arc::from(crate::model::load(&cfg, None, &dev).unwrap());
+    let model: Arc<dyn Model> = Arc::from(cfg.load_model(None, &dev).unwrap());
     let g = Generation::new(cfg, model, "denoise-fast@base".into(), 1).with_tensors(Arc::new(t));
     Finetuner::start(
         crate::serving::slot(g),

@@ -1,0 +1,43 @@
+//! `[corrupt]`: synthetic damage done to frames before the model sees them — noise, salt and
+//! pepper, missing pixels — for demos and training-style runs on clean inputs.
+
+use serde::{Deserialize, Serialize};
+
+use super::Invalid;
+
+/// Synthetic corruption applied before the model (for training-style runs and demos).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorruptConfig {
+    /// Additive Gaussian noise, σ on the 0–255 scale; 0 = off.
+    pub gaussian_sigma: f32,
+    /// Fraction of pixels set to black or white at random; 0 = off.
+    pub salt_pepper: f32,
+    /// Fraction of pixels set to 0 (missing) at random; 0 = off.
+    pub mask: f32,
+    /// Seed for the corruption; frames get independent streams derived from it.
+    pub seed: u64,
+}
+
+impl CorruptConfig {
+    pub fn is_off(&self) -> bool {
+        self.gaussian_sigma <= 0.0 && self.salt_pepper <= 0.0 && self.mask <= 0.0
+    }
+
+    /// Fractions lie in [0, 1]; σ is a finite non-negative number.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for (key, v) in [
+            ("corrupt.salt_pepper", self.salt_pepper),
+            ("corrupt.mask", self.mask),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Invalid::new(key, v, "must be between 0 and 1"));
+            }
+        }
+        let s = self.gaussian_sigma;
+        if s < 0.0 || !s.is_finite() {
+            return Err(Invalid::new("corrupt.gaussian_sigma", s, "must be ≥ 0"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! `[infer]`: how frames are batched through the model, how many threads the CPU stages get,
+//! and the optional self-ensemble and SURE blend.
+
+use serde::{Deserialize, Serialize};
+
+use super::Invalid;
+
+/// Where and how the model runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferConfig {
+    /// Most frames (or tiles) run through the model at once.
+    pub max_batch: usize,
+    /// Most pixels in one forward pass; bounds the model's memory.
+    pub max_batch_pixels: usize,
+    /// Longest wait for a batch to fill once its first frame arrived.
+    pub max_wait_ms: u64,
+    /// Threads per CPU stage: decode, corrupt, normalise, post-process, encode
+    /// (0 = one per core, at most 4).
+    pub workers: usize,
+    /// Self-ensemble: 1 (off), 2 or 4 flipped views averaged (slower, slightly better).
+    pub ensemble: usize,
+    /// Denoisers: blend output and input block by block where Stein's unbiased risk estimate
+    /// says the model took detail for noise (one more model pass per frame).
+    pub sure_blend: bool,
+    /// The frames' noise σ (0–255 scale) for the SURE blend, where it is known (a fixed
+    /// camera gain); 0 = estimate it per plane.
+    pub noise_sigma: f32,
+}
+
+impl Default for InferConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            max_batch_pixels: 1 << 19,
+            max_wait_ms: 10,
+            workers: 0,
+            ensemble: 1,
+            sure_blend: false,
+            noise_sigma: 0.0,
+        }
+    }
+}
+
+impl InferConfig {
+    /// Batches hold a frame; the batcher's wait is bounded; the ensemble is a size the
+    /// flips support; a given σ is on the 0–255 scale. (Whether the model can blend at all
+    /// is a rule across sections: `PipelineConfig::validate`.)
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.max_batch == 0 {
+            return Err(Invalid::new("infer.max_batch", 0, "must be at least 1"));
+        }
+        if self.max_wait_ms > 60_000 {
+            return Err(Invalid::new(
+                "infer.max_wait_ms",
+                self.max_wait_ms,
+                "must be at most 60000",
+            ));
+        }
+        if ![1, 2, 4].contains(&self.ensemble) {
+            return Err(Invalid::new(
+                "infer.ensemble",
+                self.ensemble,
+                "must be 1, 2 or 4",
+            ));
+        }
+        if !(0.0..=255.0).contains(&self.noise_sigma) {
+            return Err(Invalid::new(
+                "infer.noise_sigma",
+                self.noise_sigma,
+                "must be between 0 (estimate) and 255",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,461 @@
+//! Pipeline files: TOML → typed configuration.
+//!
+//! A pipeline names its decode limits, corruption, normalisation, model and weights,
+//! post-processing, outputs, batching and channel capacities. Unknown keys are errors, and every
+//! error names the file, the key and what is wrong. The shipped pipelines (and their weights) are
+//! embedded in the binary so `aestream run denoise` works from any directory.
+//!
+//! Each `[section]` lives in its own file with the rules it can check alone (its `validate`);
+//! this file holds the whole pipeline, the rules that span sections, loading, and where the
+//! weights come from. Sections report an [`Invalid`] key; the pipeline adds its file's name.
+
+mod channels;
+mod corrupt;
+mod decode;
+mod finetune;
+mod infer;
+mod model;
+mod normalise;
+mod output;
+mod postprocess;
+mod queue;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use channels::{ChannelConfig, Overload};
+pub use corrupt::CorruptConfig;
+pub use decode::DecodeConfig;
+pub use finetune::{FinetuneConfig, FinetuneTarget};
+pub use infer::InferConfig;
+pub use model::{ModelConfig, ModelSection};
+pub use normalise::{ColourMode, NormaliseConfig, PadMode, Stretch};
+pub use output::{OutputConfig, OutputKind};
+pub use postprocess::PostprocessConfig;
+pub use queue::{QueueKind, QueueSinkConfig, QueueSourceConfig};
+pub use train::{Loss, TrainConfig};
+
+use crate::error::{Error, Result};
+use crate::model::{Arch, Model};
+
+/// What is wrong with one key of a pipeline file: the key, the value found there (absent
+/// when the key is missing) and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("key `{key}`{}: {rule}", value.as_ref().map(|v| format!(" = {v}")).unwrap_or_default())]
+pub struct Invalid {
+    pub key: &'static str,
+    pub value: Option<String>,
+    pub rule: String,
+}
+
+impl Invalid {
+    /// `key` holds `value` (shown as `{:?}` prints it), which breaks `rule`.
+    pub fn new(key: &'static str, value: impl std::fmt::Debug, rule: impl Into<String>) -> Self {
+        Self {
+            key,
+            value: Some(format!("{value:?}")),
+            rule: rule.into(),
+        }
+    }
+
+    /// `key` is needed and not given.
+    pub fn missing(key: &'static str, rule: impl Into<String>) -> Self {
+        Self {
+            key,
+            value: None,
+            rule: rule.into(),
+        }
+    }
+}
+
+/// The pipelines built into the binary: (name, TOML text).
+pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
+    ("denoise", include_str!("../../pipelines/denoise.toml")),
+    (
+        "denoise-fast",
+        include_str!("../../pipelines/denoise-fast.toml"),
+    ),
+    ("inpaint", include_str!("../../pipelines/inpaint.toml")),
+    ("faces", include_str!("../../pipelines/faces.toml")),
+    (
+        "digits-sparse",
+        include_str!("../../pipelines/digits-sparse.toml"),
+    ),
+    ("conv-ae", include_str!("../../pipelines/conv-ae.toml")),
+    (
+        "segment-nuclei",
+        include_str!("../../pipelines/segment-nuclei.toml"),
+    ),
+];
+
+/// The weights built into the binary: (file name as written in a pipeline, bytes).
+pub const BUILTIN_WEIGHTS: &[(&str, &[u8])] = &[
+    (
+        "denoise.safetensors",
+        include_bytes!("../../weights/denoise.safetensors"),
+    ),
+    (
+        "inpaint.safetensors",
+        include_bytes!("../../weights/inpaint.safetensors"),
+    ),
+    (
+        "faces.safetensors",
+        include_bytes!("../../weights/faces.safetensors"),
+    ),
+    (
+        "digits-sparse.safetensors",
+        include_bytes!("../../weights/digits-sparse.safetensors"),
+    ),
+    (
+        "conv-ae.safetensors",
+        include_bytes!("../../weights/conv-ae.safetensors"),
+    ),
+    (
+        "segment-nuclei.safetensors",
+        include_bytes!("../../weights/segment-nuclei.safetensors"),
+    ),
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Short name; used in logs and metadata.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub decode: DecodeConfig,
+    #[serde(default)]
+    pub corrupt: CorruptConfig,
+    #[serde(default)]
+    pub normalise: NormaliseConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub infer: InferConfig,
+    #[serde(default)]
+    pub postprocess: PostprocessConfig,
+    #[serde(default)]
+    pub output: OutputConfig,
+    #[serde(default)]
+    pub channels: ChannelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub finetune: FinetuneConfig,
+    /// A queue to read frames from (`[source] kind = "redis"`), used when `--input` is a queue
+    /// address or is not given.
+    #[serde(default)]
+    pub source: QueueSourceConfig,
+    /// A queue to write results to (`[sink] kind = "redis"`).
+    #[serde(default)]
+    pub sink: QueueSinkConfig,
+    /// Where the file came from (set on load; a path, or `builtin:NAME`).
+    #[serde(skip)]
+    pub origin: String,
+    /// Folder that relative weight paths are resolved against (None for built-ins).
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+    /// Inpainting run with `--masks DIR`: each input's mask image at its relative path there
+    /// (black = missing).
+    #[serde(skip)]
+    pub mask_dir: Option<PathBuf>,
+}
+
+impl PipelineConfig {
+    /// Parses pipeline TOML; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let mut cfg: PipelineConfig = toml::from_str(text).map_err(|e| Error::Config {
+            origin: origin.to_string(),
+            message: describe_toml_error(&e, text),
+        })?;
+        cfg.origin = origin.to_string();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Loads a pipeline by built-in name or by path to a `.toml` file.
+    pub fn load(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        let looks_like_path = spec.ends_with(".toml") || spec.contains('/') || path.exists();
+        if !looks_like_path {
+            if let Some((_, text)) = BUILTIN_PIPELINES.iter().find(|(n, _)| *n == spec) {
+                return Self::from_toml(text, &format!("builtin:{spec}"));
+            }
+            let names: Vec<_> = BUILTIN_PIPELINES.iter().map(|(n, _)| *n).collect();
+            return Err(Error::Config {
+                origin: spec.to_string(),
+                message: format!(
+                    "no built-in pipeline of that name (built in: {}), and no such .toml file",
+                    names.join(", ")
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let mut cfg = Self::from_toml(&text, &path.display().to_string())?;
+        cfg.base_dir = path.parent().map(Path::to_path_buf);
+        Ok(cfg)
+    }
+
+    /// Each section's own rules, then the rules across sections.
+    fn validate(&self) -> Result<()> {
+        self.invalid().map_err(|e| Error::Config {
+            origin: self.origin.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    fn invalid(&self) -> Result<(), Invalid> {
+        let arch = &self.model.arch;
+        self.corrupt.validate()?;
+        self.normalise.validate()?;
+        self.model.validate()?;
+        // Only after the model's levels are known to be sane.
+        let multiple = arch.size_multiple();
+        self.infer.validate()?;
+        self.output.validate()?;
+        self.channels.validate()?;
+        self.train.validate(multiple)?;
+        self.finetune.validate(multiple)?;
+        let allowed = OutputKind::for_task(arch.task());
+        if let Some(k) = self.output.kinds.iter().find(|k| !allowed.contains(k)) {
+            let names: Vec<_> = allowed.iter().map(|k| k.name()).collect();
+            return Err(Invalid::new(
+                "output.kinds",
+                k.name(),
+                format!(
+                    "{} cannot emit it (it can: {})",
+                    arch.name(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        if self.infer.sure_blend && !matches!(arch, Arch::UnetDenoiser(_)) {
+            return Err(Invalid::new(
+                "infer.sure_blend",
+                true,
+                format!(
+                    "needs a Gaussian denoiser (unet-denoiser), not {}",
+                    arch.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The weights' bytes: a file beside the pipeline, any path, or a built-in.
+    pub fn weights_bytes(&self, override_path: Option<&Path>) -> Result<Vec<u8>> {
+        if let Some(p) = override_path {
+            return std::fs::read(p).map_err(|e| Error::Io {
+                path: p.to_path_buf(),
+                source: e,
+            });
+        }
+        let rel = Path::new(&self.model.weights);
+        let candidates: Vec<PathBuf> = match &self.base_dir {
+            Some(base) => vec![base.join(rel), base.join("../weights").join(rel)],
+            None => vec![],
+        };
+        if let Some(c) = candidates.iter().find(|c| c.is_file()) {
+            return std::fs::read(c).map_err(|e| Error::Io {
+                path: c.clone(),
+                source: e,
+            });
+        }
+        if let Some((_, bytes)) = BUILTIN_WEIGHTS
+            .iter()
+            .find(|(n, _)| *n == self.model.weights)
+        {
+            return Ok(bytes.to_vec());
+        }
+        Err(Error::Config {
+            origin: self.origin.clone(),
+            message: Invalid::new(
+                "model.weights",
+                &self.model.weights,
+                "is neither a file beside the pipeline nor a built-in weight",
+            )
+            .to_string(),
+        })
+    }
+
+    /// The version a model is known by in logs, outputs and the journal: the pipeline's name,
+    /// a hash of its weights (or `weights_override`) and a hash of its settings, e.g.
+    /// `denoise@1f2e3d4c.9a8b`.
+    pub fn weights_version(&self, weights_override: Option<&Path>) -> Result<String> {
+        let bytes = self.weights_bytes(weights_override)?;
+        let settings = serde_json::to_vec(self).unwrap_or_default();
+        Ok(format!(
+            "{}@{:08x}.{:04x}",
+            self.name,
+            xxhash_rust::xxh3::xxh3_64(&bytes) as u32,
+            xxhash_rust::xxh3::xxh3_64(&settings) as u16
+        ))
+    }
+
+    /// The pipeline's network with its weights (or `weights_override`), ready to serve.
+    pub fn load_model(
+        &self,
+        weights_override: Option<&Path>,
+        device: &candle_core::Device,
+    ) -> Result<Box<dyn Model>> {
+        let bytes = self.weights_bytes(weights_override)?;
+        let what = weights_override
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| self.model.weights.clone());
+        if bytes.is_empty() {
+            return Err(Error::Config {
+                origin: self.origin.clone(),
+                message: format!("weights {what} are empty: train them with `aestream train`"),
+            });
+        }
+        crate::model::load(&self.model.arch, bytes, &what, device)
+    }
+}
+
+/// Turns a toml error into one line naming the line, the text at fault and the cause.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let key = text.get(span.clone()).unwrap_or("").trim();
+            // A span over several lines (a multi-line array or table that failed as one)
+            // is no key to quote.
+            if key.is_empty() || key.contains('\n') {
+                format!("line {line}: {msg}")
+            } else {
+                format!("line {line}, at `{key}`: {msg}")
+            }
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_pipelines_parse() {
+        for (name, _) in BUILTIN_PIPELINES {
+            let cfg = PipelineConfig::load(name).expect("built-in parses");
+            assert_eq!(&cfg.name, name);
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = BUILTIN_PIPELINES[0]
+            .1
+            .replace("[infer]", "[infer]\nmax_bacth = 3");
+        let err = PipelineConfig::from_toml(&text, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.toml"), "{err}");
+        assert!(err.contains("max_bacth"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let text = BUILTIN_PIPELINES[0]
+            .1
+            .replace("max_batch = 8", "max_batch = 0");
+        let err = PipelineConfig::from_toml(&text, "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("infer.max_batch"), "{err}");
+        for scales in ["[]", "[0.0]", "[1.5]", "[1.0, -0.5]"] {
+            let text = BUILTIN_PIPELINES[0]
+                .1
+                .replace("[train]", &format!("[train]\nscales = {scales}"));
+            let err = PipelineConfig::from_toml(&text, "z.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("train.scales"), "{scales}: {err}");
+        }
+    }
+
+    /// The error of built-in `pipeline` with `from` replaced by `to` (which must be there).
+    fn error_of(pipeline: &str, from: &str, to: &str) -> String {
+        let text = BUILTIN_PIPELINES
+            .iter()
+            .find(|(n, _)| *n == pipeline)
+            .unwrap()
+            .1;
+        assert!(text.contains(from), "{pipeline} has no {from:?}");
+        PipelineConfig::from_toml(&text.replace(from, to), "x.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// An unknown architecture is refused with the key, the name given and the names known.
+    #[test]
+    fn unknown_arch_is_named() {
+        let err = error_of("denoise", "\"unet-denoiser\"", "\"unet-denoisr\"");
+        for part in ["x.toml", "model.arch", "unet-denoisr", "unet-denoiser, "] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+    }
+
+    /// Fixed-size autoencoders need `size`; a fully convolutional model refuses one rather
+    /// than ignore it.
+    #[test]
+    fn size_belongs_to_the_fixed_size_models() {
+        let err = error_of("conv-ae", "size = [28, 28]", "");
+        assert!(
+            err.contains("model.size") && err.contains("conv-ae"),
+            "{err}"
+        );
+        let err = error_of("denoise", "[model]", "[model]\nsize = [64, 64]");
+        assert!(err.contains("model.size` = [64, 64]"), "{err}");
+    }
+
+    /// A section's rule names its key and the value found; so does a rule across sections.
+    #[test]
+    fn section_errors_carry_key_and_value() {
+        let err = error_of("digits-sparse", "topk = 10", "topk = 64");
+        assert!(err.contains("model.topk` = 64"), "{err}");
+        let err = error_of("denoise", "blocks = [1, 1, 2]", "blocks = [1, 1]");
+        assert!(err.contains("model.blocks` = [1, 1]"), "{err}");
+        let err = error_of("segment-nuclei", "[infer]", "[infer]\nsure_blend = true");
+        assert!(
+            err.contains("infer.sure_blend") && err.contains("unet-segment"),
+            "{err}"
+        );
+    }
+
+    /// An unknown key is reported on its own line.
+    #[test]
+    fn toml_errors_name_the_line() {
+        let err = error_of("denoise", "max_batch = 8", "max_bacth = 8");
+        let line = 1 + BUILTIN_PIPELINES[0]
+            .1
+            .lines()
+            .position(|l| l.starts_with("max_batch = 8"))
+            .unwrap();
+        assert!(
+            err.contains(&format!("line {line}, at `max_bacth`")),
+            "{err}"
+        );
+    }
+
+    /// Every built-in's `[model]` written back out parses to the same model, and keys its
+    /// architecture does not take come out at their defaults.
+    #[test]
+    fn model_section_round_trips() {
+        for (name, _) in BUILTIN_PIPELINES {
+            let m = PipelineConfig::load(name).unwrap().model;
+            let section = ModelSection::from(m.clone());
+            if m.arch.fixed_size().is_none() {
+                assert_eq!(section.size, None, "{name}");
+            }
+            let back = ModelConfig::try_from(section).unwrap();
+            assert_eq!(back, m, "{name}");
+        }
+    }
+}
