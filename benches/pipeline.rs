@@ -70,8 +70,12 @@ fn end_to_end(c: &mut Criterion) {
                 Framing::Concat,
                 1 << 30,
             ));
-            let gen =
-                aestream::serving::Generation::new(cfg.clone(), model.clone(), "bench".into(), 1);
+            let gen = aestream::serving::Generation::new(
+                cfg.clone(),
+                model.clone(),
+                aestream::model::version::ModelVersion::loaded("bench", b"", b""),
+                1,
+            );
             aestream::serving::run(
                 aestream::serving::slot(gen),
                 src,

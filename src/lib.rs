@@ -4,7 +4,6 @@
 //! The library holds everything but the command line: pipeline configuration, the staged
 //! pipeline, its sources, stages and sinks, the models and the training loop.
 
-pub mod analysis;
 pub mod bench;
 pub mod config;
 pub mod data;

@@ -187,7 +187,7 @@ fn nuclei_are_segmented_into_a_label_map_and_overlay() {
     let truth = image::open(nuc.join("masks/right-top.png"))
         .unwrap()
         .to_luma8();
-    let mut o = aestream::analysis::Overlap::default();
+    let mut o = aestream::eval::analysis::Overlap::default();
     for (a, b) in labels.pixels().zip(truth.pixels()) {
         o.add(a.0[0] == 1, b.0[0] > 0);
     }

@@ -330,7 +330,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         Endpoint::Folder(input) => {
             let state = state_dir(&a);
             let j = Arc::new(
-                Journal::open(&state, &first.cfg.name, &first.version)
+                Journal::open(&state, &first.cfg.name, &first.version.to_string())
                     .with_context(|| format!("--state {}", state.display()))?,
             );
             if !j.is_empty() {
@@ -521,7 +521,7 @@ fn reload(a: &RunArgs, device: &candle_core::Device, slot: &ModelSlot, telemetry
                 "reloaded: model {} (generation {}), was {}",
                 g.version, g.number, old.version
             );
-            telemetry.set_model(&g.version, g.number);
+            telemetry.set_model(&g.version.to_string(), g.number);
             telemetry.reloads.fetch_add(1, Ordering::Relaxed);
             slot.store(Arc::new(g));
             tracing::info!("{msg}");

@@ -286,14 +286,14 @@ impl PipelineConfig {
     /// The version a model is known by in logs, outputs and the journal: the pipeline's name,
     /// a hash of its weights (or `weights_override`) and a hash of its settings, e.g.
     /// `denoise@1f2e3d4c.9a8b`.
-    pub fn weights_version(&self, weights_override: Option<&Path>) -> Result<String> {
+    pub fn weights_version(
+        &self,
+        weights_override: Option<&Path>,
+    ) -> Result<crate::model::version::ModelVersion> {
         let bytes = self.weights_bytes(weights_override)?;
         let settings = serde_json::to_vec(self).unwrap_or_default();
-        Ok(format!(
-            "{}@{:08x}.{:04x}",
-            self.name,
-            xxhash_rust::xxh3::xxh3_64(&bytes) as u32,
-            xxhash_rust::xxh3::xxh3_64(&settings) as u16
+        Ok(crate::model::version::ModelVersion::loaded(
+            &self.name, &bytes, &settings,
         ))
     }
 

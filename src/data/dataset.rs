@@ -395,7 +395,7 @@ mod tests {
             label: None,
         };
         let tc = TrainConfig::default();
-        let mut rng = rand::rng();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
         let a = augmented(&s, (4, 3), &tc, &mut rng);
         let b = resized(&s, (4, 3));
         for (x, y) in a.iter().zip(&b) {

@@ -7,6 +7,7 @@
 //! pictures, [`score`] holds the scores that training's validation shares. Evaluation reads
 //! its data through [`crate::data`] and never depends on `train`.
 
+pub mod analysis;
 mod denoise;
 pub mod montage;
 mod reconstruct;

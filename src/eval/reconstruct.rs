@@ -135,13 +135,14 @@ pub(super) fn evaluate_reconstruct(
                 v
             })
             .collect();
-        let pca =
-            crate::analysis::Pca::fit(&rows, code_len.min(rows.len() - 1)).ok_or_else(|| {
+        let pca = crate::eval::analysis::Pca::fit(&rows, code_len.min(rows.len() - 1)).ok_or_else(
+            || {
                 Error::Other(format!(
                     "{}: too few frames to fit a PCA",
                     fit_path.display()
                 ))
-            })?;
+            },
+        )?;
         let recons: Vec<Vec<f32>> = noisy.iter().map(|x| pca.reconstruct(x)).collect();
         let m = clean
             .iter()
@@ -188,14 +189,14 @@ pub(super) fn evaluate_reconstruct(
                 .map(|s| dataset::resized(s, size))
                 .collect();
             let fit_stats = recon_stats(model, &fit_frames, size)?;
-            knn = Some(crate::analysis::knn_accuracy(
+            knn = Some(crate::eval::analysis::knn_accuracy(
                 &fit_stats.codes,
                 &fl,
                 &stats.codes,
                 test_labels,
                 5,
             ));
-            knn_px = Some(crate::analysis::knn_accuracy(
+            knn_px = Some(crate::eval::analysis::knn_accuracy(
                 &fit_frames,
                 &fl,
                 &clean,

@@ -3,9 +3,9 @@
 //! image/mask pairs. They live with evaluation so that `train` may use them while `eval`
 //! never depends on `train`.
 
-use crate::analysis::SegTally;
 use crate::data::dataset::Pair;
 use crate::error::Result;
+use crate::eval::analysis::SegTally;
 use crate::model::Model;
 use crate::stage::{infer, tiling::TilePlan};
 use candle_core::Tensor;

@@ -8,9 +8,11 @@ pub mod checkpoint;
 pub mod conv_ae;
 pub mod denoise;
 pub mod dense;
+pub mod init;
 pub mod layers;
 pub mod reference;
 pub mod unet;
+pub mod version;
 pub mod weights;
 
 use candle_core::{DType, Device, Module, Tensor};

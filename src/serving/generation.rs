@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use candle_core::Tensor;
 
 use crate::config::PipelineConfig;
+use crate::model::version::ModelVersion;
 use crate::model::Model;
 use crate::stage::tiling::TilePlan;
 
@@ -18,7 +19,7 @@ pub struct Generation {
     pub cfg: PipelineConfig,
     pub model: Arc<dyn Model>,
     /// Names the pipeline and weights, e.g. `denoise@1f2e3d4c`; recorded with every output.
-    pub version: String,
+    pub version: ModelVersion,
     /// 1 for the model a run starts with, +1 for each swap.
     pub number: u64,
     /// The weights, when known (the fine-tuner starts from them).
@@ -28,7 +29,12 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn new(cfg: PipelineConfig, model: Arc<dyn Model>, version: String, number: u64) -> Self {
+    pub fn new(
+        cfg: PipelineConfig,
+        model: Arc<dyn Model>,
+        version: ModelVersion,
+        number: u64,
+    ) -> Self {
         let plan = TilePlan::for_pipeline(&cfg, model.spec().size_multiple);
         Self {
             cfg,
@@ -38,12 +44,6 @@ impl Generation {
             tensors: None,
             plan,
         }
-    }
-
-    /// N of a fine-tuned version `NAME-vN@HASH`.
-    pub fn version_number(&self) -> Option<u64> {
-        let (head, _) = self.version.split_once('@')?;
-        head.rsplit_once("-v")?.1.parse().ok()
     }
 
     pub fn with_tensors(mut self, t: Arc<HashMap<String, Tensor>>) -> Self {

@@ -96,7 +96,7 @@ pub fn run(
             .min(4),
         n => n,
     };
-    tel.set_model(&first.version, first.number);
+    tel.set_model(&first.version.to_string(), first.number);
 
     let (raw_tx, raw_rx) = bounded::<RawFrame>(cap);
     let (dec_tx, dec_rx) = bounded::<Packet<Planes>>(cap);
@@ -359,12 +359,16 @@ mod tests {
     use crate::config::PipelineConfig;
     use crate::frame::encode_png;
     use crate::frame::FrameId;
-    use crate::model::Model;
-    use crate::model::{Arch, Net, NetModel};
+    use crate::model::version::ModelVersion;
+    use crate::model::{Arch, Model, Net, NetModel};
     use candle_core::{DType, Device};
     use std::collections::BTreeSet;
     use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
+
+    fn version(name: &str) -> ModelVersion {
+        ModelVersion::loaded(name, b"", b"")
+    }
 
     struct CountingSource {
         n: u64,
@@ -429,7 +433,7 @@ mod tests {
     /// An untrained model for `cfg` and a 16×16 PNG frame.
     fn tiny_model_and_frame(cfg: &PipelineConfig) -> (Arc<dyn Model>, Vec<u8>) {
         let vm = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let vb = crate::model::init::seeded_builder(&vm, 7, DType::F32, &Device::Cpu);
         let net = Net::new(vb, &cfg.model.arch).unwrap();
         let model: Arc<dyn Model> = Arc::new(NetModel::new(net, Device::Cpu, None));
         let frame = encode_png(&Planes::grey(16, 16, vec![0.5; 256]), "t").unwrap();
@@ -448,7 +452,12 @@ mod tests {
         let max_ahead = Arc::new(AtomicU64::new(0));
         let n = 80;
         let summary = run(
-            slot(Generation::new(cfg, model, "test".into(), 1)),
+            slot(Generation::new(
+                cfg,
+                model,
+                ModelVersion::loaded("test", b"", b""),
+                1,
+            )),
             Box::new(CountingSource {
                 n,
                 frame,
@@ -501,7 +510,12 @@ mod tests {
         let (written, skipped) = (Arc::default(), Arc::default());
         let n = 200;
         let summary = run(
-            slot(Generation::new(cfg, model, "test".into(), 1)),
+            slot(Generation::new(
+                cfg,
+                model,
+                ModelVersion::loaded("test", b"", b""),
+                1,
+            )),
             Box::new(CountingSource {
                 n,
                 frame,
@@ -547,8 +561,13 @@ mod tests {
         }
     }
 
+    /// Records each output's version and pixel; after `swap_at` outputs it runs `swap` once
+    /// (an event, not a timer: the swap lands while frames are in flight however fast or slow
+    /// the machine is).
     struct VersionSink {
-        seen: Arc<Mutex<Vec<(String, f32)>>>,
+        seen: Arc<Mutex<Vec<(ModelVersion, f32)>>>,
+        swap_at: usize,
+        swap: Option<Box<dyn FnOnce() + Send>>,
     }
 
     impl Sink for VersionSink {
@@ -561,6 +580,11 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((out.version.clone(), img.planes[0][0]));
+            if self.seen.lock().unwrap().len() == self.swap_at {
+                if let Some(swap) = self.swap.take() {
+                    swap();
+                }
+            }
             Ok(())
         }
         fn skip(&mut self, seq: u64) -> Result<()> {
@@ -584,15 +608,14 @@ mod tests {
                 delay: Duration::from_millis(3),
             })
         };
-        let s = slot(Generation::new(cfg.clone(), model(0.25), "a".into(), 1));
+        let s = slot(Generation::new(cfg.clone(), model(0.25), version("a"), 1));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let swapper = {
+        let swap: Box<dyn FnOnce() + Send> = {
             let (s, cfg, b) = (s.clone(), cfg.clone(), model(0.75));
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(40));
-                s.store(Arc::new(Generation::new(cfg, b, "b".into(), 2)));
-            })
+            Box::new(move || s.store(Arc::new(Generation::new(cfg, b, version("b"), 2))))
         };
+        // Capacity 1 and one worker per stage: far fewer than 100 frames are in flight when
+        // the 20th is written, so the last ones are decoded after the swap.
         let n = 120;
         let summary = run(
             s,
@@ -601,22 +624,25 @@ mod tests {
                 frame,
                 sent: Arc::default(),
             }),
-            Box::new(VersionSink { seen: seen.clone() }),
+            Box::new(VersionSink {
+                seen: seen.clone(),
+                swap_at: 20,
+                swap: Some(swap),
+            }),
             vec![OutputKind::Denoised],
             RunOptions::default(),
             Stop::new(),
         )
         .unwrap();
-        swapper.join().unwrap();
         assert_eq!(summary.frames_out, n);
         let seen = seen.lock().unwrap();
-        let count = |v: &str| seen.iter().filter(|(x, _)| x == v).count();
+        let count = |v: &str| seen.iter().filter(|(x, _)| x.pipeline == v).count();
         assert!(
             count("a") > 0 && count("b") > 0,
             "the swap came too early or late"
         );
         for (version, pixel) in seen.iter() {
-            let want = if version == "a" { 0.25 } else { 0.75 };
+            let want = if version.pipeline == "a" { 0.25 } else { 0.75 };
             assert!((pixel - want).abs() < 0.01, "{version}: pixel {pixel}");
         }
     }

@@ -8,6 +8,7 @@ pub mod stdout;
 use crate::config::OutputKind;
 use crate::error::Result;
 use crate::frame::FrameId;
+use crate::model::version::ModelVersion;
 use crate::stage::encode::Payload;
 
 /// One frame's results, ready to write.
@@ -16,7 +17,7 @@ pub struct Output {
     pub seq: u64,
     pub id: FrameId,
     /// The model version that made it.
-    pub version: String,
+    pub version: ModelVersion,
     pub files: Vec<(OutputKind, Payload)>,
 }
 

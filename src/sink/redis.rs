@@ -83,7 +83,7 @@ impl RedisSink {
         let mut f: Vec<(String, Vec<u8>)> = vec![
             ("source".into(), source.into_bytes()),
             ("id".into(), name.into_bytes()),
-            ("version".into(), out.version.clone().into_bytes()),
+            ("version".into(), out.version.to_string().into_bytes()),
             ("consumer".into(), self.consumer.clone().into_bytes()),
         ];
         if let Some(e) = entry {

@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::config::Overload;
 use crate::error::Result;
 use crate::frame::FrameId;
+use crate::model::version::ModelVersion;
 use crate::runtime::{Stop, Telemetry};
 
 /// An undecoded frame: its identity, its place in the source's order, and its bytes.
@@ -130,7 +131,7 @@ pub trait Completion: Send + Sync {
     /// The frame's outputs are durable (renamed into place, or in the result stream), made by
     /// model `version`; `by_sink`: the sink settled it in the same transaction as its result.
     /// An error stops the run: exactly-once depends on this record.
-    fn done(&self, id: &FrameId, version: &str, by_sink: bool) -> Result<()>;
+    fn done(&self, id: &FrameId, version: &ModelVersion, by_sink: bool) -> Result<()>;
     /// The frame can never succeed (its bytes do not decode): set it aside with its error.
     fn rejected(&self, id: &FrameId, error: &str) -> SetAside;
     /// Something other than the frame failed (the model, an output that could not be
@@ -153,7 +154,7 @@ pub trait Completion: Send + Sync {
 pub struct Nothing;
 
 impl Completion for Nothing {
-    fn done(&self, _: &FrameId, _: &str, _: bool) -> Result<()> {
+    fn done(&self, _: &FrameId, _: &ModelVersion, _: bool) -> Result<()> {
         Ok(())
     }
     fn rejected(&self, _: &FrameId, _: &str) -> SetAside {

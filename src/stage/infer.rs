@@ -245,7 +245,7 @@ mod tests {
         let cfg = PipelineConfig::load("denoise")?;
         let dev = candle_core::Device::Cpu;
         let vm = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        let vb = crate::model::init::seeded_builder(&vm, 7, candle_core::DType::F32, &dev);
         let Arch::UnetDenoiser(mut mcfg) = cfg.model.arch.clone() else {
             unreachable!("the denoise pipeline runs a unet-denoiser");
         };

@@ -46,9 +46,9 @@ mod tests {
     use crate::error::Result;
     use crate::model::conv_ae::ConvAeConfig;
     use crate::model::dense::{CodeActivation, DenseAeConfig, OutputActivation};
+    use crate::model::init::seeded_builder;
     use crate::model::unet::UNetConfig;
     use crate::model::Arch;
-    use crate::train::init::seeded_builder;
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
     use rand::{Rng, SeedableRng};

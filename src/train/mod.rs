@@ -13,7 +13,6 @@
 pub mod adamw;
 pub mod denoise;
 mod fit;
-pub mod init;
 pub mod loss;
 pub mod online;
 mod reconstruct;
@@ -111,7 +110,7 @@ pub(crate) struct Job<'a> {
 /// Trains the pipeline's model and writes `args.out` (+ `.json` metadata, + `.ckpt`).
 pub fn train(cfg: &PipelineConfig, args: &TrainArgs) -> Result<TrainReport> {
     let vm = VarMap::new();
-    let vb = init::seeded_builder(&vm, args.seed, DType::F32, &args.device);
+    let vb = crate::model::init::seeded_builder(&vm, args.seed, DType::F32, &args.device);
     let net = Net::new(vb, &cfg.model.arch)?;
     let fixed = cfg.model.arch.fixed_size();
     let model = NetModel::new(net.clone(), args.device.clone(), fixed);

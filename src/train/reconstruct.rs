@@ -97,7 +97,7 @@ pub(super) fn reconstruct_job<'a>(
                 line += &format!(", {:.1}% of |h| < 0.01", 100.0 * r.sparsity);
                 if let (Some(lt), Some(lv)) = (&labels_train, &labels_val) {
                     let fit = recon_stats(model, &train_plain2, size)?;
-                    let acc = crate::analysis::knn_accuracy(&fit.codes, lt, &r.codes, lv, 5);
+                    let acc = crate::eval::analysis::knn_accuracy(&fit.codes, lt, &r.codes, lv, 5);
                     metrics.insert("knn5_accuracy".into(), acc);
                     line += &format!(", 5-NN accuracy {acc:.3}");
                 }
@@ -151,7 +151,7 @@ fn pca_init(
             );
         }
     }
-    let pca = crate::analysis::Pca::fit(&rows, k)
+    let pca = crate::eval::analysis::Pca::fit(&rows, k)
         .ok_or_else(|| Error::Other("pca_init: too few training frames".into()))?;
     let d = pca.mean.len();
     let c: Vec<f32> = (0..d)

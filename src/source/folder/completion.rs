@@ -10,6 +10,7 @@ use super::journal::Journal;
 use super::quarantine::Quarantine;
 use crate::error::Result;
 use crate::frame::{FileStamp, FrameId};
+use crate::model::version::ModelVersion;
 use crate::source::{Completion, SetAside};
 
 /// The journal, `--done` folder and quarantine of one folder source.
@@ -32,12 +33,12 @@ fn changed_since_read(abs: &std::path::Path, stamp: &FileStamp) -> bool {
 }
 
 impl Completion for FolderCompletion {
-    fn done(&self, id: &FrameId, version: &str, _by_sink: bool) -> Result<()> {
+    fn done(&self, id: &FrameId, version: &ModelVersion, _by_sink: bool) -> Result<()> {
         let FrameId::File { rel, abs, stamp } = id else {
             return Ok(());
         };
         if let Some(j) = &self.journal {
-            j.record(rel, stamp, version)?;
+            j.record(rel, stamp, &version.to_string())?;
         }
         if let Some(done) = &self.done_dir {
             let to = done.join(rel);

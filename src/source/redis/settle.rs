@@ -13,6 +13,7 @@ use super::conn::{is_nogroup, Backoff, Conn, RedisAddress};
 use crate::error::Result;
 use crate::frame::entry::QueueOrigin;
 use crate::frame::FrameId;
+use crate::model::version::ModelVersion;
 use crate::runtime::Telemetry;
 use crate::source::{Completion, SetAside};
 
@@ -241,7 +242,7 @@ impl RedisSettler {
 /// A Redis source's frames are finished by acknowledging their entries once the result is
 /// durable; bad ones go to the dead-letter stream; the rest stay pending for a retry.
 impl Completion for RedisSettler {
-    fn done(&self, id: &FrameId, _version: &str, by_sink: bool) -> Result<()> {
+    fn done(&self, id: &FrameId, _version: &ModelVersion, by_sink: bool) -> Result<()> {
         if let FrameId::Entry(entry) = id {
             if by_sink {
                 // The sink acknowledged it in the same transaction as its result.

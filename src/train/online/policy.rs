@@ -83,9 +83,9 @@ impl Finetuner {
         if let Some(c) = &self.ckpt {
             let meta = CheckpointMeta {
                 pipeline: self.cfg.name.clone(),
-                version: version.clone(),
+                version: version.to_string(),
                 number: n,
-                parent: old.version.clone(),
+                parent: old.version.to_string(),
                 steps: self.steps(),
                 train_loss: self.train_loss,
                 val_loss: candidate,
@@ -97,7 +97,7 @@ impl Finetuner {
             c.write(n, &tensors, self.optimizer_state(), meta)?;
         }
         self.slot.store(gen.clone());
-        self.tel.set_model(&gen.version, gen.number);
+        self.tel.set_model(&gen.version.to_string(), gen.number);
         self.tel.count(
             "aestream_finetune_swaps_total",
             "Fine-tuned versions swapped in.",
@@ -169,7 +169,7 @@ impl Finetuner {
         if let (Some(c), Some(n)) = (&self.ckpt, gone.number) {
             c.retire(n);
         }
-        self.tel.set_model(&back.version, back.number);
+        self.tel.set_model(&back.version.to_string(), back.number);
         tracing::info!("rollback: {} -> {}", gone.gen.version, back.version);
         Ok(true)
     }

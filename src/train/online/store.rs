@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{read_meta, Checkpoint, OptimizerState};
+use crate::model::version::ModelVersion;
 use crate::model::weights;
 use crate::serving::Generation;
 
@@ -185,8 +186,8 @@ impl Checkpoints {
     }
 }
 
-/// The version string of fine-tuned version `n`: `NAME-vN@HASH`, the hash over the weights.
-pub(super) fn version_of(name: &str, n: u64, t: &HashMap<String, Tensor>) -> String {
+/// Fine-tuned version `n`: `NAME-vN@HASH`, the hash over the weights.
+pub(super) fn version_of(name: &str, n: u64, t: &HashMap<String, Tensor>) -> ModelVersion {
     let mut keys: Vec<&String> = t.keys().collect();
     keys.sort();
     let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -198,7 +199,7 @@ pub(super) fn version_of(name: &str, n: u64, t: &HashMap<String, Tensor>) -> Str
             }
         }
     }
-    format!("{name}-v{n}@{:08x}", h.digest() as u32)
+    ModelVersion::finetuned(name, n, h.digest() as u32)
 }
 
 /// The generation a restart serves: the newest checkpoint's weights.

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::data::patches::{PatchSampler, TrainImage};
+use crate::model::version::ModelVersion;
 use crate::model::Model;
 use crate::stage::corrupt;
 
@@ -25,7 +26,13 @@ fn trainer(ckpt: Option<Checkpoints>, tweak: impl Fn(&mut FinetuneConfig)) -> Fi
     let dev = Device::Cpu;
     let t = candle_core::safetensors::load_buffer(&cfg.weights_bytes(None).unwrap(), &dev).unwrap();
     let model: Arc<dyn Model> = Arc::from(cfg.load_model(None, &dev).unwrap());
-    let g = Generation::new(cfg, model, "denoise-fast@base".into(), 1).with_tensors(Arc::new(t));
+    let g = Generation::new(
+        cfg,
+        model,
+        ModelVersion::loaded("denoise-fast", b"base", b""),
+        1,
+    )
+    .with_tensors(Arc::new(t));
     Finetuner::start(
         crate::serving::slot(g),
         Arc::new(Telemetry::new()),
@@ -79,7 +86,12 @@ fn fine_tuning_on_a_small_stream_lowers_the_validation_loss() {
         Round::Swapped { .. } => {}
         r => panic!("{r:?}"),
     }
-    assert!(t.slot.load().version.starts_with("denoise-fast-v1@"));
+    assert!(t
+        .slot
+        .load()
+        .version
+        .to_string()
+        .starts_with("denoise-fast-v1@"));
 }
 
 #[test]
@@ -179,7 +191,7 @@ fn restart_resumes_from_the_newest_checkpoint_with_its_optimizer_state() {
     let state = t.optimizer_state();
     let r = ck().newest(&Device::Cpu).expect("a checkpoint");
     assert_eq!(r.number, 2);
-    assert_eq!(r.meta.as_ref().unwrap().version, serving);
+    assert_eq!(r.meta.as_ref().unwrap().version, serving.to_string());
     assert_eq!(r.meta.as_ref().unwrap().steps, 6);
     let opt = r.optimizer.clone().expect("optimizer state");
     for (k, v) in &state.moments {

@@ -97,6 +97,17 @@ pub fn seeded_builder(vm: &VarMap, seed: u64, dtype: DType, dev: &Device) -> Var
     )
 }
 
+/// A tensor of uniform values in [0, 1) from `seed`: repeatable inputs for tests and benches
+/// (candle's `Tensor::rand` draws from an unseeded RNG).
+pub fn seeded_uniform(seed: u64, shape: impl Into<Shape>, dev: &Device) -> Result<Tensor> {
+    let shape = shape.into();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..shape.elem_count())
+        .map(|_| rng.random::<f32>())
+        .collect();
+    Tensor::from_vec(v, shape, dev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
