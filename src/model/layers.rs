@@ -8,9 +8,9 @@
 //! - [`ResBlock`]: `x + conv(relu(conv(x)))`.
 //!
 //! Weights are stored in candle's layouts (`[cout, cin, k, k]`, transposed `[cin, cout, k, k]`).
-//! Files written before this layout (by the NHWC im2col layers, "v1") held every kernel as a
-//! matrix: `[k²·cin, cout]` with rows in (ky, kx, ci) order, transposed `[cin, k²·cout]` with
-//! columns in (ky, kx, co) order. A rank-2 kernel can only be such a file's, so it is converted
+//! Files written before this layout (by the former NHWC gather-then-matmul layers, "v1") held
+//! every kernel as a matrix: `[k²·cin, cout]` with rows in (ky, kx, ci) order, transposed
+//! `[cin, k²·cout]` with columns in (ky, kx, co) order. A rank-2 kernel can only be such a file's, so it is converted
 //! when loaded ([`Kernel::from_v1`]); nothing else has to mark a file's layout. Loaders that set
 //! variables by name instead of building through a `VarBuilder` (a checkpoint with its AdamW
 //! moments) convert the map first with [`upgrade_v1`].
@@ -321,7 +321,7 @@ mod tests {
         VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)
     }
 
-    // The v1 formulas, as the NHWC im2col layers computed them (NHWC in and out).
+    // The v1 formulas, as the former NHWC layers computed them (NHWC in and out).
 
     /// v1 3×3: zero-pad, gather the 9 shifted views along channels (ky, kx, ci), one matmul.
     fn v1_conv3x3(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
