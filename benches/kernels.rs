@@ -1,6 +1,7 @@
 //! Kernel benchmarks: candle's conv2d / conv_transpose2d against ours (forward, and forward +
 //! backward), and one AdamW step with candle ops against the fused in-place kernel, on the
-//! layer shapes of the `conv-ae-ref` and `dense-ae-ref` networks. Not run in CI.
+//! layer shapes of the `conv-ae-ref` and `dense-ae-ref` networks and of the shipped denoiser
+//! (which runs these same kernels). Not run in CI.
 
 use aestream::kernels::conv::{conv2d, conv_transpose2d};
 use aestream::model::reference::DENSE_WIDTHS;
@@ -97,6 +98,52 @@ fn convs(c: &mut Criterion) {
     g.finish();
 }
 
+/// The denoiser's layers on a 256×256 frame (its levels run at 1/2, 1/4, 1/8 resolution):
+/// (name, cin, cout, input side, kernel, transposed).
+const DENOISER: [(&str, usize, usize, usize, usize, bool); 4] = [
+    ("res3x3_64to64_128px", 64, 64, 128, 3, false),
+    ("res3x3_192to192_32px", 192, 192, 32, 3, false),
+    ("down2x2_64to128_128px", 64, 128, 128, 2, false),
+    ("up2x2_128to64_64px", 128, 64, 64, 2, true),
+];
+
+fn denoiser_layers(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut g = c.benchmark_group("denoiser_layers");
+    g.sample_size(10);
+    let b = 2;
+    for (name, cin, cout, s, k, transposed) in DENOISER {
+        let x = Tensor::rand(0f32, 1., (b, cin, s, s), &dev).unwrap();
+        let (stride, pad) = if k == 2 { (2, 0) } else { (1, 1) };
+        let wshape = if transposed {
+            (cin, cout, k, k)
+        } else {
+            (cout, cin, k, k)
+        };
+        let w = Tensor::randn(0f32, 0.1, wshape, &dev).unwrap();
+        let bias = Tensor::zeros(cout, candle_core::DType::F32, &dev).unwrap();
+        g.bench_function(format!("{name}/candle"), |bn| {
+            bn.iter(|| {
+                if transposed {
+                    x.conv_transpose2d(&w, pad, 0, stride, 1).unwrap()
+                } else {
+                    x.conv2d(&w, pad, stride, 1, 1).unwrap()
+                }
+            })
+        });
+        g.bench_function(format!("{name}/ours"), |bn| {
+            bn.iter(|| {
+                if transposed {
+                    conv_transpose2d(&x, &w, Some(&bias), stride, pad, 0).unwrap()
+                } else {
+                    conv2d(&x, &w, Some(&bias), stride, pad).unwrap()
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 fn adamw(c: &mut Criterion) {
     let dev = Device::Cpu;
     // The dense reference autoencoder's weights and biases, with a gradient for each.
@@ -133,5 +180,5 @@ fn adamw(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, convs, adamw);
+criterion_group!(benches, convs, denoiser_layers, adamw);
 criterion_main!(benches);

@@ -4,12 +4,14 @@
 //! Per level of the encoder: a 3×3 convolution + ReLU, then a learnable 2×2 stride-2
 //! convolution + ReLU. A 3×3 convolution makes the `code_channels`-deep latent map at
 //! 1/2^levels resolution. The decoder mirrors it with 2×2 stride-2 transposed convolutions (no
-//! fixed interpolation) and ends in a 3×3 convolution and a sigmoid. NHWC throughout.
+//! fixed interpolation) and ends in a 3×3 convolution and a sigmoid. NHWC in and out (the latent
+//! map too, so an emitted code keeps its order), NCHW inside.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{Conv3x3, Down2x2, Up2x2};
+use super::layers::{to_nchw, to_nhwc, Conv3x3, Down2x2, Up2x2};
+use crate::kernels::conv::Act;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvAeConfig {
@@ -75,22 +77,22 @@ impl ConvAe {
 
     /// `[b, h, w, 1]` → latent map `[b, h/m, w/m, code_channels]`.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
+        let mut h = to_nchw(x)?;
         for (c, d) in self.enc_convs.iter().zip(&self.downs) {
-            h = c.forward(&h)?.relu()?;
-            h = d.forward(&h)?.relu()?;
+            h = c.forward_act(&h, Act::Relu)?;
+            h = d.forward_act(&h, Act::Relu)?;
         }
-        self.to_code.forward(&h)
+        to_nhwc(&self.to_code.forward(&h)?)
     }
 
     /// Latent map → logits `[b, h, w, 1]`.
     pub fn decode_raw(&self, code: &Tensor) -> Result<Tensor> {
-        let mut h = self.from_code.forward(code)?.relu()?;
+        let mut h = self.from_code.forward_act(&to_nchw(code)?, Act::Relu)?;
         for (u, c) in self.ups.iter().zip(&self.dec_convs) {
-            h = u.forward(&h)?.relu()?;
-            h = c.forward(&h)?.relu()?;
+            h = u.forward_act(&h, Act::Relu)?;
+            h = c.forward_act(&h, Act::Relu)?;
         }
-        self.out.forward(&h)
+        to_nhwc(&self.out.forward(&h)?)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The flagship blind denoiser: a small residual U-Net in NHWC.
+//! The flagship blind denoiser: a small residual U-Net (NHWC in and out, NCHW inside).
 //!
 //! Encoder: learnable 2×2 stride-2 convolutions and 3×3 residual blocks; decoder: learnable 2×2
 //! stride-2 transposed convolutions with additive skip connections. The first strided
@@ -13,7 +13,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{Conv3x3, Down2x2, ResBlock, Up2x2};
+use super::layers::{to_nchw, to_nhwc, Conv3x3, Down2x2, ResBlock, Up2x2};
+use crate::kernels::conv::Act;
 
 /// Architecture of the denoiser; lives in the pipeline file under `[model]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,11 +64,11 @@ impl Refine {
         })
     }
 
+    /// `x`, `estimate`: NCHW.
     fn forward(&self, x: &Tensor, estimate: &Tensor) -> Result<Tensor> {
         let mut h = self
             .head
-            .forward(&Tensor::cat(&[x, estimate], 3)?)?
-            .relu()?;
+            .forward_act(&Tensor::cat(&[x, estimate], 1)?, Act::Relu)?;
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
@@ -164,6 +165,7 @@ impl Denoiser {
 impl Module for Denoiser {
     /// `x`: NHWC in [0, 1]; returns the denoised NHWC tensor (not clipped).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = &to_nchw(x)?;
         let mut h = self.head.forward(x)?;
         let mut skips = Vec::with_capacity(self.levels.len());
         for (i, level) in self.levels.iter().enumerate() {
@@ -183,16 +185,16 @@ impl Module for Denoiser {
         }
         let noise = self.tail.forward(&h)?;
         // With extra inputs (a mask), the residual applies to the image channels only.
-        let image = if x.dim(3)? != self.image_channels {
-            x.narrow(3, 0, self.image_channels)?
+        let image = if x.dim(1)? != self.image_channels {
+            x.narrow(1, 0, self.image_channels)?
         } else {
             x.clone()
         };
         let estimate = (image - noise)?;
-        match &self.refine {
-            Some(r) => r.forward(x, &estimate),
-            None => Ok(estimate),
-        }
+        to_nhwc(&match &self.refine {
+            Some(r) => r.forward(x, &estimate)?,
+            None => estimate,
+        })
     }
 }
 

@@ -6,10 +6,16 @@
 //! `bypass`, a linear path runs beside each half (input → code, code → output): the deep layers
 //! then learn what a linear (PCA-like) code misses, which is what makes a deep autoencoder beat
 //! PCA on a few hundred faces instead of over-fitting them.
+//!
+//! Each layer runs the fused linear kernel ([`crate::kernels::linear`]: matmul, bias and ReLU
+//! in one op), as the dense reference net of `bench` does; the weights are candle-nn's `Linear`.
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
+
+use crate::kernels::conv::Act;
+use crate::kernels::linear::linear_act;
 
 /// How the code layer is activated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -101,13 +107,10 @@ impl DenseAe {
         let mut h = x.clone();
         let last = self.enc.len() - 1;
         for (i, l) in self.enc.iter().enumerate() {
-            h = l.forward(&h)?;
-            if i < last {
-                h = h.relu()?;
-            }
+            h = apply(l, &h, if i < last { Act::Relu } else { Act::Identity })?;
         }
         if let Some(b) = &self.enc_bypass {
-            h = (h + b.forward(x)?)?;
+            h = (h + apply(b, x, Act::Identity)?)?;
         }
         if self.cfg.code == CodeActivation::Relu {
             h = h.relu()?;
@@ -123,13 +126,10 @@ impl DenseAe {
         let mut h = code.clone();
         let last = self.dec.len() - 1;
         for (i, l) in self.dec.iter().enumerate() {
-            h = l.forward(&h)?;
-            if i < last {
-                h = h.relu()?;
-            }
+            h = apply(l, &h, if i < last { Act::Relu } else { Act::Identity })?;
         }
         if let Some(b) = &self.dec_bypass {
-            h = (h + b.forward(code)?)?;
+            h = (h + apply(b, code, Act::Identity)?)?;
         }
         Ok(h)
     }
@@ -139,6 +139,14 @@ impl DenseAe {
             OutputActivation::Sigmoid => candle_nn::ops::sigmoid(raw),
             OutputActivation::Linear => Ok(raw.clone()),
         }
+    }
+}
+
+/// `act(x · Wᵀ + b)` for a layer built by `candle_nn::linear` (which always has a bias).
+fn apply(l: &Linear, x: &Tensor, act: Act) -> Result<Tensor> {
+    match l.bias() {
+        Some(b) => linear_act(x, l.weight(), b, act),
+        None => candle_core::bail!("dense-ae: a layer without bias"),
     }
 }
 

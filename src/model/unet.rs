@@ -5,12 +5,14 @@
 //! nuclei are a pixel or two wide). Each encoder level is a 3×3 convolution + ReLU and a residual
 //! block; a learnable 2×2 stride-2 convolution goes down. The decoder goes up with learnable 2×2
 //! transposed convolutions, concatenates the encoder's features of that level (the U-Net skip),
-//! fuses them with a 3×3 convolution and a residual block. NHWC, fully convolutional.
+//! fuses them with a 3×3 convolution and a residual block. NHWC in and out, NCHW inside; fully
+//! convolutional.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{Conv3x3, Down2x2, ResBlock, Up2x2};
+use super::layers::{to_nchw, to_nhwc, Conv3x3, Down2x2, ResBlock, Up2x2};
+use crate::kernels::conv::Act;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UNetConfig {
@@ -83,24 +85,24 @@ impl UNet {
 
     /// `[b, h, w, 1]` → foreground logits `[b, h, w, 1]`.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
+        let mut h = to_nchw(x)?;
         let mut skips = Vec::new();
         for (i, l) in self.enc.iter().enumerate() {
-            h = l.conv.forward(&h)?.relu()?;
+            h = l.conv.forward_act(&h, Act::Relu)?;
             h = l.block.forward(&h)?;
             if let Some(d) = self.downs.get(i) {
                 skips.push(h.clone());
-                h = d.forward(&h)?.relu()?;
+                h = d.forward_act(&h, Act::Relu)?;
             }
         }
         for l in &self.dec {
             let skip = skips.pop().expect("one skip per decoder level");
-            h = l.up.forward(&h)?.relu()?;
-            h = Tensor::cat(&[&h, &skip], 3)?;
-            h = l.fuse.forward(&h)?.relu()?;
+            h = l.up.forward_act(&h, Act::Relu)?;
+            h = Tensor::cat(&[&h, &skip], 1)?;
+            h = l.fuse.forward_act(&h, Act::Relu)?;
             h = l.block.forward(&h)?;
         }
-        self.head.forward(&h)
+        to_nhwc(&self.head.forward(&h)?)
     }
 }
 
