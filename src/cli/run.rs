@@ -202,7 +202,8 @@ fn load_generation(
     if g.cfg.finetune.enabled {
         // The fine-tuner starts from these.
         let bytes = g.cfg.weights_bytes(a.weights.as_deref())?;
-        let t = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let mut t = candle_core::safetensors::load_buffer(&bytes, device)?;
+        aestream::model::weights::upgrade(&g.cfg.model.arch, &mut t)?;
         g = g.with_tensors(Arc::new(t));
     }
     Ok(g)
@@ -244,7 +245,8 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let checkpoints = match (&a.checkpoints, first.cfg.finetune.enabled) {
         (Some(dir), true) => {
             let c = Checkpoints::new(dir.clone(), &first.cfg.name, first.cfg.finetune.keep)?;
-            if let Some(r) = c.newest(&device) {
+            if let Some(mut r) = c.newest(&device) {
+                r.upgrade(&first.cfg.model.arch)?;
                 let resume = r.resume();
                 let cfg = first.cfg.clone();
                 first = online::restored_generation(&cfg, r, &device, 1)?;

@@ -3,7 +3,7 @@
 //! through a direct-loop transposed convolution and its optimizers allocate a tensor per
 //! elementwise step; these keep forward and backward at gemm speed and the update allocation-free.
 //!
-//! They are the one convolution path of the crate: the shipped models ([`crate::model::layers`])
+//! They are the one convolution path of the crate: the shipped models (`model/layers.rs`)
 //! and the `bench` reference networks run them alike, so a faster kernel is a faster daemon.
 //! Every op falls back to candle's own ops on other devices (CUDA) and dtypes: there the entry
 //! points call candle's `conv2d` / `conv_transpose2d` / `matmul`, then add the bias and apply

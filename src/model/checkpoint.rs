@@ -52,6 +52,29 @@ pub struct Checkpoint<M> {
     pub meta: Option<M>,
 }
 
+impl<M> Checkpoint<M> {
+    /// Converts a checkpoint written before the NCHW kernel layout, weights and moments alike
+    /// (see [`super::weights::upgrade`]).
+    pub fn upgrade(&mut self, arch: &super::Arch) -> Result<usize> {
+        let mut all = std::mem::take(&mut self.weights);
+        if let Some(o) = &mut self.optimizer {
+            all.extend(std::mem::take(&mut o.moments));
+        }
+        let n = super::weights::upgrade(arch, &mut all);
+        for (k, v) in all {
+            match &mut self.optimizer {
+                Some(o) if k.starts_with(MOMENT_PREFIX) => {
+                    o.moments.insert(k, v);
+                }
+                _ => {
+                    self.weights.insert(k, v);
+                }
+            }
+        }
+        n
+    }
+}
+
 /// The metadata file that belongs to a checkpoint file: `<file>.json`.
 pub fn meta_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();

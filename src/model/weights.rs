@@ -53,6 +53,17 @@ pub fn set_vars(vm: &VarMap, t: &HashMap<String, Tensor>, what: &str) -> Result<
     Ok(())
 }
 
+/// Converts the convolution kernels of a weights map written before the NCHW layout (v1:
+/// rank-2 kernels), and the AdamW moments saved beside them (`optim.*`), to candle's layout for
+/// `arch`; returns how many kernels it converted (0 for a current file). Loaders that set
+/// variables by name call it (`train --resume`, the fine-tuner's weights and checkpoints);
+/// `model::load` needs no call, its layers convert what they read.
+pub fn upgrade(arch: &Arch, t: &mut HashMap<String, Tensor>) -> Result<usize> {
+    Ok(super::layers::upgrade_v1(t, |vb| {
+        Net::new(vb, arch).map(drop)
+    })?)
+}
+
 /// The pipeline's model with the weights `t` (copied), ready to serve.
 pub fn serving(arch: &Arch, t: &HashMap<String, Tensor>, dev: &Device) -> Result<Arc<dyn Model>> {
     let vb = VarBuilder::from_tensors(t.clone(), DType::F32, dev);

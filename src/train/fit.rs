@@ -18,13 +18,18 @@ use super::{checkpoint_path, Job, TrainArgs, TrainReport, Val};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{save_tensors, Checkpoint, OptimizerState};
-use crate::model::weights;
+use crate::model::{weights, Arch};
 use crate::runtime::write_atomic;
 
 /// `--init`: copies every tensor of `path` whose name and shape match a variable of `vm`.
-fn warm_start(vm: &VarMap, path: &Path, device: &Device) -> Result<()> {
-    let state = candle_core::safetensors::load(path, device)
+fn warm_start(vm: &VarMap, arch: &Arch, path: &Path, device: &Device) -> Result<()> {
+    let mut state = candle_core::safetensors::load(path, device)
         .map_err(|e| Error::Other(format!("--init {}: {e}", path.display())))?;
+    // A file of another (smaller) network cannot be converted as a whole: then its kernels
+    // are copied only where names and shapes match, as for any other file.
+    if let Err(e) = weights::upgrade(arch, &mut state) {
+        tracing::debug!("--init {}: not converted: {e}", path.display());
+    }
     let d = vm.data().lock().expect("varmap lock");
     let (mut copied, mut fresh) = (0, Vec::new());
     for (k, v) in d.iter() {
@@ -75,7 +80,8 @@ pub(super) fn fit(
     )?;
     let ckpt = checkpoint_path(&args.out);
     if args.resume && ckpt.is_file() {
-        let c = Checkpoint::<()>::load(&ckpt, &args.device)?;
+        let mut c = Checkpoint::<()>::load(&ckpt, &args.device)?;
+        c.upgrade(&cfg.model.arch)?;
         let o = c
             .optimizer
             .ok_or_else(|| Error::Other(format!("{}: no optimizer state", ckpt.display())))?;
@@ -91,7 +97,7 @@ pub(super) fn fit(
             );
         }
         if let Some(init) = &args.init {
-            warm_start(vm, init, &args.device)?;
+            warm_start(vm, &cfg.model.arch, init, &args.device)?;
         }
     }
     let bar = if args.progress {

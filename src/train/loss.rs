@@ -128,8 +128,9 @@ mod tests {
     }
 
     /// Backprop through each architecture and its loss agrees with finite differences: guards
-    /// strided (transposed) convolutions, skip concatenation, top-k and BCE. (In f64 the 3×3
-    /// convolutions take the generic path; `layers.rs` checks our f32 im2col op against it.)
+    /// strided (transposed) convolutions, skip concatenation, top-k and BCE. (In f64 the
+    /// convolutions run on candle's own ops, the kernels' fallback; `layers.rs` and
+    /// `kernels/conv` check the f32 kernels against those.)
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
         for (arch, loss) in small_archs()

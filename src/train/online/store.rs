@@ -53,6 +53,20 @@ pub struct Restored {
     pub meta: Option<CheckpointMeta>,
 }
 
+impl Restored {
+    /// Converts a version written before the NCHW kernel layout, weights and moments alike.
+    pub fn upgrade(&mut self, arch: &crate::model::Arch) -> Result<usize> {
+        let mut c = Checkpoint::<()> {
+            weights: std::mem::take(&mut self.tensors),
+            optimizer: self.optimizer.take(),
+            meta: None,
+        };
+        let n = c.upgrade(arch);
+        (self.tensors, self.optimizer) = (c.weights, c.optimizer);
+        n
+    }
+}
+
 /// What a restarted trainer continues from: the checkpoint it serves and the optimizer state
 /// that was saved with it.
 #[derive(Debug, Clone)]
