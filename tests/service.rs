@@ -561,6 +561,10 @@ impl NotifySocket {
         }
     }
 
+    /// Reads what has arrived. A test must keep doing this while it waits on the daemon: the
+    /// socket's queue holds only `net.unix.max_dgram_qlen` datagrams (10 by default), and once
+    /// the watchdog's pings fill it the daemon blocks in its next notification — the
+    /// STOPPING=1 its SIGTERM handler sends before it requests the stop, for one.
     fn drain(&mut self) {
         let mut buf = [0u8; 4096];
         while let Ok(n) = self.sock.recv(&mut buf) {
@@ -621,7 +625,10 @@ fn sighup_reloads_mid_stream_and_sigterm_drains() {
     assert!(ns
         .find(ready, "WATCHDOG=1", Duration::from_secs(5))
         .is_some());
-    assert!(wait_until(Duration::from_secs(120), || outputs(&out).len() >= 5));
+    assert!(wait_until(Duration::from_secs(120), || {
+        ns.drain();
+        outputs(&out).len() >= 5
+    }));
 
     // A broken file first: the reload fails, the old pipeline keeps serving.
     std::fs::write(&pipe, "name = \"hup\"\n[model]\nnot_a_key = 1\n").unwrap();
@@ -648,11 +655,19 @@ fn sighup_reloads_mid_stream_and_sigterm_drains() {
     for i in n / 2..n {
         rename_in(&input, &format!("f{i:04}.png"), &png(48, 48, i));
     }
-    assert!(wait_until(Duration::from_secs(120), || outputs(&out).len()
-        >= n / 2 + 5));
+    assert!(wait_until(Duration::from_secs(120), || {
+        ns.drain();
+        outputs(&out).len() >= n / 2 + 5
+    }));
 
     signal(&d.child, "TERM");
-    let status = wait_exit(&mut d.child, Duration::from_secs(15)).expect("exits within 15 s");
+    let mut status = None;
+    wait_until(Duration::from_secs(15), || {
+        ns.drain();
+        status = d.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap_or_else(|| panic!("exits within 15 s\n{}", d.log()));
     assert!(status.success(), "{}", d.log());
     assert!(ns.find(0, "STOPPING=1", Duration::from_secs(2)).is_some());
     assert!(temps(&out).is_empty());
