@@ -1,8 +1,9 @@
-//! aestream: a streaming image daemon that denoises images (and, later, emits latent codes and
-//! segmentation maps) with autoencoders it trains itself.
+//! aestream: a streaming image daemon that turns images into denoised images, latent codes and
+//! segmentation maps with autoencoders it trains itself.
 //!
-//! The library holds everything but the command line: pipeline configuration, the staged
-//! pipeline, its sources, stages and sinks, the models and the training loop.
+//! The library holds everything but the command line; `docs/architecture.md` maps its modules
+//! (leaves first: `runtime`, `frame`, `config`, `kernels`, `model`; then `stage`, `source`,
+//! `sink`; the wiring in `serving`; `train`, `eval` and `data` beside it).
 
 pub mod bench;
 pub mod config;

@@ -1,4 +1,4 @@
-//! The `aestream` command line: run, train, eval.
+//! The `aestream` command line: run, train, eval, bench, pipelines (each in `src/cli/`).
 //!
 //! Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.
 

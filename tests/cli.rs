@@ -291,14 +291,16 @@ fn watch_mode_takes_files_written_in_place_and_renamed_in() {
     // Already there at start (and maybe still "recent" for the initial scan).
     std::fs::copy(samples().join("noisy/flower.png"), inp.join("early.png")).unwrap();
     let mut child = bin()
-        .args(["run", "denoise", "--input"])
+        .args(["run", "denoise", "--quiet-ms", "10000", "--input"])
         .arg(&inp)
         .arg("--output")
         .arg(&out)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it watches (it logs "watching" to stderr).
+    // Wait until it watches (it logs "watching" to stderr). The quiet period (10 s) is far
+    // longer than the pause inside the in-place write below (300 ms), so a stalled machine
+    // cannot make the half-written file look complete.
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {

@@ -310,6 +310,10 @@ fn broken_inputs_are_quarantined_and_everything_else_completes() {
             out.to_str().unwrap(),
             "--metrics",
             &port_s,
+            // Four seconds more than the slow writer's pauses: never caught half-way, however
+            // loaded the machine (the rule's exact timing is unit-tested in source::folder).
+            "--quiet-ms",
+            "5000",
         ],
         t.path().join("log"),
         &[],
@@ -365,9 +369,11 @@ fn broken_inputs_are_quarantined_and_everything_else_completes() {
         .filter(|(_, _, e)| *e == Expect::Quarantined)
         .map(|(n, _, _)| n)
         .collect();
+    // Exactly the promised outputs (an ignored file taken early would keep this from ever
+    // holding), and every bad input quarantined.
     let done = wait_until(Duration::from_secs(240), || {
         let have: BTreeSet<PathBuf> = outputs(&out).into_iter().collect();
-        expect_out.is_subset(&have)
+        have == expect_out
             && bad
                 .iter()
                 .all(|n| quarantine.join(format!("{n}.error.txt")).exists())
@@ -375,15 +381,12 @@ fn broken_inputs_are_quarantined_and_everything_else_completes() {
     let have: BTreeSet<PathBuf> = outputs(&out).into_iter().collect();
     assert!(
         done,
-        "missing outputs {:?}\nquarantine {:?}\nlog:\n{}",
+        "missing outputs {:?}\nunexpected outputs {:?}\nquarantine {:?}\nlog:\n{}",
         expect_out.difference(&have).collect::<Vec<_>>(),
+        have.difference(&expect_out).collect::<Vec<_>>(),
         tree(&quarantine),
         d.log()
     );
-    // Give anything wrongly pending a moment to show up, then compare exactly.
-    std::thread::sleep(Duration::from_secs(3));
-    let have: BTreeSet<PathBuf> = outputs(&out).into_iter().collect();
-    assert_eq!(have, expect_out, "outputs differ from the promise");
     // The slow writer's output is the whole image, not its first piece.
     assert_eq!(read(&out.join("slow-writer.png")).width, 64);
 
@@ -440,6 +443,10 @@ fn broken_inputs_are_quarantined_and_everything_else_completes() {
         "temporary files left: {:?}",
         temps(&out)
     );
+    // Still exactly the promise after the drain: nothing ignored was taken in the meantime
+    // (that hidden and partial files are never taken is unit-tested in source::folder).
+    let have: BTreeSet<PathBuf> = outputs(&out).into_iter().collect();
+    assert_eq!(have, expect_out, "outputs differ from the promise");
 }
 
 fn frames_into(dir: &Path, n: usize, size: usize) {
@@ -554,6 +561,10 @@ impl NotifySocket {
         }
     }
 
+    /// Reads what has arrived. A test must keep doing this while it waits on the daemon: the
+    /// socket's queue holds only `net.unix.max_dgram_qlen` datagrams (10 by default), and once
+    /// the watchdog's pings fill it the daemon blocks in its next notification — the
+    /// STOPPING=1 its SIGTERM handler sends before it requests the stop, for one.
     fn drain(&mut self) {
         let mut buf = [0u8; 4096];
         while let Ok(n) = self.sock.recv(&mut buf) {
@@ -614,7 +625,10 @@ fn sighup_reloads_mid_stream_and_sigterm_drains() {
     assert!(ns
         .find(ready, "WATCHDOG=1", Duration::from_secs(5))
         .is_some());
-    assert!(wait_until(Duration::from_secs(120), || outputs(&out).len() >= 5));
+    assert!(wait_until(Duration::from_secs(120), || {
+        ns.drain();
+        outputs(&out).len() >= 5
+    }));
 
     // A broken file first: the reload fails, the old pipeline keeps serving.
     std::fs::write(&pipe, "name = \"hup\"\n[model]\nnot_a_key = 1\n").unwrap();
@@ -641,11 +655,19 @@ fn sighup_reloads_mid_stream_and_sigterm_drains() {
     for i in n / 2..n {
         rename_in(&input, &format!("f{i:04}.png"), &png(48, 48, i));
     }
-    assert!(wait_until(Duration::from_secs(120), || outputs(&out).len()
-        >= n / 2 + 5));
+    assert!(wait_until(Duration::from_secs(120), || {
+        ns.drain();
+        outputs(&out).len() >= n / 2 + 5
+    }));
 
     signal(&d.child, "TERM");
-    let status = wait_exit(&mut d.child, Duration::from_secs(15)).expect("exits within 15 s");
+    let mut status = None;
+    wait_until(Duration::from_secs(15), || {
+        ns.drain();
+        status = d.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap_or_else(|| panic!("exits within 15 s\n{}", d.log()));
     assert!(status.success(), "{}", d.log());
     assert!(ns.find(0, "STOPPING=1", Duration::from_secs(2)).is_some());
     assert!(temps(&out).is_empty());
@@ -708,22 +730,32 @@ fn a_burst_of_5000_files_is_processed_completely() {
             std::fs::write(input.join(&name), &bytes).unwrap();
         }
     }
-    let ok = wait_until(Duration::from_secs(600), || outputs(&out).len() >= n);
+    let state = out.join(".aestream");
+    let ok = wait_until(Duration::from_secs(600), || {
+        outputs(&out).len() >= n && journal_paths(&state).len() >= n
+    });
     assert!(ok, "{} of {n} outputs\n{}", outputs(&out).len(), d.log());
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(d.alive(), "{}", d.log());
+    // Drained and stopped: whatever it took is on record, so a file taken twice would show
+    // as a second record (no waiting for something not to happen).
+    signal(&d.child, "TERM");
+    let status = wait_exit(&mut d.child, Duration::from_secs(60)).expect("exits within 60 s");
+    assert!(status.success(), "exit {status:?}\n{}", d.log());
     assert_eq!(outputs(&out).len(), n);
-    assert_eq!(journal_paths(&out.join(".aestream")).len(), n);
-    assert!(d.alive());
+    let recs = journal_paths(&state);
+    assert_eq!(recs.iter().collect::<BTreeSet<_>>().len(), n);
+    assert_eq!(recs.len(), n, "an input was taken twice");
 }
 
 /// `--poll`: no file events at all; a file is taken once its size is stable, and one that
-/// changes after it was taken is taken again.
+/// changes after it was taken is taken again. (The rules' exact timing, and that an old mtime
+/// does not shorten the wait, are unit-tested in source::folder with a manual clock.)
 #[test]
 fn polling_takes_stable_files_and_retakes_changed_ones() {
     let t = tempfile::tempdir().unwrap();
     let (input, out) = (t.path().join("in"), t.path().join("out"));
     std::fs::create_dir_all(&input).unwrap();
-    let _d = Daemon::start(
+    let d = Daemon::start(
         &[
             "denoise-fast",
             "-i",
@@ -733,13 +765,20 @@ fn polling_takes_stable_files_and_retakes_changed_ones() {
             "--poll",
             "0.2",
             "--quiet-ms",
-            "700",
+            "4000",
         ],
         t.path().join("log"),
         &[],
     );
-    std::thread::sleep(Duration::from_secs(1));
-    // Written in two halves, 400 ms apart: under the quiet period, so never taken half-done.
+    assert!(
+        wait_until(Duration::from_secs(60), || d
+            .log()
+            .contains("polling every")),
+        "never started polling:\n{}",
+        d.log()
+    );
+    // Written in two halves, 400 ms apart: far under the quiet period, so never taken
+    // half-done.
     let img = png(32, 32, 5);
     let half = img.len() / 2;
     let p = input.join("a.png");

@@ -495,8 +495,9 @@ fn install_signals(
                 if !stopping {
                     stopping = true;
                     tracing::info!("stopping: finishing the frames in flight");
-                    service::stopping();
+                    // The stop first: nothing else may delay it.
                     stop.request();
+                    service::stopping();
                 } else {
                     tracing::warn!("second signal: exiting now");
                     std::process::exit(130);

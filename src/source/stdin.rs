@@ -1,4 +1,4 @@
-//! The stdin source: a stream of images split by [`super::split`], in order, until EOF.
+//! The stdin source: a stream of images split by [`crate::frame::framing`], in order, until EOF.
 
 use std::io::Read;
 

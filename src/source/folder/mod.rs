@@ -17,19 +17,24 @@
 //! - Files the journal records as finished (same size and mtime, or same content) are skipped.
 //!
 //! Dot-files and partial files (`*.tmp`, `*.part`, …) are never taken.
+//!
+//! The rules read time only through the configured clock ([`crate::runtime::Clock`]) and hear
+//! of changes only through `on_event` and `tick` (in `watch.rs`), which the real loops feed
+//! from notify and the system clock; the unit tests (`tests.rs`) feed them synthetic events and
+//! a manual clock, so every rule is checked without sleeping.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-
-use crossbeam_channel::RecvTimeoutError;
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use std::time::{Duration, Instant};
 
 pub mod completion;
 pub mod journal;
 pub mod quarantine;
+mod watch;
+
+#[cfg(test)]
+mod tests;
 
 pub use completion::FolderCompletion;
 pub use journal::Journal;
@@ -38,7 +43,7 @@ pub use quarantine::Quarantine;
 use super::{Completion, Intake, RawFrame, Source};
 use crate::error::{Error, Result};
 use crate::frame::{FileStamp, FrameId};
-use crate::runtime::Stop;
+use crate::runtime::{SharedClock, Stop, SystemClock};
 
 /// Settings of a folder source.
 #[derive(Debug, Clone)]
@@ -59,6 +64,8 @@ pub struct FolderSourceConfig {
     pub rescan: Option<Duration>,
     /// The journal (finished inputs are skipped), `--done` folder and quarantine.
     pub completion: FolderCompletion,
+    /// What the quiet period and the rescan interval are measured with (tests: a manual one).
+    pub clock: SharedClock,
 }
 
 impl FolderSourceConfig {
@@ -74,6 +81,7 @@ impl FolderSourceConfig {
             poll: None,
             rescan: Some(Duration::from_secs(300)),
             completion: FolderCompletion::default(),
+            clock: SystemClock::shared(),
         }
     }
 }
@@ -95,6 +103,8 @@ pub struct FolderSource {
     /// Files waiting to be quiet: their shape and since when it has not changed.
     pending: HashMap<PathBuf, (Shape, Instant)>,
     seq: u64,
+    /// When the periodic work of `tick` last ran.
+    timers: watch::Timers,
 }
 
 /// Whether a file name is one we never take: hidden or partial.
@@ -141,6 +151,7 @@ impl FolderSource {
             .iter()
             .filter_map(|p| p.canonicalize().ok())
             .collect();
+        let timers = watch::Timers::new(cfg.clock.now());
         Ok(Self {
             cfg,
             root,
@@ -148,6 +159,7 @@ impl FolderSource {
             seen: HashMap::new(),
             pending: HashMap::new(),
             seq: 0,
+            timers,
         })
     }
 
@@ -252,11 +264,11 @@ impl FolderSource {
         match self.pending.get_mut(&path) {
             Some((s, since)) if *s != shape => {
                 *s = shape;
-                *since = Instant::now();
+                *since = self.cfg.clock.now();
             }
             Some(_) => {}
             None => {
-                self.pending.insert(path, (shape, Instant::now()));
+                self.pending.insert(path, (shape, self.cfg.clock.now()));
             }
         }
     }
@@ -315,7 +327,7 @@ impl FolderSource {
         let age = meta
             .modified()
             .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok());
+            .and_then(|m| self.cfg.clock.system_now().duration_since(m).ok());
         // An mtime in the future (clock skew) counts as quiet, or the file would wait forever.
         age.is_none_or(|a| a >= self.cfg.quiet)
     }
@@ -333,12 +345,14 @@ impl FolderSource {
             let Some((s, since)) = self.pending.get_mut(&p) else {
                 continue;
             };
+            // Read the clock per file: taking the one before may have waited on a full intake.
+            let now = self.cfg.clock.now();
             if *s != shape {
                 *s = shape;
-                *since = Instant::now();
+                *since = now;
                 continue;
             }
-            if since.elapsed() < self.cfg.quiet {
+            if now.saturating_duration_since(*since) < self.cfg.quiet {
                 continue;
             }
             self.pending.remove(&p);
@@ -350,46 +364,6 @@ impl FolderSource {
         }
         true
     }
-
-    /// The polling loop: list the folder every `every`, comparing each file's size and mtime
-    /// (to the nanosecond) with what was taken; new or changed files wait out the quiet period.
-    fn poll(&mut self, every: Duration, intake: &Intake, stop: &Stop) -> Result<()> {
-        let root = self.root.clone();
-        tracing::info!("watching {} (polling every {every:?})", root.display());
-        let tick = every.min(Duration::from_millis(100));
-        let mut last_scan: Option<Instant> = None;
-        loop {
-            if stop.requested() {
-                return Ok(());
-            }
-            if last_scan.is_none_or(|t| t.elapsed() >= every) {
-                last_scan = Some(Instant::now());
-                if !self.scan_and_take(&root, intake, stop) {
-                    return Ok(());
-                }
-            }
-            if !self.pending.is_empty() && !self.take_quiet(intake) {
-                return Ok(());
-            }
-            std::thread::sleep(tick);
-        }
-    }
-
-    fn watch(
-        &self,
-        etx: crossbeam_channel::Sender<notify::Result<notify::Event>>,
-    ) -> Result<notify::RecommendedWatcher> {
-        let err =
-            |e: notify::Error| Error::Other(format!("{}: cannot watch: {e}", self.root.display()));
-        let mut w = notify::recommended_watcher(etx).map_err(err)?;
-        let mode = if self.cfg.recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        w.watch(&self.root, mode).map_err(err)?;
-        Ok(w)
-    }
 }
 
 impl Source for FolderSource {
@@ -400,114 +374,14 @@ impl Source for FolderSource {
     fn run(mut self: Box<Self>, intake: Intake, stop: Stop) -> Result<()> {
         // Files wait safely on disk: a folder is never read lossily.
         let intake = intake.lossless();
-        let root = self.root.clone();
         if self.cfg.once {
+            let root = self.root.clone();
             self.scan_and_take(&root, &intake, &stop);
             return Ok(());
         }
-        if let Some(every) = self.cfg.poll {
-            return self.poll(every, &intake, &stop);
-        }
-        // Watch before scanning so nothing that arrives during the scan is missed.
-        let (etx, erx) = crossbeam_channel::unbounded();
-        let _watcher = self.watch(etx)?;
-        tracing::info!("watching {}", root.display());
-        if !self.scan_and_take(&root, &intake, &stop) {
-            return Ok(());
-        }
-        let mut last_quiet_check = Instant::now();
-        let mut last_rescan = Instant::now();
-        loop {
-            if stop.requested() {
-                return Ok(());
-            }
-            if !self.pending.is_empty() && last_quiet_check.elapsed() >= Duration::from_millis(100)
-            {
-                last_quiet_check = Instant::now();
-                if !self.take_quiet(&intake) {
-                    return Ok(());
-                }
-            }
-            if self.cfg.rescan.is_some_and(|r| last_rescan.elapsed() >= r) {
-                last_rescan = Instant::now();
-                tracing::debug!("{}: periodic rescan", root.display());
-                if !self.scan_and_take(&root, &intake, &stop) {
-                    return Ok(());
-                }
-            }
-            let ev = match erx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Ok(ev)) => ev,
-                Ok(Err(e)) => {
-                    tracing::warn!("{}: watch error: {e}; rescanning", root.display());
-                    if !self.scan_and_take(&root, &intake, &stop) {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Other(format!(
-                        "{}: the watcher stopped",
-                        root.display()
-                    )))
-                }
-            };
-            if ev.need_rescan() {
-                tracing::warn!("{}: events were lost; rescanning", root.display());
-                if !self.scan_and_take(&root, &intake, &stop) {
-                    return Ok(());
-                }
-                continue;
-            }
-            let mut now = Vec::new();
-            let mut later = Vec::new();
-            match ev.kind {
-                // Renamed in: complete by the writer's own declaration.
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => now = ev.paths,
-                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-                    now = ev.paths.get(1).cloned().into_iter().collect()
-                }
-                EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
-                    for p in &ev.paths {
-                        self.pending.remove(p);
-                        self.seen.remove(p);
-                    }
-                }
-                EventKind::Create(CreateKind::Folder) => now = ev.paths,
-                // Written in place: wait for it to be quiet.
-                EventKind::Access(AccessKind::Close(AccessMode::Write))
-                | EventKind::Create(_)
-                | EventKind::Modify(_) => later = ev.paths,
-                _ => {}
-            }
-            for p in now {
-                let ok = if p.is_dir() {
-                    // A folder created or moved in: its files raise no events of their own.
-                    !self.cfg.recursive || self.scan_and_take(&p, &intake, &stop)
-                } else {
-                    self.pending.remove(&p);
-                    match self.take(&p, &intake) {
-                        Taken::Closed => false,
-                        Taken::Changing => {
-                            self.wait_quiet(p);
-                            true
-                        }
-                        Taken::Sent | Taken::Skipped => true,
-                    }
-                };
-                if !ok {
-                    return Ok(());
-                }
-            }
-            for p in later {
-                if p.is_dir() {
-                    if self.cfg.recursive && !self.scan_and_take(&p, &intake, &stop) {
-                        return Ok(());
-                    }
-                } else {
-                    self.wait_quiet(p);
-                }
-            }
+        match self.cfg.poll {
+            Some(every) => self.poll(every, &intake, &stop),
+            None => self.watch(&intake, &stop),
         }
     }
 }
