@@ -16,7 +16,8 @@
 //! - A file that changes after it was taken is taken again.
 //! - Files the journal records as finished (same size and mtime, or same content) are skipped.
 //!
-//! Dot-files and partial files (`*.tmp`, `*.part`, …) are never taken.
+//! Dot-files and partial files (`*.tmp`, `*.part`, …) are never taken, nor files that are not
+//! inputs by name (`[source] include` / `exclude`, see [`filter`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,10 +29,12 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 pub mod completion;
+pub mod filter;
 pub mod journal;
 pub mod quarantine;
 
 pub use completion::FolderCompletion;
+pub use filter::InputFilter;
 pub use journal::Journal;
 pub use quarantine::Quarantine;
 
@@ -59,6 +62,8 @@ pub struct FolderSourceConfig {
     pub rescan: Option<Duration>,
     /// The journal (finished inputs are skipped), `--done` folder and quarantine.
     pub completion: FolderCompletion,
+    /// Which files are inputs (default: image files by extension).
+    pub filter: filter::InputFilter,
 }
 
 impl FolderSourceConfig {
@@ -74,6 +79,7 @@ impl FolderSourceConfig {
             poll: None,
             rescan: Some(Duration::from_secs(300)),
             completion: FolderCompletion::default(),
+            filter: filter::InputFilter::default(),
         }
     }
 }
@@ -168,7 +174,7 @@ impl FolderSource {
         if self.exclude.iter().any(|e| path.starts_with(e)) {
             return None;
         }
-        Some(rel)
+        self.cfg.filter.admits(&rel).then_some(rel)
     }
 
     /// Takes one file if it is new or changed and not finished on record, and sends it.
