@@ -48,8 +48,8 @@ impl std::fmt::Display for Owner {
 }
 
 /// Outputs of this run and their inputs, in two generations of at most [`Owners::GENERATION`]
-/// each, so a daemon that runs for months holds a bounded map (tens of MB) and still checks
-/// every output against at least the last million written.
+/// each, so a daemon that runs for months holds a bounded map (a few tens of MB at most) and
+/// still checks every output against at least the last 65,536 written.
 #[derive(Debug, Default)]
 struct Owners {
     current: HashMap<PathBuf, Owner>,
@@ -57,7 +57,7 @@ struct Owners {
 }
 
 impl Owners {
-    const GENERATION: usize = 1 << 20;
+    const GENERATION: usize = 1 << 16;
 
     /// The other input that `path` was written for, if any; otherwise notes `owner` as its.
     fn claim(&mut self, path: &Path, owner: &Owner) -> Option<Owner> {
