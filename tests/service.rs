@@ -99,7 +99,8 @@ enum Expect {
     Output,
     /// Broken: moved to quarantine with a reason.
     Quarantined,
-    /// Never taken (hidden, partial, a folder, a dangling link): left where it is.
+    /// Never taken (hidden, partial, not an image by name, a folder, a dangling link): left
+    /// where it is.
     Ignored,
 }
 
@@ -245,7 +246,8 @@ fn corpus(scratch: &Path) -> Vec<(String, Put, Expect)> {
         ("ünïcödé-名前.png".into(), small(24, 24, 5), Output),
         ("UPPER.PNG".into(), small(24, 24, 6), Output),
         ("png-named.jpeg".into(), small(24, 24, 7), Output),
-        ("no-extension".into(), small(24, 24, 8), Output),
+        // Image bytes without an image name: not an input, left where it is.
+        ("no-extension".into(), small(24, 24, 8), Ignored),
         (
             "trailing-garbage.png".into(),
             Put::Bytes([png(24, 24, 9), b"GARBAGE".repeat(50)].concat()),
@@ -360,7 +362,11 @@ fn broken_inputs_are_quarantined_and_everything_else_completes() {
             items
                 .iter()
                 .filter(|(_, _, e)| *e == Expect::Output)
-                .map(|(n, _, _)| Path::new(n).with_extension("png")),
+                // The whole name, plus `.png` unless it ends so already (`frame::names`).
+                .map(|(n, _, _)| match n.ends_with(".png") {
+                    true => PathBuf::from(n),
+                    false => PathBuf::from(format!("{n}.png")),
+                }),
         )
         .collect();
     let quarantine = out.join(".failed");

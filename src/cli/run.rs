@@ -17,7 +17,7 @@ use aestream::runtime::{Stop, Telemetry};
 use aestream::serving::{self, service, Generation, ModelSlot, RunOptions};
 use aestream::sink::{folder::FolderSink, redis::RedisSink, stdout::StreamSink, Sink};
 use aestream::source::folder::{
-    FolderCompletion, FolderSource, FolderSourceConfig, Journal, Quarantine,
+    FolderCompletion, FolderSource, FolderSourceConfig, InputFilter, Journal, Quarantine,
 };
 use aestream::source::redis::{RedisSource, RedisSourceConfig};
 use aestream::source::stdin::StreamSource;
@@ -368,6 +368,9 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
                     done_dir: a.done.clone(),
                     quarantine,
                 },
+                // Checked when the pipeline was loaded.
+                filter: InputFilter::new(&first.cfg.source.include, &first.cfg.source.exclude)
+                    .context("[source] include/exclude")?,
                 ..FolderSourceConfig::new(input.clone())
             };
             Box::new(

@@ -34,7 +34,7 @@ pub use model::{ModelConfig, ModelSection};
 pub use normalise::{ColourMode, NormaliseConfig, PadMode, Stretch};
 pub use output::{OutputConfig, OutputKind};
 pub use postprocess::PostprocessConfig;
-pub use queue::{QueueKind, QueueSinkConfig, QueueSourceConfig};
+pub use queue::{default_include, QueueKind, QueueSinkConfig, QueueSourceConfig};
 pub use train::{Loss, TrainConfig};
 
 use crate::error::{Error, Result};
@@ -221,6 +221,7 @@ impl PipelineConfig {
         self.channels.validate()?;
         self.train.validate(multiple)?;
         self.finetune.validate(multiple)?;
+        self.source.validate()?;
         let allowed = OutputKind::for_task(arch.task());
         if let Some(k) = self.output.kinds.iter().find(|k| !allowed.contains(k)) {
             let names: Vec<_> = allowed.iter().map(|k| k.name()).collect();

@@ -1,8 +1,16 @@
-//! `[source]` and `[sink]`: a queue to read frames from and a queue to write results to.
-//! Their URLs are checked where they are opened (the CLI may override them), so these
-//! sections have no rules of their own.
+//! `[source]` and `[sink]`: a queue to read frames from and a queue to write results to, and
+//! which files of an input folder are inputs (`[source] include` / `exclude`). The URLs are
+//! checked where they are opened (the CLI may override them); the globs are checked here.
 
 use serde::{Deserialize, Serialize};
+
+use super::Invalid;
+use crate::frame::names::IMAGE_EXTENSIONS;
+
+/// The default `[source] include`: `*.EXT` for each image extension.
+pub fn default_include() -> Vec<String> {
+    IMAGE_EXTENSIONS.iter().map(|e| format!("*.{e}")).collect()
+}
 
 /// Queue engines a `[source]` or `[sink]` may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -33,6 +41,34 @@ pub struct QueueSourceConfig {
     pub max_inline_bytes: u64,
     /// How long one read waits for new entries.
     pub block_ms: u64,
+    /// Folder sources: the files taken as inputs, as globs on the path relative to the folder
+    /// (ignoring case; `*` crosses folders). Default: the image extensions.
+    pub include: Vec<String>,
+    /// Folder sources: files matching one of these are not inputs even if included.
+    pub exclude: Vec<String>,
+}
+
+impl QueueSourceConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for (key, globs) in [
+            ("source.include", &self.include),
+            ("source.exclude", &self.exclude),
+        ] {
+            for g in globs {
+                if let Err(e) = globset::Glob::new(g) {
+                    return Err(Invalid::new(key, g, format!("not a glob: {}", e.kind())));
+                }
+            }
+        }
+        if self.include.is_empty() {
+            return Err(Invalid::new(
+                "source.include",
+                &self.include,
+                "no file would be an input; leave the key out for the image extensions",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for QueueSourceConfig {
@@ -47,6 +83,8 @@ impl Default for QueueSourceConfig {
             batch: 16,
             max_inline_bytes: 32 << 20,
             block_ms: 1000,
+            include: default_include(),
+            exclude: vec![],
         }
     }
 }

@@ -22,7 +22,8 @@ pub struct Entry {
     /// The engine's id for the entry (Redis: `1700000000000-0`).
     pub id: String,
     /// The frame's name, for output file names: its `id` field, else its path's file name, else
-    /// the entry id. Made safe for a file name (no folders, no dot-files).
+    /// the entry id; escaped by [`safe_name`], so it is a file name and two raw names never
+    /// share one.
     pub name: String,
     /// The shared-storage path the entry referred to, if it carried one.
     pub path: Option<PathBuf>,
@@ -40,25 +41,39 @@ impl std::fmt::Display for Entry {
     }
 }
 
-/// Makes `raw` usable as a file name: letters, digits, `-`, `_`, `.` kept, anything else
-/// (folder separators included) becomes `_`; no leading dot; never empty.
-pub fn safe_name(raw: &str) -> String {
-    let mut s: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    while s.starts_with('.') {
-        s.replace_range(..1, "_");
+/// Longest name [`safe_name`] returns (so `NAME.png` stays far below the 255-byte limit).
+const MAX_NAME: usize = 200;
+
+/// Makes `raw` usable as a file name by *escaping*, never by replacing, so that two raw names
+/// never give one file name (`a/b`, `a_b`, `a b` → `a%2Fb`, `a_b`, `a%20b`):
+///
+/// - bytes outside `A-Z a-z 0-9 . _ -` are percent-encoded (`%` itself too, as `%25`); so is a
+///   leading `.` (no dot-files, no `..`);
+/// - the empty name is `~`;
+/// - a name whose escaped form is longer than 200 bytes keeps its first 183 bytes and gets `~`
+///   and 16 hex digits of a hash of the raw name.
+///
+/// Escaped text never holds `~`, so neither of the last two forms can equal an escaped name: the
+/// function is injective (a clash of two long names would need a 64-bit hash collision, and the
+/// folder sink still refuses to overwrite then).
+pub fn safe_name(raw: impl AsRef<[u8]>) -> String {
+    use std::fmt::Write;
+    let raw = raw.as_ref();
+    if raw.is_empty() {
+        return "~".into();
     }
-    s.truncate(200);
-    if s.is_empty() {
-        s.push('_');
+    let mut s = String::with_capacity(raw.len());
+    for (i, &b) in raw.iter().enumerate() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') || (b == b'.' && i > 0) {
+            s.push(b as char);
+        } else {
+            let _ = write!(s, "%{b:02X}");
+        }
+    }
+    if s.len() > MAX_NAME {
+        // All ASCII after escaping: any cut is a character boundary.
+        s.truncate(MAX_NAME - 17);
+        let _ = write!(s, "~{:016x}", xxhash_rust::xxh3::xxh3_64(raw));
     }
     s
 }
@@ -76,10 +91,58 @@ mod tests {
                 "{s}"
             );
         }
-        assert_eq!(safe_name(".hidden"), "_hidden");
-        assert_eq!(safe_name(""), "_");
+        assert_eq!(safe_name(".hidden"), "%2Ehidden");
+        assert_eq!(safe_name(""), "~");
         assert_eq!(safe_name("cam1-000042.png"), "cam1-000042.png");
         assert_eq!(safe_name("1700000000000-0"), "1700000000000-0");
-        assert!(safe_name(&"x".repeat(1000)).len() <= 200);
+        assert!(safe_name("x".repeat(1000)).len() <= 200);
+    }
+
+    #[test]
+    fn names_that_used_to_collide_stay_apart() {
+        let raw = [
+            "a/b",
+            "a_b",
+            "a b",
+            "a%2Fb",
+            "cam1.000040",
+            "cam1.000041",
+            "cam1.000042",
+            "",
+            "~",
+        ];
+        let names: std::collections::HashSet<String> = raw.iter().map(safe_name).collect();
+        assert_eq!(names.len(), raw.len(), "{names:?}");
+        assert_eq!(safe_name("a/b"), "a%2Fb");
+        assert_eq!(safe_name("a b"), "a%20b");
+        assert_eq!(safe_name("cam1.000040"), "cam1.000040");
+        // Long names: cut, and told apart by the hash of the whole name.
+        let (a, b) = ("x".repeat(300) + "1", "x".repeat(300) + "2");
+        assert_ne!(safe_name(&a), safe_name(&b));
+        assert_eq!(safe_name(&a).len(), 200);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 4000,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(14),
+            ..Default::default()
+        })]
+
+        #[test]
+        fn escaping_is_injective(
+            a in proptest::collection::vec(proptest::sample::select(b"ab./ _%~-\\0\xff".to_vec()), 0..8),
+            b in proptest::collection::vec(proptest::sample::select(b"ab./ _%~-\\0\xff".to_vec()), 0..8),
+        ) {
+            proptest::prop_assume!(a != b);
+            proptest::prop_assert_ne!(safe_name(&a), safe_name(&b));
+        }
+
+        #[test]
+        fn escaped_names_are_file_names(a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let s = safe_name(&a);
+            proptest::prop_assert!(!s.is_empty() && s.len() <= 200);
+            proptest::prop_assert!(!s.starts_with('.') && !s.contains('/') && !s.contains('\\'));
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod entry;
 pub mod files;
 pub mod framing;
+pub mod names;
 
 use std::path::PathBuf;
 

@@ -1,20 +1,84 @@
-//! The folder sink: each output at the input's relative path with the output kind's extension,
-//! written to a temporary file in the same folder and renamed into place, so no reader ever
-//! sees a partial file.
+//! The folder sink: each output at the input's relative path, named by the injective rule of
+//! [`crate::frame::names`] (`china.png` → `china.png`, `photo.jpg` → `photo.jpg.png`, a queue
+//! entry `cam1.000040` → `cam1.000040.png`), written to a temporary file in the same folder and
+//! renamed into place, so no reader ever sees a partial file.
+//!
+//! No rule can rule out every clash (a 64-bit hash collision of two long queue names, a bug),
+//! so the sink also remembers which input each output of this run was written for, and fails a
+//! frame whose output another input already wrote, naming both, instead of overwriting it.
 
+use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use super::{Output, Payload, Sink};
 use crate::config::OutputKind;
 use crate::error::{Error, Result};
+use crate::frame::names::{file_base, with_extension};
 use crate::frame::FrameId;
 use crate::runtime::write_atomic;
+
+/// Which input an output was written for: the frame's identity as far as naming goes (a
+/// re-delivered entry, or a file taken again after it changed, is the same input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    File(PathBuf),
+    Entry(String),
+    Stream(u64),
+}
+
+impl Owner {
+    fn of(id: &FrameId) -> Self {
+        match id {
+            FrameId::File { rel, .. } => Owner::File(rel.clone()),
+            FrameId::Entry(e) => Owner::Entry(e.name.clone()),
+            FrameId::Stream { seq, .. } => Owner::Stream(*seq),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::File(rel) => write!(f, "input {}", rel.display()),
+            Owner::Entry(name) => write!(f, "entry named {name}"),
+            Owner::Stream(seq) => write!(f, "stdin frame {seq}"),
+        }
+    }
+}
+
+/// Outputs of this run and their inputs, in two generations of at most [`Owners::GENERATION`]
+/// each, so a daemon that runs for months holds a bounded map (a few tens of MB at most) and
+/// still checks every output against at least the last 65,536 written.
+#[derive(Debug, Default)]
+struct Owners {
+    current: HashMap<PathBuf, Owner>,
+    previous: HashMap<PathBuf, Owner>,
+}
+
+impl Owners {
+    const GENERATION: usize = 1 << 16;
+
+    /// The other input that `path` was written for, if any; otherwise notes `owner` as its.
+    fn claim(&mut self, path: &Path, owner: &Owner) -> Option<Owner> {
+        let known = self.current.get(path).or_else(|| self.previous.get(path));
+        if let Some(other) = known.filter(|o| *o != owner) {
+            return Some(other.clone());
+        }
+        if self.current.len() >= Self::GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(path.to_path_buf(), owner.clone());
+        None
+    }
+}
 
 pub struct FolderSink {
     dir: PathBuf,
     written: u64,
     /// With several output kinds each goes to its own sub-folder, `OUT/KIND/NAME.EXT`.
     per_kind: bool,
+    owners: Owners,
 }
 
 impl FolderSink {
@@ -28,6 +92,7 @@ impl FolderSink {
             dir: dir.to_path_buf(),
             written: 0,
             per_kind: false,
+            owners: Owners::default(),
         })
     }
 
@@ -37,7 +102,7 @@ impl FolderSink {
         self
     }
 
-    /// Where a frame's output of a kind goes.
+    /// Where a frame's output of a kind goes (see [`crate::frame::names`] for the rule).
     pub fn target(&self, id: &FrameId, kind: OutputKind) -> PathBuf {
         let dir = if self.per_kind {
             self.dir.join(kind.name())
@@ -46,11 +111,16 @@ impl FolderSink {
         };
         let ext = kind.extension();
         match id {
-            FrameId::File { rel, .. } => dir.join(rel).with_extension(ext),
+            FrameId::File { rel, .. } => {
+                let name = rel.file_name().unwrap_or(rel.as_os_str());
+                dir.join(rel)
+                    .with_file_name(with_extension(&file_base(name), ext))
+            }
             FrameId::Stream { seq, .. } => dir.join(format!("frame-{seq:08}.{ext}")),
             // Named by the frame, not the delivery: a re-delivered entry replaces its own
-            // output (atomically), so a folder never holds two outputs for one frame.
-            FrameId::Entry(e) => dir.join(&e.name).with_extension(ext),
+            // output (atomically), so a folder never holds two outputs for one frame. The name
+            // is escaped already, and keeps any dots of its own (`cam1.000040.png`).
+            FrameId::Entry(e) => dir.join(with_extension(OsStr::new(&e.name), ext)),
         }
     }
 }
@@ -77,8 +147,17 @@ fn is_fatal(e: &std::io::Error) -> bool {
 
 impl Sink for FolderSink {
     fn write(&mut self, out: Output) -> Result<()> {
+        let owner = Owner::of(&out.id);
         for (kind, payload) in &out.files {
             let path = self.target(&out.id, *kind);
+            if let Some(other) = self.owners.claim(&path, &owner) {
+                return Err(Error::FrameFailed(format!(
+                    "{}: its output {} was already written for {other} in this run; two \
+                     inputs may not share one output, so it is not overwritten",
+                    out.id,
+                    path.display()
+                )));
+            }
             let npy;
             let bytes = match payload {
                 Payload::Bytes(b) => b,
@@ -110,5 +189,75 @@ impl Sink for FolderSink {
 
     fn finish(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::entry::{safe_name, Entry, QueueOrigin};
+    use crate::frame::FileStamp;
+
+    fn file(rel: &str) -> FrameId {
+        FrameId::File {
+            rel: rel.into(),
+            abs: Path::new("/in").join(rel),
+            stamp: FileStamp::default(),
+        }
+    }
+
+    fn entry(raw: &str) -> FrameId {
+        FrameId::Entry(Entry {
+            origin: std::sync::Arc::new(QueueOrigin {
+                server: "h:1/0".into(),
+                stream: "frames".into(),
+                group: "g".into(),
+            }),
+            id: "1-0".into(),
+            name: safe_name(raw),
+            path: None,
+            deliveries: 1,
+        })
+    }
+
+    #[test]
+    fn same_stem_inputs_and_dotted_ids_get_their_own_outputs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = FolderSink::new(tmp.path()).unwrap();
+        let name = |id: &FrameId| {
+            let p = sink.target(id, OutputKind::Denoised);
+            p.strip_prefix(tmp.path()).unwrap().display().to_string()
+        };
+        assert_eq!(name(&file("china.png")), "china.png");
+        assert_eq!(name(&file("sub/photo.jpg")), "sub/photo.jpg.png");
+        assert_eq!(name(&file("photo")), "photo..png");
+        assert_eq!(name(&entry("cam1.000040")), "cam1.000040.png");
+        assert_eq!(name(&entry("cam1.000041")), "cam1.000041.png");
+        assert_eq!(name(&entry("a/b")), "a%2Fb.png");
+        assert_eq!(name(&entry("a_b")), "a_b.png");
+        assert_eq!(name(&entry("a b")), "a%20b.png");
+        let latent = sink
+            .per_kind(true)
+            .target(&file("china.png"), OutputKind::Latent);
+        assert!(latent.ends_with("latent/china.npy"), "{}", latent.display());
+    }
+
+    #[test]
+    fn an_output_of_another_input_is_never_overwritten() {
+        let mut owners = Owners::default();
+        let p = Path::new("/out/x.png");
+        let (a, b) = (Owner::File("x.png".into()), Owner::Entry("x".into()));
+        assert_eq!(owners.claim(p, &a), None);
+        // The same input again (changed and taken again, or re-delivered): its own output.
+        assert_eq!(owners.claim(p, &a), None);
+        assert_eq!(owners.claim(p, &b), Some(a.clone()));
+        // Still known after a generation turns over.
+        for i in 0..Owners::GENERATION {
+            owners
+                .current
+                .insert(PathBuf::from(i.to_string()), b.clone());
+        }
+        assert_eq!(owners.claim(Path::new("/out/y.png"), &b), None);
+        assert_eq!(owners.claim(p, &b), Some(a));
     }
 }

@@ -16,7 +16,8 @@
 //! - A file that changes after it was taken is taken again.
 //! - Files the journal records as finished (same size and mtime, or same content) are skipped.
 //!
-//! Dot-files and partial files (`*.tmp`, `*.part`, …) are never taken.
+//! Dot-files and partial files (`*.tmp`, `*.part`, …) are never taken, nor files that are not
+//! inputs by name (`[source] include` / `exclude`, see [`filter`]).
 //!
 //! The rules read time only through the configured clock ([`crate::runtime::Clock`]) and hear
 //! of changes only through `on_event` and `tick` (in `watch.rs`), which the real loops feed
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod completion;
+pub mod filter;
 pub mod journal;
 pub mod quarantine;
 mod watch;
@@ -37,6 +39,7 @@ mod watch;
 mod tests;
 
 pub use completion::FolderCompletion;
+pub use filter::InputFilter;
 pub use journal::Journal;
 pub use quarantine::Quarantine;
 
@@ -66,6 +69,8 @@ pub struct FolderSourceConfig {
     pub completion: FolderCompletion,
     /// What the quiet period and the rescan interval are measured with (tests: a manual one).
     pub clock: SharedClock,
+    /// Which files are inputs (default: image files by extension).
+    pub filter: filter::InputFilter,
 }
 
 impl FolderSourceConfig {
@@ -82,6 +87,7 @@ impl FolderSourceConfig {
             rescan: Some(Duration::from_secs(300)),
             completion: FolderCompletion::default(),
             clock: SystemClock::shared(),
+            filter: filter::InputFilter::default(),
         }
     }
 }
@@ -180,7 +186,7 @@ impl FolderSource {
         if self.exclude.iter().any(|e| path.starts_with(e)) {
             return None;
         }
-        Some(rel)
+        self.cfg.filter.admits(&rel).then_some(rel)
     }
 
     /// Takes one file if it is new or changed and not finished on record, and sends it.

@@ -1,8 +1,14 @@
 //! Quarantine: an input file that cannot be decoded (truncated, not an image, corrupt, over the
 //! decode limits) is moved out of the input folder into the quarantine folder, keeping its
-//! relative path, with a sidecar `NAME.error.txt` saying what was wrong and when. Nothing is
-//! deleted: a name already taken there gets a numbered suffix, and a move across filesystems
-//! copies, syncs, then removes the original.
+//! relative path, with a note `NAME.error.txt` beside it saying what was wrong and when.
+//!
+//! Quarantine never overwrites and never deletes: the file and its note are each created under
+//! a name that is free at that moment, atomically (a hard link, or a copy opened with
+//! `create_new`), so not even a file that appears there meanwhile is replaced. A name already
+//! taken gets a number: the file `NAME.1`, `NAME.2`, …, the note `NAME.error.1.txt`, … (an
+//! input that was itself called `bad.png.error.txt` keeps that name, and the note of `bad.png`
+//! goes beside it as `bad.png.error.1.txt`). A move across filesystems copies, syncs, then
+//! removes the original.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +18,50 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Quarantine {
     dir: PathBuf,
+}
+
+/// `path` with `suffix` appended to its file name.
+fn appended(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Moves `from` to `to` unless `to` exists (then `AlreadyExists`, and `from` is untouched).
+/// `rename` would replace `to`; a hard link cannot. Where links are not possible (another
+/// filesystem, or one without them) the bytes are copied into a file created with
+/// `create_new`, made durable, and only then is the original removed.
+fn move_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e),
+        Err(_) => {
+            let mut src = std::fs::File::open(from)?;
+            let mut dst = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(to)?;
+            std::io::copy(&mut src, &mut dst)?;
+            dst.sync_all()?;
+        }
+    }
+    std::fs::remove_file(from)
+}
+
+/// Makes a file (`make`) at the first free name of `name(0)`, `name(1)`, …; returns that name.
+fn create_first_free(
+    mut make: impl FnMut(&Path) -> std::io::Result<()>,
+    name: impl Fn(u32) -> PathBuf,
+) -> std::io::Result<PathBuf> {
+    let mut n = 0;
+    loop {
+        let p = name(n);
+        match make(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100_000 => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl Quarantine {
@@ -24,44 +74,42 @@ impl Quarantine {
     }
 
     /// Moves `abs` (whose path relative to the input folder is `rel`) into quarantine and
-    /// writes its error sidecar; returns where it went.
+    /// writes its note; returns where it went.
     pub fn put(&self, abs: &Path, rel: &Path, error: &str) -> Result<PathBuf> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |e| Error::Io { path, source: e }
         };
-        let mut target = self.dir.join(rel);
-        if let Some(parent) = target.parent() {
+        let first = self.dir.join(rel);
+        if let Some(parent) = first.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "input".into());
-        let mut n = 1;
-        while target.exists() {
-            target.set_file_name(format!("{name}.{n}"));
-            n += 1;
-        }
-        if std::fs::rename(abs, &target).is_err() {
-            // Another filesystem: copy, make it durable, and only then remove the original.
-            std::fs::copy(abs, &target).map_err(io(&target))?;
-            std::fs::File::open(&target)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&target))?;
-            std::fs::remove_file(abs).map_err(io(abs))?;
-        }
-        let mut side = target.as_os_str().to_owned();
-        side.push(".error.txt");
-        let side = PathBuf::from(side);
+        let target = create_first_free(
+            |to| move_new(abs, to),
+            |n| match n {
+                0 => first.clone(),
+                n => appended(&first, &format!(".{n}")),
+            },
+        )
+        .map_err(io(&first))?;
         let text = format!(
             "file: {}\ntime: {}\nerror: {error}\n",
             abs.display(),
             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         );
-        let mut f = std::fs::File::create(&side).map_err(io(&side))?;
-        f.write_all(text.as_bytes()).map_err(io(&side))?;
-        f.sync_all().map_err(io(&side))?;
+        let note = |to: &Path| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(to)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        };
+        create_first_free(note, |n| match n {
+            0 => appended(&target, ".error.txt"),
+            n => appended(&target, &format!(".error.{n}.txt")),
+        })
+        .map_err(io(&appended(&target, ".error.txt")))?;
         Ok(target)
     }
 }
@@ -94,5 +142,26 @@ mod tests {
             why.contains("not an image") && why.contains("time: 20"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn never_overwrites_a_file_already_there_with_a_note() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (inp, q) = (tmp.path().join("in"), tmp.path().join("q"));
+        std::fs::create_dir_all(&inp).unwrap();
+        std::fs::create_dir_all(&q).unwrap();
+        // An earlier input that happened to be called like bad.png's note, and was set aside.
+        std::fs::write(q.join("bad.png.error.txt"), "an input, not a note").unwrap();
+        let f = inp.join("bad.png");
+        std::fs::write(&f, "junk").unwrap();
+        let qq = Quarantine::new(q.clone());
+        let to = qq.put(&f, Path::new("bad.png"), "not an image").unwrap();
+        assert_eq!(to, q.join("bad.png"));
+        assert_eq!(
+            std::fs::read_to_string(q.join("bad.png.error.txt")).unwrap(),
+            "an input, not a note"
+        );
+        let why = std::fs::read_to_string(q.join("bad.png.error.1.txt")).unwrap();
+        assert!(why.contains("not an image"), "{why}");
     }
 }
