@@ -137,22 +137,8 @@ fn three_concatenated_frames_come_out_in_order() {
 }
 
 fn run_stdin(input: &[u8], extra: &[&str]) -> std::process::Output {
-    let mut child = bin()
-        .args(["run", "denoise", "--input", "-", "--output", "-"])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    let args = [&["run", "denoise", "--input", "-", "--output", "-"], extra].concat();
+    common::run_with_stdin(&args, input.to_vec())
 }
 
 #[test]

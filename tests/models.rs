@@ -8,17 +8,7 @@ mod common;
 use std::path::Path;
 
 use aestream::frame::Planes;
-use common::{bin, read, samples};
-
-fn ok(out: std::process::Output) -> std::process::Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{bin, ok, read, samples};
 
 fn eval_json(args: &[&str]) -> serde_json::Value {
     let out = ok(bin().arg("eval").args(args).arg("--json").output().unwrap());

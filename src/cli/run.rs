@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use aestream::config::OutputKind;
 use aestream::config::PipelineConfig;
 use aestream::frame::framing::Framing;
 use aestream::runtime::{Stop, Telemetry};
 use aestream::serving::{self, service, Generation, ModelSlot, RunOptions};
-use aestream::sink::{folder::FolderSink, redis::RedisSink, stdout::StreamSink, Sink};
+use aestream::sink::{folder::FolderSink, redis::RedisSink, stdout, stdout::StreamSink, Sink};
 use aestream::source::folder::{
     FolderCompletion, FolderSource, FolderSourceConfig, InputFilter, Journal, Quarantine,
 };
@@ -209,6 +210,25 @@ fn load_generation(
     Ok(g)
 }
 
+/// Stdout carries every kind asked for on one stream: a mix its framing cannot cut apart
+/// (latent JSON lines among back-to-back images) is a usage error, found before any work.
+fn check_stream_kinds(
+    output: &Endpoint,
+    framing: Framing,
+    kinds: &[OutputKind],
+) -> anyhow::Result<()> {
+    if *output != Endpoint::Stdio {
+        return Ok(());
+    }
+    stdout::check_kinds(framing, kinds).map_err(|message| {
+        aestream::Error::Config {
+            origin: "--framing".into(),
+            message,
+        }
+        .into()
+    })
+}
+
 /// The state folder: `--state`, else systemd's StateDirectory, else beside the outputs.
 fn state_dir(a: &RunArgs) -> PathBuf {
     if let Some(s) = &a.state {
@@ -278,6 +298,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         }))
     });
     let framing: Framing = a.framing.into();
+    check_stream_kinds(a.output(), framing, &kinds)?;
     if let (Endpoint::Folder(input), Endpoint::Folder(output)) = (a.input(), a.output()) {
         let same = std::fs::canonicalize(input)
             .ok()

@@ -28,9 +28,11 @@ pub enum PadMode {
 pub struct NormaliseConfig {
     pub colour: ColourMode,
     pub pad: PadMode,
-    /// Contrast stretch before the model (dim 16-bit microscopy frames need one).
+    /// Contrast stretch before the model (dim 16-bit microscopy frames need one); undone on
+    /// image outputs.
     pub stretch: Stretch,
-    /// Low and high percentile mapped to 0 and 1 by `stretch = "percentile"`.
+    /// Low and high percentile mapped to 0 and 1 by `stretch = "percentile"`; the high one is
+    /// also what `"auto"` brings to 1.
     pub percentiles: [f32; 2],
 }
 
@@ -39,17 +41,23 @@ impl Default for NormaliseConfig {
         Self {
             colour: ColourMode::PerChannel,
             pad: PadMode::Reflect,
-            stretch: Stretch::None,
+            stretch: Stretch::Auto,
             percentiles: [1.0, 99.8],
         }
     }
 }
 
-/// Per-frame intensity normalisation.
+/// Per-frame intensity normalisation, applied before the model and undone on its image
+/// outputs (denoised frames, reconstructions), so these keep the input's intensities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stretch {
+    /// The frame as decoded.
     None,
+    /// 16-bit frames are brightened so their high percentile sits at 1 (a dark frame using
+    /// 232 of 65535 levels would otherwise reach the model as black); 8-bit frames go as
+    /// decoded. A gain only: black stays black, so an inpainter's missing pixels stay 0.
+    Auto,
     /// Map the frame's low/high percentiles to 0/1 (as stardist/csbdeep normalise).
     Percentile,
 }

@@ -71,6 +71,7 @@ pub(super) fn evaluate_denoise(
                     height: h,
                     planes: p.to_vec(),
                     alpha: None,
+                    depth: clean.depth,
                 }
                 .luma()
             };

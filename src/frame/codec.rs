@@ -77,7 +77,7 @@ pub fn read_image(path: &std::path::Path, limits: DecodeLimits) -> Result<Planes
     decode(&bytes, limits, &path.display().to_string())
 }
 
-/// Encodes as PNG (8-bit).
+/// Encodes as PNG at the planes' depth: 8 bits per channel, or 16 for a 16-bit frame.
 pub fn encode_png(planes: &Planes, what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     planes
@@ -112,20 +112,31 @@ pub fn resize_plane(data: &[f32], w: usize, h: usize, nw: usize, nh: usize) -> V
     .into_raw()
 }
 
-/// Maps the `lo`/`hi` percentiles of a plane to 0/1 in place (values outside go beyond 0–1).
-pub fn stretch_percentiles(plane: &mut [f32], lo: f32, hi: f32) {
+/// The `p`-th percentile (0–100) of `plane`, interpolated between neighbours; 0 when empty.
+pub fn percentile(plane: &[f32], p: f32) -> f32 {
+    percentiles(plane, [p])[0]
+}
+
+/// Several percentiles of `plane` from one sort.
+fn percentiles<const N: usize>(plane: &[f32], ps: [f32; N]) -> [f32; N] {
     if plane.is_empty() {
-        return;
+        return [0.0; N];
     }
     let mut sorted: Vec<f32> = plane.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f32| {
+    ps.map(|p| {
         let pos = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
         let (i, f) = (pos.floor() as usize, pos.fract());
         let j = (i + 1).min(sorted.len() - 1);
         sorted[i] * (1.0 - f) + sorted[j] * f
-    };
-    let (a, b) = (at(lo), at(hi));
-    let scale = 1.0 / (b - a).max(1e-6);
-    plane.iter_mut().for_each(|v| *v = (*v - a) * scale);
+    })
+}
+
+/// Maps the `lo`/`hi` percentiles of a plane to 0/1 in place (values outside go beyond 0–1).
+/// Returns the map applied, `(offset, gain)`: a value `v` became `(v - offset) * gain`.
+pub fn stretch_percentiles(plane: &mut [f32], lo: f32, hi: f32) -> (f32, f32) {
+    let [a, b] = percentiles(plane, [lo, hi]);
+    let gain = 1.0 / (b - a).max(1e-6);
+    plane.iter_mut().for_each(|v| *v = (*v - a) * gain);
+    (a, gain)
 }

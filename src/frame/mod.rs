@@ -2,7 +2,8 @@
 //!
 //! A [`FrameId`] carries a frame's identity (source path, stream sequence number, queue entry)
 //! from the source to the sink; [`Planes`] is the decoded image as float planes in [0, 1],
-//! which every stage after decode works on. Beside them: the codecs ([`codec`]), which files
+//! which every stage after decode works on, with the bit depth it came in ([`BitDepth`]) so
+//! that it goes out at that depth. Beside them: the codecs ([`codec`]), which files
 //! are images ([`files`]), and how frames are cut out of a byte stream ([`framing`]).
 
 pub mod codec;
@@ -15,7 +16,9 @@ use std::path::PathBuf;
 
 use image::DynamicImage;
 
-pub use codec::{decode, encode_png, read_image, resize_plane, stretch_percentiles, DecodeLimits};
+pub use codec::{
+    decode, encode_png, percentile, read_image, resize_plane, stretch_percentiles, DecodeLimits,
+};
 pub use files::{is_image_name, list_images, list_images_recursive};
 
 /// Where a frame came from; kept end to end so outputs and errors can name it.
@@ -89,19 +92,51 @@ pub struct Planes {
     pub planes: Vec<Vec<f32>>,
     /// Alpha, passed through untouched.
     pub alpha: Option<Vec<f32>>,
+    /// The depth the frame was decoded from, and so the depth its images are written at.
+    pub depth: BitDepth,
+}
+
+/// Bits per channel of an image file. Decoding records it; encoding writes it back, so a
+/// 16-bit frame (a microscope's or a scientific camera's) keeps its precision end to end
+/// instead of being squeezed into 256 levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BitDepth {
+    #[default]
+    Eight,
+    /// 16 bits per channel; also how float images (32-bit TIFF) are written, PNG having no
+    /// float format.
+    Sixteen,
+}
+
+impl BitDepth {
+    /// The depth to write a decoded image of colour type `c` at.
+    pub fn of(c: image::ColorType) -> Self {
+        if c.bytes_per_pixel() > c.channel_count() {
+            BitDepth::Sixteen
+        } else {
+            BitDepth::Eight
+        }
+    }
 }
 
 /// Rec. 709 luma, as scikit-image's `rgb2gray`.
 pub const LUMA: [f32; 3] = [0.2125, 0.7154, 0.0721];
 
 impl Planes {
+    /// An 8-bit grey image of these values.
     pub fn grey(width: usize, height: usize, data: Vec<f32>) -> Self {
         Self {
             width,
             height,
             planes: vec![data],
             alpha: None,
+            depth: BitDepth::Eight,
         }
+    }
+
+    /// The same image, to be written at `depth`.
+    pub fn with_depth(self, depth: BitDepth) -> Self {
+        Self { depth, ..self }
     }
 
     pub fn is_colour(&self) -> bool {
@@ -126,6 +161,7 @@ impl Planes {
         let (w, h) = (img.width() as usize, img.height() as usize);
         let has_alpha = img.color().has_alpha();
         let colour = img.color().has_color();
+        let depth = BitDepth::of(img.color());
         // Go through 16 bits so 16-bit inputs keep their precision until the model.
         let scale = 1.0 / 65535.0;
         if colour {
@@ -145,6 +181,7 @@ impl Planes {
                 height: h,
                 planes,
                 alpha: has_alpha.then_some(alpha),
+                depth,
             }
         } else {
             let buf = img.to_luma_alpha16();
@@ -161,55 +198,62 @@ impl Planes {
                 height: h,
                 planes: vec![plane],
                 alpha: has_alpha.then_some(alpha),
+                depth,
             }
         }
     }
 
-    /// Back to an 8-bit image: grey, grey+alpha, RGB or RGBA, values clipped to [0, 1].
+    /// Back to an image at the frame's [`BitDepth`]: grey, grey+alpha, RGB or RGBA, values
+    /// clipped to [0, 1].
     pub fn to_dynamic(&self) -> DynamicImage {
-        let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
         let (w, h) = (self.width as u32, self.height as u32);
+        let mut chans: Vec<&[f32]> = self.planes.iter().map(Vec::as_slice).collect();
+        if let Some(a) = &self.alpha {
+            chans.push(a);
+        }
         let n = self.width * self.height;
-        match (self.is_colour(), &self.alpha) {
-            (false, None) => DynamicImage::ImageLuma8(
-                image::GrayImage::from_raw(w, h, self.planes[0].iter().map(|&v| q(v)).collect())
-                    .expect("buffer size matches"),
-            ),
-            (false, Some(a)) => {
-                let mut buf = Vec::with_capacity(2 * n);
-                for (v, a) in self.planes[0].iter().zip(a) {
-                    buf.extend([q(*v), q(*a)]);
+        // Interleaved samples, quantised by `q`: pixel by pixel, channel by channel.
+        fn interleave<T>(chans: &[&[f32]], n: usize, q: impl Fn(f32) -> T) -> Vec<T> {
+            (0..n)
+                .flat_map(|i| chans.iter().map(move |p| p[i]))
+                .map(|v| q(v.clamp(0.0, 1.0)))
+                .collect()
+        }
+        const SIZE: &str = "buffer size matches";
+        match self.depth {
+            BitDepth::Eight => {
+                let buf = interleave(&chans, n, |v| (v * 255.0).round() as u8);
+                match chans.len() {
+                    1 => DynamicImage::ImageLuma8(
+                        image::ImageBuffer::from_raw(w, h, buf).expect(SIZE),
+                    ),
+                    2 => DynamicImage::ImageLumaA8(
+                        image::ImageBuffer::from_raw(w, h, buf).expect(SIZE),
+                    ),
+                    3 => DynamicImage::ImageRgb8(
+                        image::ImageBuffer::from_raw(w, h, buf).expect(SIZE),
+                    ),
+                    _ => DynamicImage::ImageRgba8(
+                        image::ImageBuffer::from_raw(w, h, buf).expect(SIZE),
+                    ),
                 }
-                DynamicImage::ImageLumaA8(
-                    image::GrayAlphaImage::from_raw(w, h, buf).expect("buffer size matches"),
-                )
             }
-            (true, None) => {
-                let mut buf = Vec::with_capacity(3 * n);
-                for i in 0..n {
-                    buf.extend([
-                        q(self.planes[0][i]),
-                        q(self.planes[1][i]),
-                        q(self.planes[2][i]),
-                    ]);
+            BitDepth::Sixteen => {
+                let buf = interleave(&chans, n, |v| (v * 65535.0).round() as u16);
+                match chans.len() {
+                    1 => DynamicImage::ImageLuma16(
+                        image::ImageBuffer::from_raw(w, h, buf).expect(SIZE),
+                    ),
+                    2 => DynamicImage::ImageLumaA16(
+                        image::ImageBuffer::from_raw(w, h, buf).expect(SIZE),
+                    ),
+                    3 => DynamicImage::ImageRgb16(
+                        image::ImageBuffer::from_raw(w, h, buf).expect(SIZE),
+                    ),
+                    _ => DynamicImage::ImageRgba16(
+                        image::ImageBuffer::from_raw(w, h, buf).expect(SIZE),
+                    ),
                 }
-                DynamicImage::ImageRgb8(
-                    image::RgbImage::from_raw(w, h, buf).expect("buffer size matches"),
-                )
-            }
-            (true, Some(a)) => {
-                let mut buf = Vec::with_capacity(4 * n);
-                for (i, a) in a.iter().enumerate() {
-                    buf.extend([
-                        q(self.planes[0][i]),
-                        q(self.planes[1][i]),
-                        q(self.planes[2][i]),
-                        q(*a),
-                    ]);
-                }
-                DynamicImage::ImageRgba8(
-                    image::RgbaImage::from_raw(w, h, buf).expect("buffer size matches"),
-                )
             }
         }
     }
@@ -235,8 +279,49 @@ mod tests {
         let bytes = encode(DynamicImage::ImageLuma16(img), ImageFormat::Png);
         let p = decode(&bytes, DecodeLimits::default(), "t").unwrap();
         assert!(!p.is_colour() && p.alpha.is_none());
+        assert_eq!(p.depth, BitDepth::Sixteen);
         assert!((p.planes[0][1] - 1000.0 / 65535.0).abs() < 1e-7);
         assert!((p.planes[0][4 + 3] - 3007.0 / 65535.0).abs() < 1e-7);
+        // And back out at 16 bits, every value exact.
+        let again = decode(&encode_png(&p, "t").unwrap(), DecodeLimits::default(), "t").unwrap();
+        assert_eq!(again, p);
+    }
+
+    /// Each layout keeps its depth through encode and decode: 8-bit stays 8-bit (no larger
+    /// files for ordinary photos), 16-bit stays 16-bit.
+    #[test]
+    fn every_layout_round_trips_at_its_depth() {
+        let v = |c: usize| (0..6).map(move |i| ((i * 9000 + c * 7000) % 65536) as f32 / 65535.0);
+        for depth in [BitDepth::Eight, BitDepth::Sixteen] {
+            for (chans, alpha) in [(1, false), (1, true), (3, false), (3, true)] {
+                let p = Planes {
+                    width: 3,
+                    height: 2,
+                    planes: (0..chans).map(|c| v(c).collect()).collect(),
+                    alpha: alpha.then(|| v(5).collect()),
+                    depth,
+                };
+                let back =
+                    decode(&encode_png(&p, "t").unwrap(), DecodeLimits::default(), "t").unwrap();
+                assert_eq!(back.depth, depth, "{chans} channels, alpha {alpha}");
+                let step = if depth == BitDepth::Eight {
+                    0.5 / 255.0
+                } else {
+                    1e-7
+                };
+                let all = |p: &Planes| {
+                    p.planes
+                        .concat()
+                        .into_iter()
+                        .chain(p.alpha.clone().into_iter().flatten())
+                        .collect::<Vec<_>>()
+                };
+                for (a, b) in all(&back).iter().zip(all(&p)) {
+                    assert!((a - b).abs() <= step, "{depth:?}: {a} vs {b}");
+                }
+                assert_eq!((back.planes.len(), back.alpha.is_some()), (chans, alpha));
+            }
+        }
     }
 
     #[test]

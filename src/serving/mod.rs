@@ -190,11 +190,13 @@ pub fn run(
         &ctx,
         true,
         move |_, _, gen, planes| {
+            let spec = gen.model.spec();
             let norm = normalise::NormaliseOpts {
                 cfg: gen.cfg.normalise.clone(),
                 plan: gen.plan,
-                fixed_size: gen.model.spec().fixed_size,
+                fixed_size: spec.fixed_size,
                 keep_input,
+                task: spec.task,
             };
             Ok(normalise::run(planes, &norm))
         },

@@ -1,5 +1,12 @@
 //! The encode stage: a finished frame → the bytes of each output kind asked for (PNG images,
 //! label maps, overlays) or its latent code, which the sink writes as `.npy` or a JSON line.
+//!
+//! What each kind writes, for an input of 8 or 16 bits per channel:
+//! - `denoised`, `reconstruction`: PNG at the input's depth (grey, grey+alpha, RGB or RGBA as
+//!   the input; a reconstruction is grey), on the input's intensity scale.
+//! - `overlay`: RGB PNG at the input's depth, drawn on the input as decoded.
+//! - `segmentation`: 8-bit grey PNG whatever the input: a label map of class indices.
+//! - `latent`: f32 values (`.npy`, a JSON record on streams).
 
 use super::postprocess::{labels, overlay, png_u8, Finished};
 use crate::config::OutputKind;

@@ -1,5 +1,9 @@
 //! The post-process stage: model outputs → merged, un-padded, clipped planes, plus the label
 //! maps and overlays that segmentation outputs are drawn from.
+//!
+//! An image output is mapped back through the stretch normalise applied
+//! ([`Prepared::levels`]) before it is clipped, so a denoised 16-bit frame comes back in the
+//! input's intensity range, and it keeps the input's bit depth ([`Prepared::depth`]).
 
 use super::encode::Code;
 use super::normalise::Prepared;
@@ -28,10 +32,15 @@ pub fn assemble(
 ) -> Finished {
     let mut at = 0;
     let mut planes = Vec::with_capacity(prepared.planes.len());
-    for units in &prepared.planes {
+    for (i, units) in prepared.planes.iter().enumerate() {
         let outs = &outputs[at..at + units.len()];
         at += units.len();
         let mut p = merge(units, outs, prepared.width, prepared.height);
+        // Undone before clipping: a stretched frame's bright pixels are above 1 as the model
+        // sees them and within [0, 1] again on the input's scale.
+        if let Some(l) = prepared.levels.as_ref().and_then(|l| l.get(i)) {
+            p.iter_mut().for_each(|v| *v = l.undo(*v));
+        }
         if cfg.clip {
             p.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
         }
@@ -43,6 +52,7 @@ pub fn assemble(
             height: prepared.height,
             planes,
             alpha: prepared.alpha,
+            depth: prepared.depth,
         },
         code,
         input: prepared.input,
@@ -58,7 +68,9 @@ pub fn labels(prob: &[f32]) -> Vec<u8> {
 const TINT: [f32; 3] = [1.0, 0.15, 0.1];
 const TINT_ALPHA: f32 = 0.45;
 
-/// The input with its foreground tinted and the outline of each region drawn solid.
+/// The input with its foreground tinted and the outline of each region drawn solid, at the
+/// input's bit depth (drawn on the input as decoded, not as stretched for the model, so its
+/// intensities stay comparable with the input's).
 pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
     let (w, h) = (input.width, input.height);
     let grey;
@@ -96,6 +108,7 @@ pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
         height: h,
         planes: out,
         alpha: None,
+        depth: input.depth,
     }
 }
 
@@ -115,6 +128,52 @@ pub(super) fn png_u8(w: usize, h: usize, data: Vec<u8>, what: &str) -> Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::frame::BitDepth;
+    use crate::stage::normalise::Levels;
+    use crate::stage::tiling::Unit;
+
+    /// A stretched 16-bit frame's output comes back on the input's scale, then is clipped.
+    #[test]
+    fn image_outputs_are_mapped_back_and_keep_the_depth() {
+        let (w, h) = (3, 1);
+        let unit = Unit {
+            data: vec![0.0; 3],
+            uw: w,
+            uh: h,
+            src_x: 0,
+            src_y: 0,
+            dst_x: 0,
+            dst_y: 0,
+            keep_w: w,
+            keep_h: h,
+        };
+        let prepared = Prepared {
+            width: w,
+            height: h,
+            planes: vec![vec![unit]],
+            alpha: None,
+            input: None,
+            depth: BitDepth::Sixteen,
+            levels: Some(vec![Levels {
+                offset: 0.001,
+                gain: 100.0,
+            }]),
+        };
+        let f = assemble(
+            prepared,
+            &[vec![0.5, 1.2, 500.0]],
+            None,
+            &PostprocessConfig::default(),
+        );
+        let p = &f.planes.planes[0];
+        assert!(
+            (p[0] - 0.006).abs() < 1e-6 && (p[1] - 0.013).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert_eq!(p[2], 1.0, "clipped after mapping back");
+        assert_eq!(f.planes.depth, BitDepth::Sixteen);
+    }
 
     #[test]
     fn overlay_tints_foreground_and_outlines_it() {

@@ -44,6 +44,36 @@ pub fn png(w: usize, h: usize, seed: usize) -> Vec<u8> {
     encode_png(&frame(w, h, seed), "test").unwrap()
 }
 
+/// The output of a command that must have succeeded (its stderr shown if not).
+pub fn ok(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs the binary with `args`, `input` written to its stdin (from a thread, so a full stdout
+/// pipe cannot deadlock the two); its output once it exits.
+pub fn run_with_stdin(args: &[&str], input: Vec<u8>) -> std::process::Output {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
