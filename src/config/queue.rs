@@ -1,8 +1,12 @@
 //! `[source]` and `[sink]`: a queue to read frames from and a queue to write results to.
-//! Their URLs are checked where they are opened (the CLI may override them), so these
-//! sections have no rules of their own.
+//! Their URLs are checked where they are opened (the CLI may override them); the folders
+//! `path` entries may read from must be absolute (a pipeline file is read from anywhere).
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use super::Invalid;
 
 /// Queue engines a `[source]` or `[sink]` may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -33,6 +37,9 @@ pub struct QueueSourceConfig {
     pub max_inline_bytes: u64,
     /// How long one read waits for new entries.
     pub block_ms: u64,
+    /// Folders whose files `path` entries may name (after resolving links and `..`); none:
+    /// `path` entries are refused. `--allow-path` replaces the list.
+    pub allow_paths: Vec<PathBuf>,
 }
 
 impl Default for QueueSourceConfig {
@@ -47,7 +54,21 @@ impl Default for QueueSourceConfig {
             batch: 16,
             max_inline_bytes: 32 << 20,
             block_ms: 1000,
+            allow_paths: Vec::new(),
         }
+    }
+}
+
+impl QueueSourceConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(p) = self.allow_paths.iter().find(|p| !p.is_absolute()) {
+            return Err(Invalid::new(
+                "source.allow_paths",
+                p,
+                "must be an absolute folder",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -69,5 +90,22 @@ impl Default for QueueSinkConfig {
             url: None,
             maxlen: 100_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_paths_must_be_absolute() {
+        let mut q = QueueSourceConfig::default();
+        assert!(q.validate().is_ok());
+        q.allow_paths = vec!["/srv/in".into(), "in".into()];
+        let e = q.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("source.allow_paths") && e.contains("\"in\""),
+            "{e}"
+        );
     }
 }

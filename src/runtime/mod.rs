@@ -1,16 +1,18 @@
 //! Leaves every other module may use: the stop signal, run-time telemetry, atomic file writes,
-//! the one directory walker, and thread settings.
+//! the one directory walker, the one safe file reader, and thread settings.
 //!
 //! Nothing here imports anything else of the crate (`crate::…`): these are the bottom of the
 //! house, so a source, a stage, the trainer and the wiring can all share them without an
 //! import circle. Errors are `std::io` ones that carry the path they are about.
 
 pub mod atomic;
+pub mod read;
 pub mod stop;
 pub mod telemetry;
 pub mod threads;
 pub mod walk;
 
 pub use atomic::{write_atomic, PathError};
+pub use read::{read_regular_file, Links, ReadError, RegularFile};
 pub use stop::Stop;
 pub use telemetry::Telemetry;

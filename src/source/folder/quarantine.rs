@@ -45,6 +45,12 @@ impl Quarantine {
         }
         if std::fs::rename(abs, &target).is_err() {
             // Another filesystem: copy, make it durable, and only then remove the original.
+            // Only a regular file (not a link) is copied: opening a FIFO waits for a writer
+            // forever, and a link would copy what it points to (a /proc file reads without end).
+            if !std::fs::symlink_metadata(abs).is_ok_and(|m| m.is_file()) {
+                let e = std::io::Error::other("not a regular file: cannot copy it elsewhere");
+                return Err(io(abs)(e));
+            }
             std::fs::copy(abs, &target).map_err(io(&target))?;
             std::fs::File::open(&target)
                 .and_then(|f| f.sync_all())
