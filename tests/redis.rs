@@ -131,12 +131,26 @@ fn frames(dir: &Path, n: usize, from: usize) -> Vec<(PathBuf, (u32, u32))> {
         .collect()
 }
 
+/// `DIR/in`, made now: where the frames go, and the folder `path` entries may name files in.
+fn in_dir(dir: &Path) -> String {
+    let d = dir.join("in");
+    std::fs::create_dir_all(&d).unwrap();
+    d.to_str().unwrap().to_string()
+}
+
 fn add_paths(con: &mut redis::Connection, stream: &str, paths: &[(PathBuf, (u32, u32))]) {
     for (p, _) in paths {
         let _: String = con
             .xadd(stream, "*", &[("path", p.to_str().unwrap())])
             .unwrap();
     }
+}
+
+/// An entry carrying its frame inline, named `id`.
+fn add_inline(con: &mut redis::Connection, id: &str, data: &[u8]) {
+    let _: String = con
+        .xadd("frames", "*", &[("data", data), ("id", id.as_bytes())])
+        .unwrap();
 }
 
 fn results(con: &mut redis::Connection, stream: &str) -> Vec<StreamId> {
@@ -232,6 +246,8 @@ fn check_results(got: &[StreamId], sent: &[(PathBuf, (u32, u32))]) {
 fn workers_share_the_stream_and_every_frame_gets_exactly_one_result() {
     let srv = RedisServer::start(false);
     let t = tempfile::tempdir().unwrap();
+    let inp = in_dir(t.path());
+    let inp = inp.as_str();
     let out = srv.url("results");
     let mut ws: Vec<Daemon> = (0..3)
         .map(|i| {
@@ -241,7 +257,7 @@ fn workers_share_the_stream_and_every_frame_gets_exactly_one_result() {
                 &format!("w{i}"),
                 &out,
                 t.path().join(format!("w{i}.log")),
-                &[],
+                &["--allow-path", inp],
             )
         })
         .collect();
@@ -276,6 +292,8 @@ fn workers_share_the_stream_and_every_frame_gets_exactly_one_result() {
 fn a_killed_workers_pending_entries_are_taken_over() {
     let srv = RedisServer::start(false);
     let t = tempfile::tempdir().unwrap();
+    let inp = in_dir(t.path());
+    let inp = inp.as_str();
     let p = pipeline(t.path(), "claim_idle_ms = 1500");
     let p = p.to_str().unwrap();
     let out = srv.url("results");
@@ -288,7 +306,14 @@ fn a_killed_workers_pending_entries_are_taken_over() {
             (path, (256, 224))
         })
         .collect();
-    let mut victim = worker(p, &srv, "victim", &out, t.path().join("v.log"), &[]);
+    let mut victim = worker(
+        p,
+        &srv,
+        "victim",
+        &out,
+        t.path().join("v.log"),
+        &["--allow-path", inp],
+    );
     add_paths(&mut con, "frames", &sent);
     assert!(wait_until(Duration::from_secs(60), || pending(
         &mut con, "frames"
@@ -302,7 +327,14 @@ fn a_killed_workers_pending_entries_are_taken_over() {
         .copied()
         .unwrap_or(0);
     assert!(held > 0, "the victim held nothing when it died");
-    let rescuer = worker(p, &srv, "rescuer", &out, t.path().join("r.log"), &[]);
+    let rescuer = worker(
+        p,
+        &srv,
+        "rescuer",
+        &out,
+        t.path().join("r.log"),
+        &["--allow-path", inp],
+    );
     let got = all_results(&mut con, sent.len(), Duration::from_secs(180));
     check_results(&got, &sent);
     assert!(
@@ -351,14 +383,7 @@ fn poison_and_over_delivered_entries_go_to_the_dead_letter_stream() {
         )
         .unwrap();
     let empty: String = con.xadd("frames", "*", &[("note", "no frame")]).unwrap();
-    let good = png(40, 30, 1);
-    let _: String = con
-        .xadd(
-            "frames",
-            "*",
-            &[("data", good.as_slice()), ("id", b"good".as_slice())],
-        )
-        .unwrap();
+    add_inline(&mut con, "good", &png(40, 30, 1));
     let p = pipeline(t.path(), "claim_idle_ms = 200\nmax_deliveries = 5");
     let _w = worker(
         p.to_str().unwrap(),
@@ -393,6 +418,8 @@ fn poison_and_over_delivered_entries_go_to_the_dead_letter_stream() {
 fn a_server_restarted_mid_stream_loses_nothing() {
     let mut srv = RedisServer::start(true);
     let t = tempfile::tempdir().unwrap();
+    let inp = in_dir(t.path());
+    let inp = inp.as_str();
     let port = free_port();
     let metrics = format!("127.0.0.1:{port}");
     let w = worker(
@@ -401,7 +428,7 @@ fn a_server_restarted_mid_stream_loses_nothing() {
         "w",
         &srv.url("results"),
         t.path().join("w.log"),
-        &["--metrics", &metrics],
+        &["--metrics", &metrics, "--allow-path", inp],
     );
     let mut con = srv.con();
     let first = frames(&t.path().join("in"), 30, 0);
@@ -438,6 +465,8 @@ fn a_server_restarted_mid_stream_loses_nothing() {
 fn folder_outputs_are_named_by_frame_and_sigterm_acks_what_it_holds() {
     let srv = RedisServer::start(false);
     let t = tempfile::tempdir().unwrap();
+    let inp = in_dir(t.path());
+    let inp = inp.as_str();
     let out = t.path().join("out");
     let mut con = srv.con();
     let sent = frames(&t.path().join("in"), 40, 0);
@@ -464,7 +493,7 @@ fn folder_outputs_are_named_by_frame_and_sigterm_acks_what_it_holds() {
         "w",
         out.to_str().unwrap(),
         t.path().join("w.log"),
-        &[],
+        &["--allow-path", inp],
     );
     assert!(wait_until(Duration::from_secs(60), || {
         std::fs::read_dir(&out).map_or(0, |d| d.count()) >= 5
@@ -481,7 +510,7 @@ fn folder_outputs_are_named_by_frame_and_sigterm_acks_what_it_holds() {
         "w2",
         out.to_str().unwrap(),
         t.path().join("w2.log"),
-        &[],
+        &["--allow-path", inp],
     );
     assert!(wait_until(Duration::from_secs(60), || {
         total_pending(&mut con, "frames") == 0
@@ -513,4 +542,169 @@ fn a_redis_address_without_a_stream_is_refused_clearly() {
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("redis://HOST:PORT/STREAM"), "{err}");
+}
+
+/// An entry's dead-letter reason without its `server/stream entry ID (name): ` prefix.
+fn reason(e: &StreamId) -> String {
+    let error = text(e, "error");
+    match error.split_once("): ") {
+        Some((_, why)) => why.to_string(),
+        None => error,
+    }
+}
+
+/// `path` entries name files under the allowed folders only. One outside (there or not),
+/// reached by `..`, or through a link or a linked folder inside the root is dead-lettered at
+/// its first delivery, unread, with one reason that does not tell whether it exists; a FIFO
+/// inside is refused at once too. Files inside, also through a link that stays inside, are
+/// processed.
+#[test]
+fn path_entries_outside_the_allowed_folders_are_dead_lettered_unread() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let inp = PathBuf::from(in_dir(t.path()));
+    let secret = t.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    // A readable image: a worker that trusts `path` sends it back denoised.
+    std::fs::write(secret.join("s.png"), png(32, 24, 7)).unwrap();
+    let good = frames(&inp, 2, 0);
+    let link = |to: &Path, at: &str| std::os::unix::fs::symlink(to, inp.join(at)).unwrap();
+    link(&secret.join("s.png"), "leak.png");
+    link(&secret, "door");
+    link(&good[0].0, "alias.png");
+    let fifo = Command::new("mkfifo")
+        .arg(inp.join("pipe.png"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let outside = [
+        secret.join("s.png"),
+        inp.join("../secret/s.png"),
+        inp.join("leak.png"),
+        inp.join("door/s.png"),
+        secret.join("missing.png"),
+        PathBuf::from("/etc/passwd"),
+    ];
+    let mut con = srv.con();
+    let mut add = |p: &Path, id: &str| -> String {
+        con.xadd("frames", "*", &[("path", p.to_str().unwrap()), ("id", id)])
+            .unwrap()
+    };
+    let refused: Vec<String> = outside
+        .iter()
+        .enumerate()
+        .map(|(i, p)| add(p, &format!("out-{i}")))
+        .collect();
+    let pipe = add(&inp.join("pipe.png"), "pipe");
+    for (i, (p, _)) in good.iter().enumerate() {
+        add(p, &format!("good-{i}"));
+    }
+    add(&inp.join("alias.png"), "alias");
+    let _w = worker(
+        "denoise-fast",
+        &srv,
+        "w",
+        &srv.url("results"),
+        t.path().join("w.log"),
+        &["--allow-path", inp.to_str().unwrap()],
+    );
+    let mut con = srv.con();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            results(&mut con, "frames:dead").len() == outside.len() + 1
+                && results(&mut con, "results").len() == good.len() + 1
+        }),
+        "dead: {:?}\nresults: {:?}\n{}",
+        results(&mut con, "frames:dead"),
+        results(&mut con, "results")
+            .iter()
+            .map(|r| text(r, "id"))
+            .collect::<Vec<_>>(),
+        _w.log()
+    );
+    let dead: HashMap<String, StreamId> = results(&mut con, "frames:dead")
+        .into_iter()
+        .map(|e| (text(&e, "entry"), e))
+        .collect();
+    let why = reason(&dead[&refused[0]]);
+    assert!(why.contains("not under an allowed folder"), "{why}");
+    for id in &refused {
+        assert_eq!(reason(&dead[id]), why, "one reason for every outside path");
+        assert_eq!(text(&dead[id], "deliveries"), "1");
+    }
+    let fifo = reason(&dead[&pipe]);
+    assert!(fifo.contains("FIFO"), "{fifo}");
+    let ids: BTreeSet<String> = results(&mut con, "results")
+        .iter()
+        .map(|r| text(r, "id"))
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["good-0".into(), "good-1".into(), "alias".into()])
+    );
+    assert!(wait_until(Duration::from_secs(10), || total_pending(
+        &mut con, "frames"
+    ) == 0));
+}
+
+/// With no allowed folder, `path` entries are refused; inline `data` still works.
+#[test]
+fn without_an_allowed_folder_path_entries_are_refused() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let sent = frames(&t.path().join("in"), 1, 0);
+    let mut con = srv.con();
+    add_paths(&mut con, "frames", &sent);
+    add_inline(&mut con, "inline", &png(40, 30, 1));
+    let _w = worker(
+        "denoise-fast",
+        &srv,
+        "w",
+        &srv.url("results"),
+        t.path().join("w.log"),
+        &[],
+    );
+    assert!(wait_until(Duration::from_secs(60), || {
+        results(&mut con, "frames:dead").len() == 1 && results(&mut con, "results").len() == 1
+    }));
+    let why = reason(&results(&mut con, "frames:dead")[0]);
+    assert!(why.contains("no folder is allowed"), "{why}");
+    assert_eq!(text(&results(&mut con, "results")[0], "id"), "inline");
+}
+
+/// An allowed folder that does not exist, or a relative one in the pipeline file, is a
+/// configuration error (exit 2) named as such.
+#[test]
+fn a_missing_or_relative_allowed_folder_is_refused_at_start() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("nope");
+    let o = common::bin()
+        .args([
+            "run",
+            "denoise-fast",
+            "-i",
+            "redis://127.0.0.1:1/frames",
+            "-o",
+        ])
+        .arg(t.path().join("out"))
+        .arg("--allow-path")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("allow_paths") && err.contains("nope"), "{err}");
+    let p = pipeline(t.path(), "allow_paths = [\"in\"]");
+    let o = common::bin()
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "-i",
+            "redis://127.0.0.1:1/frames",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("source.allow_paths"), "{err}");
 }

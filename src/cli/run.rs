@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Redis input: the consumer group (overrides `[source] group`).
     #[arg(long)]
     group: Option<String>,
+    /// Redis input: a folder whose files `path` entries may name (repeatable; replaces
+    /// `[source] allow_paths`). Without one, `path` entries are refused.
+    #[arg(long, value_name = "DIR")]
+    allow_path: Vec<PathBuf>,
     /// Redis input: this daemon's consumer name (overrides `[source] consumer`; default host
     /// name + process id).
     #[arg(long)]
@@ -340,6 +344,9 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
             q.consumer = Some(consumer.clone());
             if let Some(g) = &a.group {
                 q.group = g.clone();
+            }
+            if !a.allow_path.is_empty() {
+                q.allow_paths = a.allow_path.clone();
             }
             let max_file = first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20);
             let cfg = RedisSourceConfig::new(addr.clone(), &q, max_file);

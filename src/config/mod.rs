@@ -219,6 +219,7 @@ impl PipelineConfig {
         self.infer.validate()?;
         self.output.validate()?;
         self.channels.validate()?;
+        self.source.validate()?;
         self.train.validate(multiple)?;
         self.finetune.validate(multiple)?;
         self.source.validate()?;

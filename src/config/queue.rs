@@ -1,6 +1,8 @@
-//! `[source]` and `[sink]`: a queue to read frames from and a queue to write results to, and
-//! which files of an input folder are inputs (`[source] include` / `exclude`). The URLs are
-//! checked where they are opened (the CLI may override them); the globs are checked here.
+//! `[source]` and `[sink]`: a queue to read frames from and a queue to write results to, which
+//! files of an input folder are inputs (`[source] include` / `exclude`), and the folders a
+//! queue entry's `path` may read from (`allow_paths`). The URLs are checked where they are
+//! opened (the CLI may override them); the globs and folders are checked here (the folders
+//! must be absolute: a pipeline file is read from anywhere).
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +48,9 @@ pub struct QueueSourceConfig {
     pub include: Vec<String>,
     /// Folder sources: files matching one of these are not inputs even if included.
     pub exclude: Vec<String>,
+    /// Folders whose files `path` entries may name (after resolving links and `..`); none:
+    /// `path` entries are refused. `--allow-path` replaces the list.
+    pub allow_paths: Vec<std::path::PathBuf>,
 }
 
 impl QueueSourceConfig {
@@ -67,6 +72,13 @@ impl QueueSourceConfig {
                 "no file would be an input; leave the key out for the image extensions",
             ));
         }
+        if let Some(p) = self.allow_paths.iter().find(|p| !p.is_absolute()) {
+            return Err(Invalid::new(
+                "source.allow_paths",
+                p,
+                "must be an absolute folder",
+            ));
+        }
         Ok(())
     }
 }
@@ -85,6 +97,7 @@ impl Default for QueueSourceConfig {
             block_ms: 1000,
             include: default_include(),
             exclude: vec![],
+            allow_paths: Vec::new(),
         }
     }
 }
@@ -107,5 +120,22 @@ impl Default for QueueSinkConfig {
             url: None,
             maxlen: 100_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_paths_must_be_absolute() {
+        let mut q = QueueSourceConfig::default();
+        assert!(q.validate().is_ok());
+        q.allow_paths = vec!["/srv/in".into(), "in".into()];
+        let e = q.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("source.allow_paths") && e.contains("\"in\""),
+            "{e}"
+        );
     }
 }

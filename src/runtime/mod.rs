@@ -1,5 +1,6 @@
 //! Leaves every other module may use: the stop signal, run-time telemetry, atomic file writes,
-//! the one directory walker, thread settings, and the clock time-dependent rules read.
+//! the one directory walker, the one safe file reader, thread settings, and the clock
+//! time-dependent rules read.
 //!
 //! Nothing here imports anything else of the crate (`crate::…`): these are the bottom of the
 //! house, so a source, a stage, the trainer and the wiring can all share them without an
@@ -7,6 +8,7 @@
 
 pub mod atomic;
 pub mod clock;
+pub mod read;
 pub mod stop;
 pub mod telemetry;
 pub mod threads;
@@ -14,5 +16,6 @@ pub mod walk;
 
 pub use atomic::{write_atomic, PathError};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use read::{read_regular_file, Links, ReadError, RegularFile};
 pub use stop::Stop;
 pub use telemetry::Telemetry;

@@ -46,7 +46,7 @@ pub use quarantine::Quarantine;
 use super::{Completion, Intake, RawFrame, Source};
 use crate::error::{Error, Result};
 use crate::frame::{FileStamp, FrameId};
-use crate::runtime::{SharedClock, Stop, SystemClock};
+use crate::runtime::{read_regular_file, Links, ReadError, SharedClock, Stop, SystemClock};
 
 /// Settings of a folder source.
 #[derive(Debug, Clone)]
@@ -197,8 +197,8 @@ impl FolderSource {
         let Ok(meta) = std::fs::metadata(path) else {
             return Taken::Skipped; // gone again (or a dangling link): nothing to do
         };
-        if !meta.is_file() {
-            return Taken::Skipped;
+        if meta.is_dir() {
+            return Taken::Skipped; // a FIFO, device or socket is refused (and set aside) below
         }
         let mut stamp = FileStamp::of(&meta);
         let shape = (stamp.size, stamp.mtime_ns);
@@ -211,24 +211,23 @@ impl FolderSource {
                 return Taken::Skipped;
             }
         }
-        let bytes = if stamp.size > self.cfg.max_file_bytes {
-            Err(format!(
-                "file of {} bytes is over the limit of {}",
-                stamp.size, self.cfg.max_file_bytes
-            ))
-        } else {
-            match std::fs::read(path) {
-                Ok(b) => {
-                    // Written to while we read it: not complete after all.
-                    let after = std::fs::metadata(path).map(|m| shape_of(&m)).ok();
-                    if after != Some(shape) || b.len() as u64 != stamp.size {
-                        return Taken::Changing;
-                    }
-                    stamp.hash = FileStamp::hash_of(&b);
-                    Ok(b)
+        // Links are followed (a folder of links to the files is legitimate), but only to a
+        // regular file that reads as many bytes as it reports: see runtime::read.
+        let bytes = match read_regular_file(path, self.cfg.max_file_bytes, Links::Follow) {
+            Ok(b) => {
+                // Written to while we read it: not complete after all.
+                let after = std::fs::metadata(path).map(|m| shape_of(&m)).ok();
+                if after != Some(shape) || b.len() as u64 != stamp.size {
+                    return Taken::Changing;
                 }
-                Err(e) => Err(format!("cannot read: {e}")),
+                stamp.hash = FileStamp::hash_of(&b);
+                Ok(b)
             }
+            Err(ReadError::Changed) => return Taken::Changing,
+            Err(ReadError::Open(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Taken::Skipped
+            }
+            Err(e) => Err(e.to_string()),
         };
         if let Some(j) = &self.cfg.completion.journal {
             if !stamp.hash.is_empty() && j.is_done_content(&rel, &stamp.hash) {

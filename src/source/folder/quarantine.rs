@@ -36,6 +36,14 @@ fn move_new(from: &Path, to: &Path) -> std::io::Result<()> {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e),
         Err(_) => {
+            // Another filesystem: copy. Only a regular file (not a link) is copied: opening a
+            // FIFO waits for a writer forever, and a link would copy what it points to (a /proc
+            // file reads without end).
+            if !std::fs::symlink_metadata(from).is_ok_and(|m| m.is_file()) {
+                return Err(std::io::Error::other(
+                    "not a regular file: cannot copy it to another filesystem",
+                ));
+            }
             let mut src = std::fs::File::open(from)?;
             let mut dst = std::fs::OpenOptions::new()
                 .write(true)

@@ -1,6 +1,7 @@
 //! The Redis Streams source: one consumer of a consumer group, so that many daemons split one
-//! stream. Each entry carries a frame by reference (`path`: a file on storage all workers share)
-//! or inline (`data`: the encoded image bytes), and optionally an `id` that names its outputs.
+//! stream. Each entry carries a frame by reference (`path`: a file on storage all workers share,
+//! under a folder the operator allowed: [`paths`]) or inline (`data`: the encoded image bytes),
+//! and optionally an `id` that names its outputs.
 //!
 //! - The group is created if missing (MKSTREAM). At start the consumer first re-reads its own
 //!   pending entries (a restart under the same consumer name), then new ones (`>`).
@@ -11,7 +12,8 @@
 //!   fresh (XCLAIM … JUSTID) so that a slow but live worker is not robbed.
 //! - An entry delivered more than `max_deliveries` times (it keeps killing workers, or its file
 //!   cannot be read) goes to `STREAM:dead` with its error and is acknowledged; so does one that
-//!   can never succeed (does not decode, no `path`/`data`, inline data over the cap).
+//!   can never succeed (does not decode, no `path`/`data`, inline data over the cap, a `path`
+//!   outside the allowed folders or to something that is not a regular file).
 //! - A lost server is retried with backoff; meanwhile `/readyz` says not ready.
 
 use std::collections::HashMap;
@@ -23,14 +25,16 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, St
 use redis::{Connection, RedisResult, Value};
 
 pub mod conn;
+pub mod paths;
 pub mod settle;
 
 pub use conn::RedisAddress;
+pub use paths::AllowedRoots;
 pub use settle::RedisSettler;
 
 use super::{Completion, Intake, RawFrame, Source};
 use crate::config::QueueSourceConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::frame::entry::{safe_name, Entry, QueueOrigin};
 use crate::frame::FrameId;
 use crate::runtime::Stop;
@@ -49,6 +53,8 @@ pub struct RedisSourceConfig {
     pub max_inline_bytes: u64,
     /// Largest file a `path` entry may refer to.
     pub max_file_bytes: u64,
+    /// Folders `path` entries may name files under (none: `path` entries are refused).
+    pub allow_paths: Vec<PathBuf>,
     /// How long one XREADGROUP waits for new entries (stop requests are seen in between).
     pub block: Duration,
 }
@@ -64,6 +70,7 @@ impl RedisSourceConfig {
             batch: q.batch.max(1),
             max_inline_bytes: q.max_inline_bytes,
             max_file_bytes,
+            allow_paths: q.allow_paths.clone(),
             block: Duration::from_millis(q.block_ms.clamp(10, 10_000)),
         }
     }
@@ -95,11 +102,19 @@ pub struct RedisSource {
     origin: Arc<QueueOrigin>,
     settler: Arc<RedisSettler>,
     telemetry: Arc<Telemetry>,
+    files: AllowedRoots,
     seq: u64,
 }
 
 impl RedisSource {
     pub fn new(cfg: RedisSourceConfig, telemetry: Arc<Telemetry>) -> Result<Self> {
+        let files = AllowedRoots::new(&cfg.allow_paths).map_err(|e| Error::Config {
+            origin: "allow_paths".into(),
+            message: e.to_string(),
+        })?;
+        if files.is_empty() {
+            tracing::info!("no --allow-path folder: `path` entries are refused");
+        }
         let origin = Arc::new(QueueOrigin {
             server: cfg.addr.server.clone(),
             stream: cfg.addr.stream.clone(),
@@ -116,6 +131,7 @@ impl RedisSource {
             origin,
             settler,
             telemetry,
+            files,
             seq: 0,
         })
     }
@@ -216,9 +232,12 @@ impl RedisSource {
                 self.cfg.max_inline_bytes
             )),
             (Some(d), _) => Ok(d),
-            (None, Some(p)) => match read_capped(p, self.cfg.max_file_bytes) {
+            (None, Some(p)) => match self.files.read(p, self.cfg.max_file_bytes) {
                 Ok(b) => Ok(b),
+                // Outside the allowed folders, or not a regular file: dead-lettered at once.
+                Err(why) if !why.may_pass_later() => Err(why.to_string()),
                 Err(why) => {
+                    let why = why.to_string();
                     // Perhaps not there yet on shared storage: leave it pending; it is taken
                     // over and tried again after claim_idle_ms, up to max_deliveries.
                     tracing::warn!(
@@ -410,21 +429,6 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
         Value::Int(i) => Some(i.to_string().into_bytes()),
         _ => None,
     }
-}
-
-fn read_capped(p: &std::path::Path, cap: u64) -> std::result::Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{}: not a file", p.display()));
-    }
-    if meta.len() > cap {
-        return Err(format!(
-            "{}: file of {} bytes is over the limit of {cap}",
-            p.display(),
-            meta.len()
-        ));
-    }
-    std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
 }
 
 impl Source for RedisSource {
