@@ -1,8 +1,10 @@
 //! `[source]` and `[sink]`: a queue to read frames from and a queue to write results to.
-//! Their URLs are checked where they are opened (the CLI may override them), so these
-//! sections have no rules of their own.
+//! Their URLs are checked where they are opened (the CLI may override them); the source's
+//! numbers are range-checked here.
 
 use serde::{Deserialize, Serialize};
+
+use super::{within, Invalid};
 
 /// Queue engines a `[source]` or `[sink]` may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -48,6 +50,18 @@ impl Default for QueueSourceConfig {
             max_inline_bytes: 32 << 20,
             block_ms: 1000,
         }
+    }
+}
+
+impl QueueSourceConfig {
+    /// Numbers a queue can work with; `block_ms` 0 would block Redis reads forever (no
+    /// shutdown), so it is at least 1.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        within("source.claim_idle_ms", self.claim_idle_ms, 100, 86_400_000)?;
+        within("source.max_deliveries", self.max_deliveries, 1, 1000)?;
+        within("source.batch", self.batch, 1, 10_000)?;
+        within("source.max_inline_bytes", self.max_inline_bytes, 1, 1 << 32)?;
+        within("source.block_ms", self.block_ms, 1, 60_000)
     }
 }
 
