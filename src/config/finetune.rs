@@ -106,7 +106,11 @@ impl FinetuneConfig {
             ("finetune.batch", self.batch, 256),
             ("finetune.threads", self.threads, 256),
             ("finetune.round_steps", self.round_steps, 1_000_000),
-            ("finetune.max_steps_per_minute", self.max_steps_per_minute, 60_000),
+            (
+                "finetune.max_steps_per_minute",
+                self.max_steps_per_minute,
+                60_000,
+            ),
             ("finetune.val_patches", self.val_patches, 4096),
             ("finetune.keep", self.keep, 1000),
         ] {

@@ -79,7 +79,11 @@ where
     if (lo..=hi).contains(&v) {
         Ok(())
     } else {
-        Err(Invalid::new(key, v, format!("must be between {lo} and {hi}")))
+        Err(Invalid::new(
+            key,
+            v,
+            format!("must be between {lo} and {hi}"),
+        ))
     }
 }
 
@@ -476,9 +480,8 @@ mod tests {
 
     /// A minimal pipeline with `[section]` holding `line` (`model`: added to `[model]`).
     fn error_with(section: &str, line: &str) -> Option<String> {
-        let mut text = String::from(
-            "name = \"t\"\n[model]\narch = \"unet-denoiser\"\nweights = \"w\"\n",
-        );
+        let mut text =
+            String::from("name = \"t\"\n[model]\narch = \"unet-denoiser\"\nweights = \"w\"\n");
         if section != "model" {
             text.push_str(&format!("[{section}]\n"));
         }
@@ -503,12 +506,24 @@ mod tests {
             ("decode", "max_pixels = 0", "decode.max_pixels"),
             ("decode", "max_pixels = 100000000000", "decode.max_pixels"),
             ("decode", "max_alloc_mib = 0", "decode.max_alloc_mib"),
-            ("decode", "max_alloc_mib = 100000000", "decode.max_alloc_mib"),
+            (
+                "decode",
+                "max_alloc_mib = 100000000",
+                "decode.max_alloc_mib",
+            ),
             ("corrupt", "gaussian_sigma = 1e9", "corrupt.gaussian_sigma"),
             ("corrupt", "mask = nan", "corrupt.mask"),
-            ("model", "tile_overlap = 9223372036854775807", "model.tile_overlap"),
+            (
+                "model",
+                "tile_overlap = 9223372036854775807",
+                "model.tile_overlap",
+            ),
             ("model", "tile = 1000000", "model.tile"),
-            ("model", "channels = [16, 100000]\nblocks = [1, 1]", "model.channels"),
+            (
+                "model",
+                "channels = [16, 100000]\nblocks = [1, 1]",
+                "model.channels",
+            ),
             ("model", "blocks = [1, 1, 1000]", "model.blocks"),
             ("model", "full_res = [100000, 1]", "model.full_res"),
             ("train", "batch = 0", "train.batch"),
@@ -538,8 +553,13 @@ mod tests {
         // The dense autoencoder's weights are counted before a fresh one is allocated.
         let dense = "name = \"t\"\n[model]\narch = \"dense-ae\"\nweights = \"w\"\n\
                      size = [2048, 2048]\nlayers = [4194304, 4194304, 30]\n";
-        let err = PipelineConfig::from_toml(dense, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("model.layers") && err.contains("weights"), "{err}");
+        let err = PipelineConfig::from_toml(dense, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.layers") && err.contains("weights"),
+            "{err}"
+        );
         // The bounds themselves are accepted.
         for (section, line) in [
             ("channels", "capacity = 1024"),

@@ -243,8 +243,7 @@ impl ModelConfig {
         match &self.arch {
             Arch::UnetDenoiser(d) | Arch::UnetInpaint(d) => {
                 levels(&d.channels)?;
-                if d.channels.len() != d.blocks.len() || d.blocks.iter().any(|&b| b > MAX_BLOCKS)
-                {
+                if d.channels.len() != d.blocks.len() || d.blocks.iter().any(|&b| b > MAX_BLOCKS) {
                     return Err(Invalid::new(
                         "model.blocks",
                         &d.blocks,
@@ -259,9 +258,7 @@ impl ModelConfig {
                     return Err(Invalid::new(
                         "model.full_res",
                         d.full_res,
-                        format!(
-                            "must be [channels ≤ {MAX_CHANNELS}, blocks ≤ {MAX_BLOCKS}]"
-                        ),
+                        format!("must be [channels ≤ {MAX_CHANNELS}, blocks ≤ {MAX_BLOCKS}]"),
                     ));
                 }
             }

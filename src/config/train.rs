@@ -120,19 +120,34 @@ impl TrainConfig {
         within("train.batch", self.batch, 1, 4096)?;
         within("train.steps_per_epoch", self.steps_per_epoch, 1, 10_000_000)?;
         within("train.epochs", self.epochs, 1, 100_000)?;
-        within("train.checkpoint_every", self.checkpoint_every, 1, usize::MAX)?;
+        within(
+            "train.checkpoint_every",
+            self.checkpoint_every,
+            1,
+            usize::MAX,
+        )?;
         within("train.lr", self.lr, f64::MIN_POSITIVE, 10.0)?;
         within("train.weight_decay", self.weight_decay, 0.0, 1.0)?;
         within("train.sigma_max", self.sigma_max, 0.0, 255.0)?;
         within("train.val_sigma", self.val_sigma, 0.0, 255.0)?;
-        within("train.sigma_weight_power", self.sigma_weight_power, 0.0, 4.0)?;
+        within(
+            "train.sigma_weight_power",
+            self.sigma_weight_power,
+            0.0,
+            4.0,
+        )?;
         within("train.val_fraction", self.val_fraction, 0.0, 0.99)?;
         within("train.rotate_deg", self.rotate_deg, 0.0, 180.0)?;
         within("train.scale_jitter", self.scale_jitter, 0.0, 0.9)?;
         within("train.shift", self.shift, 0.0, 1.0)?;
         within("train.intensity_jitter", self.intensity_jitter, 0.0, 1.0)?;
         within("train.mask_min", self.mask_min, 0.0, 1.0)?;
-        within("train.mask_max", self.mask_max, self.mask_min.clamp(0.0, 1.0), 1.0)?;
+        within(
+            "train.mask_max",
+            self.mask_max,
+            self.mask_min.clamp(0.0, 1.0),
+            1.0,
+        )?;
         within("train.val_mask", self.val_mask, 0.0, 1.0)?;
         if let Some(r) = self.region {
             if r[2] == 0 || r[3] == 0 || r.iter().any(|&v| v > 1 << 20) {

@@ -208,7 +208,11 @@ impl Splitter {
         let mut bytes = Vec::with_capacity(n);
         bytes.extend_from_slice(&data[4..4 + have]);
         self.pos += 4 + have;
-        self.body = Some(Body { bytes, len: n, offset });
+        self.body = Some(Body {
+            bytes,
+            len: n,
+            offset,
+        });
         if have < n {
             // The rest of the frame goes straight into `bytes`.
             self.clear_buf();
@@ -481,13 +485,17 @@ fn parse_pnm(data: &[u8], max: usize) -> Result<usize, Parse> {
     }
     let [w, h, maxval] = fields;
     if w == 0 || h == 0 || maxval == 0 || maxval > 65535 {
-        return Err(Parse::Invalid(format!("bad PNM header ({w}x{h}, maxval {maxval})")));
+        return Err(Parse::Invalid(format!(
+            "bad PNM header ({w}x{h}, maxval {maxval})"
+        )));
     }
     let bytes_per = if maxval > 255 { 2 } else { 1 };
     let raster = w.saturating_mul(h).saturating_mul(channels * bytes_per);
     let total = (at as u64).saturating_add(raster);
     if total > max as u64 {
-        return Err(Parse::Invalid(format!("PNM frame {w}x{h} over the limit of {max} bytes")));
+        return Err(Parse::Invalid(format!(
+            "PNM frame {w}x{h} over the limit of {max} bytes"
+        )));
     }
     Ok(total as usize)
 }
@@ -631,7 +639,10 @@ mod tests {
         let Walk::Png { at } = s.walk else {
             panic!("{:?}", s.walk)
         };
-        assert!(at > half - 16 && at <= half, "walk stopped at {at} of {half}");
+        assert!(
+            at > half - 16 && at <= half,
+            "walk stopped at {at} of {half}"
+        );
         s.push(&frame[half..]);
         let Some(Split::Frame(f)) = s.next() else {
             panic!()
@@ -676,7 +687,10 @@ mod tests {
         let Some(Split::Frame(c)) = s.next() else {
             panic!()
         };
-        assert_eq!((c.seq, c.offset, c.bytes.len()), (2, big_at + 4 + 5000 + 4, 60));
+        assert_eq!(
+            (c.seq, c.offset, c.bytes.len()),
+            (2, big_at + 4 + 5000 + 4, 60)
+        );
         assert_eq!(s.finish(), None);
     }
 

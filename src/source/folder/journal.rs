@@ -352,7 +352,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let j = Journal::open(dir.path(), "p", "v1").unwrap();
-            j.record(Path::new("a.png"), &stamp(10, "aa"), "v1").unwrap();
+            j.record(Path::new("a.png"), &stamp(10, "aa"), "v1")
+                .unwrap();
         }
         let path = dir.path().join("p.journal.jsonl");
         let mut f = std::fs::OpenOptions::new()
@@ -361,7 +362,9 @@ mod tests {
             .unwrap();
         f.write_all(b"garbage\n").unwrap();
         drop(f);
-        let e = Journal::open(dir.path(), "p", "v1").unwrap_err().to_string();
+        let e = Journal::open(dir.path(), "p", "v1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3 is not a journal record"), "{e}");
     }
 
