@@ -120,7 +120,7 @@ impl FinetuneConfig {
         within("finetune.min_frames", self.min_frames, 0, self.buffer)?;
         within("finetune.lr", self.lr, f64::MIN_POSITIVE, 1.0)?;
         within("finetune.busy_share", self.busy_share, 0.01, 1.0)?;
-        within("finetune.min_improvement", self.min_improvement, 0.0, 0.99)?;
+        within("finetune.min_improvement", self.min_improvement, -1.0, 0.99)?;
         within("finetune.ema", self.ema, 0.0, 0.9999)?;
         for (key, v) in [
             ("finetune.sigma_max", self.sigma_max),
