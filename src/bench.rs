@@ -25,9 +25,9 @@ pub struct BenchArgs {
     pub model: String,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Threads for the model's kernels; 0 keeps the default (RAYON_NUM_THREADS, else all
-    /// cores).
-    #[arg(long, default_value_t = 0)]
+    /// Threads for the model's kernels, at most 256; 0 keeps the default (RAYON_NUM_THREADS,
+    /// else all cores).
+    #[arg(long, default_value_t = 0, value_parser = crate::runtime::threads::threads_arg)]
     pub threads: usize,
     /// Frame side (default: 64 for conv-ae-ref, the model's fixed size, or 256).
     #[arg(long)]

@@ -55,7 +55,7 @@ pub struct EvalCmd {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::ensemble_arg)]
     pub ensemble: Option<usize>,
     #[arg(long, default_value = "auto")]
     pub device: String,

@@ -65,6 +65,14 @@ pub fn parse_kinds(
         .collect()
 }
 
+/// Parses `--ensemble`: 1, 2 or 4 (a usage error otherwise, exit 2).
+pub fn ensemble_arg(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ (1 | 2 | 4)) => Ok(n),
+        _ => Err(format!("must be 1, 2 or 4, got {s:?}")),
+    }
+}
+
 pub fn with_ensemble(
     mut cfg: PipelineConfig,
     ensemble: Option<usize>,

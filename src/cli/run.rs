@@ -69,7 +69,7 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     emit: Option<Vec<String>>,
     /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::ensemble_arg)]
     ensemble: Option<usize>,
     /// Inpainting: a folder of mask images, one per input at the same relative path (or
     /// the same name as .png); black pixels are missing and get filled in.
@@ -87,16 +87,17 @@ pub struct RunArgs {
     /// Move each finished input here (keeping its relative path) once its outputs are written.
     #[arg(long)]
     done: Option<PathBuf>,
-    /// A file written in place is taken once unchanged for this long (milliseconds).
-    #[arg(long, default_value_t = 2000)]
+    /// A file written in place is taken once unchanged for this long (milliseconds, at most
+    /// 3600000: an hour).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     quiet_ms: u64,
-    /// Poll the input folder every SECS seconds instead of using file events (network
-    /// filesystems); files are taken once their size is stable.
-    #[arg(long, value_name = "SECS")]
+    /// Poll the input folder every SECS seconds (0.01 to 86400) instead of using file events
+    /// (network filesystems); files are taken once their size is stable.
+    #[arg(long, value_name = "SECS", value_parser = seconds(0.01))]
     poll: Option<f64>,
-    /// Rescan the whole input folder every SECS seconds, a safety net against lost events
-    /// (0: only when events were lost).
-    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    /// Rescan the whole input folder every SECS seconds (0.01 to 86400), a safety net against
+    /// lost events (0: only when events were lost).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0, value_parser = seconds_or_off)]
     rescan: f64,
     /// Serve /metrics, /healthz and /readyz over HTTP (default address 127.0.0.1:9464; give
     /// another to expose it).
@@ -110,9 +111,9 @@ pub struct RunArgs {
     checkpoints: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Threads for the model's kernels (candle's and rayon's pool); 0 keeps the default
-    /// (RAYON_NUM_THREADS, else one per core). Pipeline stages have their own threads.
-    #[arg(long, default_value_t = 0)]
+    /// Threads for the model's kernels (candle's and rayon's pool), at most 256; 0 keeps the
+    /// default (RAYON_NUM_THREADS, else one per core). Pipeline stages have their own threads.
+    #[arg(long, default_value_t = 0, value_parser = aestream::runtime::threads::threads_arg)]
     threads: usize,
 }
 
@@ -157,6 +158,29 @@ fn resolve_endpoints(a: &mut RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Longest period `--poll` and `--rescan` take: a day.
+const MAX_PERIOD_SECS: f64 = 86_400.0;
+
+/// A parser of a period in seconds from `lo` to [`MAX_PERIOD_SECS`] (a usage error otherwise).
+fn seconds(lo: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+        if (lo..=MAX_PERIOD_SECS).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("must be {lo} to {MAX_PERIOD_SECS} seconds"))
+        }
+    }
+}
+
+/// `--rescan`: 0 (off) or a period.
+fn seconds_or_off(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(0.0) => Ok(0.0),
+        _ => seconds(0.01)(s).map_err(|e| format!("{e}, or 0 (off)")),
+    }
 }
 
 fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {

@@ -20,10 +20,11 @@ pub struct TrainCmd {
     /// Folder of validation images (default: hold out part of --data).
     #[arg(long)]
     pub val: Option<PathBuf>,
-    #[arg(long)]
+    /// Epochs, 1 to 100000 (default: the pipeline's train.epochs).
+    #[arg(long, value_parser = count(100_000))]
     pub epochs: Option<usize>,
-    /// Steps per epoch (default: the pipeline's train.steps_per_epoch).
-    #[arg(long)]
+    /// Steps per epoch, 1 to 10000000 (default: the pipeline's train.steps_per_epoch).
+    #[arg(long, value_parser = count(10_000_000))]
     pub steps_per_epoch: Option<usize>,
     /// Where to write the weights (safetensors); metadata goes to OUT.json, the
     /// checkpoint to OUT.ckpt.
@@ -43,10 +44,15 @@ pub struct TrainCmd {
     pub masks: Option<PathBuf>,
     /// Stop after this many steps in all (the learning-rate schedule still spans every
     /// epoch); continue later with --resume.
-    #[arg(long)]
+    #[arg(long, value_parser = count(u32::MAX as u64))]
     pub stop_after: Option<usize>,
     #[arg(long, default_value = "auto")]
     pub device: String,
+}
+
+/// A count from 1 to `hi`.
+fn count(hi: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=hi)
 }
 
 pub fn run(a: TrainCmd) -> anyhow::Result<()> {

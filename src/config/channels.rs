@@ -3,7 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Invalid;
+use super::{within, Invalid};
+
+/// Most frames one channel holds. Each channel allocates its slots up front, so this bounds
+/// memory before any frame arrives (and 1e12 would abort the process).
+pub const MAX_CAPACITY: usize = 1024;
 
 /// Capacities of the bounded channels between stages: the backpressure knobs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,12 +29,9 @@ impl Default for ChannelConfig {
 }
 
 impl ChannelConfig {
-    /// A channel holds at least one frame.
+    /// A channel holds at least one frame and at most [`MAX_CAPACITY`].
     pub fn validate(&self) -> Result<(), Invalid> {
-        if self.capacity == 0 {
-            return Err(Invalid::new("channels.capacity", 0, "must be at least 1"));
-        }
-        Ok(())
+        within("channels.capacity", self.capacity, 1, MAX_CAPACITY)
     }
 }
 

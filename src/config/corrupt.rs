@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Invalid;
+use super::{within, Invalid};
 
 /// Synthetic corruption applied before the model (for training-style runs and demos).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -24,20 +24,10 @@ impl CorruptConfig {
         self.gaussian_sigma <= 0.0 && self.salt_pepper <= 0.0 && self.mask <= 0.0
     }
 
-    /// Fractions lie in [0, 1]; σ is a finite non-negative number.
+    /// Fractions lie in [0, 1]; σ is on the 0–255 scale.
     pub fn validate(&self) -> Result<(), Invalid> {
-        for (key, v) in [
-            ("corrupt.salt_pepper", self.salt_pepper),
-            ("corrupt.mask", self.mask),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(Invalid::new(key, v, "must be between 0 and 1"));
-            }
-        }
-        let s = self.gaussian_sigma;
-        if s < 0.0 || !s.is_finite() {
-            return Err(Invalid::new("corrupt.gaussian_sigma", s, "must be ≥ 0"));
-        }
-        Ok(())
+        within("corrupt.salt_pepper", self.salt_pepper, 0.0, 1.0)?;
+        within("corrupt.mask", self.mask, 0.0, 1.0)?;
+        within("corrupt.gaussian_sigma", self.gaussian_sigma, 0.0, 255.0)
     }
 }

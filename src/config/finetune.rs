@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Invalid;
+use super::{within, Invalid};
 
 /// Online fine-tuning while the daemon runs (`--finetune` or `enabled = true`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,28 +90,44 @@ pub enum FinetuneTarget {
 
 impl FinetuneConfig {
     /// Patches are big enough to learn from and fit the model (`multiple`: the model's size
-    /// multiple); every count the trainer divides by or draws from is at least 1.
+    /// multiple); every count the trainer divides by or draws from is at least 1, and every
+    /// count and share is bounded.
     pub fn validate(&self, multiple: usize) -> Result<(), Invalid> {
-        if self.patch < 16 || !self.patch.is_multiple_of(multiple) {
+        if !(16..=1024).contains(&self.patch) || !self.patch.is_multiple_of(multiple) {
             return Err(Invalid::new(
                 "finetune.patch",
                 self.patch,
-                format!("must be at least 16 and a multiple of {multiple}"),
+                format!("must be 16 to 1024 and a multiple of {multiple}"),
             ));
         }
-        for (key, v) in [
-            ("finetune.buffer", self.buffer),
-            ("finetune.holdout", self.holdout),
-            ("finetune.batch", self.batch),
-            ("finetune.threads", self.threads),
-            ("finetune.round_steps", self.round_steps),
-            ("finetune.max_steps_per_minute", self.max_steps_per_minute),
-            ("finetune.val_patches", self.val_patches),
-            ("finetune.keep", self.keep),
+        for (key, v, hi) in [
+            ("finetune.buffer", self.buffer, 65_536),
+            ("finetune.holdout", self.holdout, 4096),
+            ("finetune.batch", self.batch, 256),
+            ("finetune.threads", self.threads, 256),
+            ("finetune.round_steps", self.round_steps, 1_000_000),
+            (
+                "finetune.max_steps_per_minute",
+                self.max_steps_per_minute,
+                60_000,
+            ),
+            ("finetune.val_patches", self.val_patches, 4096),
+            ("finetune.keep", self.keep, 1000),
         ] {
-            if v == 0 {
-                return Err(Invalid::new(key, v, "must be at least 1"));
-            }
+            within(key, v, 1, hi)?;
+        }
+        within("finetune.idle_threads", self.idle_threads, 0, 256)?;
+        within("finetune.min_frames", self.min_frames, 0, self.buffer)?;
+        within("finetune.lr", self.lr, f64::MIN_POSITIVE, 1.0)?;
+        within("finetune.busy_share", self.busy_share, 0.01, 1.0)?;
+        within("finetune.min_improvement", self.min_improvement, -1.0, 0.99)?;
+        within("finetune.ema", self.ema, 0.0, 0.9999)?;
+        for (key, v) in [
+            ("finetune.sigma_max", self.sigma_max),
+            ("finetune.val_sigma", self.val_sigma),
+            ("finetune.stream_sigma", self.stream_sigma),
+        ] {
+            within(key, v, 0.0, 255.0)?;
         }
         Ok(())
     }

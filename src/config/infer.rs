@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Invalid;
+use super::{within, Invalid};
+
+/// Most threads per CPU stage: five stages run this many each.
+pub const MAX_WORKERS: usize = 64;
 
 /// Where and how the model runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,20 +46,19 @@ impl Default for InferConfig {
 }
 
 impl InferConfig {
-    /// Batches hold a frame; the batcher's wait is bounded; the ensemble is a size the
-    /// flips support; a given σ is on the 0–255 scale. (Whether the model can blend at all
+    /// Batches hold a frame; the batcher's wait and the threads are bounded; the ensemble is
+    /// a size the flips support; a given σ is on the 0–255 scale. (Whether the model can blend at all
     /// is a rule across sections: `PipelineConfig::validate`.)
     pub fn validate(&self) -> Result<(), Invalid> {
-        if self.max_batch == 0 {
-            return Err(Invalid::new("infer.max_batch", 0, "must be at least 1"));
-        }
-        if self.max_wait_ms > 60_000 {
-            return Err(Invalid::new(
-                "infer.max_wait_ms",
-                self.max_wait_ms,
-                "must be at most 60000",
-            ));
-        }
+        within("infer.max_batch", self.max_batch, 1, 1024)?;
+        within(
+            "infer.max_batch_pixels",
+            self.max_batch_pixels,
+            1 << 10,
+            1 << 28,
+        )?;
+        within("infer.max_wait_ms", self.max_wait_ms, 0, 60_000)?;
+        within("infer.workers", self.workers, 0, MAX_WORKERS)?;
         if ![1, 2, 4].contains(&self.ensemble) {
             return Err(Invalid::new(
                 "infer.ensemble",

@@ -70,6 +70,23 @@ impl Invalid {
     }
 }
 
+/// `v` lies in `lo..=hi` (a NaN never does): the one range rule every numeric key uses, so
+/// every bound reads the same in errors ("must be between 1 and 1024").
+pub(crate) fn within<T>(key: &'static str, v: T, lo: T, hi: T) -> Result<(), Invalid>
+where
+    T: PartialOrd + std::fmt::Debug + std::fmt::Display + Copy,
+{
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            key,
+            v,
+            format!("must be between {lo} and {hi}"),
+        ))
+    }
+}
+
 /// The pipelines built into the binary: (name, TOML text).
 pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
     ("denoise", include_str!("../../pipelines/denoise.toml")),
@@ -211,6 +228,7 @@ impl PipelineConfig {
 
     fn invalid(&self) -> Result<(), Invalid> {
         let arch = &self.model.arch;
+        self.decode.validate()?;
         self.corrupt.validate()?;
         self.normalise.validate()?;
         self.model.validate()?;
@@ -458,6 +476,99 @@ mod tests {
             }
             let back = ModelConfig::try_from(section).unwrap();
             assert_eq!(back, m, "{name}");
+        }
+    }
+
+    /// A minimal pipeline with `[section]` holding `line` (`model`: added to `[model]`).
+    fn error_with(section: &str, line: &str) -> Option<String> {
+        let mut text =
+            String::from("name = \"t\"\n[model]\narch = \"unet-denoiser\"\nweights = \"w\"\n");
+        if section != "model" {
+            text.push_str(&format!("[{section}]\n"));
+        }
+        text.push_str(line);
+        text.push('\n');
+        PipelineConfig::from_toml(&text, "t.toml")
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    /// Every numeric key is range-checked at load, the error naming the file and the key:
+    /// values that used to abort the process (an allocation of 1e12 channel slots, 100000
+    /// threads per stage) or make it useless (`max_pixels = 0` refused every frame).
+    #[test]
+    fn every_number_is_range_checked() {
+        let cases = [
+            ("channels", "capacity = 1000000000000", "channels.capacity"),
+            ("channels", "capacity = 0", "channels.capacity"),
+            ("infer", "workers = 100000", "infer.workers"),
+            ("infer", "max_batch = 100000", "infer.max_batch"),
+            ("infer", "max_batch_pixels = 0", "infer.max_batch_pixels"),
+            ("decode", "max_pixels = 0", "decode.max_pixels"),
+            ("decode", "max_pixels = 100000000000", "decode.max_pixels"),
+            ("decode", "max_alloc_mib = 0", "decode.max_alloc_mib"),
+            (
+                "decode",
+                "max_alloc_mib = 100000000",
+                "decode.max_alloc_mib",
+            ),
+            ("corrupt", "gaussian_sigma = 1e9", "corrupt.gaussian_sigma"),
+            ("corrupt", "mask = nan", "corrupt.mask"),
+            (
+                "model",
+                "tile_overlap = 9223372036854775807",
+                "model.tile_overlap",
+            ),
+            ("model", "tile = 1000000", "model.tile"),
+            (
+                "model",
+                "channels = [16, 100000]\nblocks = [1, 1]",
+                "model.channels",
+            ),
+            ("model", "blocks = [1, 1, 1000]", "model.blocks"),
+            ("model", "full_res = [100000, 1]", "model.full_res"),
+            ("train", "batch = 0", "train.batch"),
+            ("train", "epochs = 0", "train.epochs"),
+            ("train", "lr = -1.0", "train.lr"),
+            ("train", "lr = inf", "train.lr"),
+            ("train", "val_fraction = 1.0", "train.val_fraction"),
+            ("train", "mask_min = 0.5\nmask_max = 0.2", "train.mask_max"),
+            ("train", "patch = 65536", "train.patch"),
+            ("finetune", "buffer = 1000000000", "finetune.buffer"),
+            ("finetune", "threads = 100000", "finetune.threads"),
+            ("finetune", "min_frames = 1000", "finetune.min_frames"),
+            ("finetune", "busy_share = 0.0", "finetune.busy_share"),
+            ("finetune", "ema = 1.0", "finetune.ema"),
+            ("finetune", "patch = 100000", "finetune.patch"),
+            ("source", "block_ms = 0", "source.block_ms"),
+            ("source", "max_deliveries = 0", "source.max_deliveries"),
+            ("source", "batch = 0", "source.batch"),
+        ];
+        for (section, line, key) in cases {
+            let err = error_with(section, line).unwrap_or_else(|| panic!("{line}: accepted"));
+            assert!(
+                err.contains("t.toml") && err.contains(&format!("`{key}`")),
+                "{line}: {err}"
+            );
+        }
+        // The dense autoencoder's weights are counted before a fresh one is allocated.
+        let dense = "name = \"t\"\n[model]\narch = \"dense-ae\"\nweights = \"w\"\n\
+                     size = [2048, 2048]\nlayers = [4194304, 4194304, 30]\n";
+        let err = PipelineConfig::from_toml(dense, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.layers") && err.contains("weights"),
+            "{err}"
+        );
+        // The bounds themselves are accepted.
+        for (section, line) in [
+            ("channels", "capacity = 1024"),
+            ("infer", "workers = 64"),
+            ("decode", "max_pixels = 256"),
+            ("source", "claim_idle_ms = 200"),
+        ] {
+            assert_eq!(error_with(section, line), None, "{line}");
         }
     }
 }

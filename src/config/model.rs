@@ -13,7 +13,17 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Invalid;
+use super::{within, Invalid};
+
+/// Most feature channels of one level (and code channels).
+pub const MAX_CHANNELS: usize = 1024;
+/// Most residual blocks of one level.
+pub const MAX_BLOCKS: usize = 32;
+/// Largest tile side, and largest overlap.
+pub const MAX_TILE: usize = 8192;
+pub const MAX_OVERLAP: usize = 1024;
+/// Most weights of a dense autoencoder (1 GiB of f32): a fresh one is allocated at once.
+pub const MAX_DENSE_WEIGHTS: usize = 1 << 28;
 use crate::model::conv_ae::ConvAeConfig;
 use crate::model::denoise::DenoiserConfig;
 use crate::model::dense::{CodeActivation, DenseAeConfig, OutputActivation};
@@ -207,13 +217,20 @@ impl From<ModelConfig> for ModelSection {
     }
 }
 
-/// 1 to 6 levels of feature channels.
+/// 1 to 6 levels of 1 to [`MAX_CHANNELS`] feature channels.
 fn levels(channels: &[usize]) -> Result<(), Invalid> {
     if channels.is_empty() || channels.len() > 6 {
         return Err(Invalid::new(
             "model.channels",
             channels,
             "must have 1 to 6 levels",
+        ));
+    }
+    if channels.iter().any(|c| !(1..=MAX_CHANNELS).contains(c)) {
+        return Err(Invalid::new(
+            "model.channels",
+            channels,
+            format!("each level must have 1 to {MAX_CHANNELS} channels"),
         ));
     }
     Ok(())
@@ -225,11 +242,23 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         match &self.arch {
             Arch::UnetDenoiser(d) | Arch::UnetInpaint(d) => {
-                if levels(&d.channels).is_err() || d.channels.len() != d.blocks.len() {
+                levels(&d.channels)?;
+                if d.channels.len() != d.blocks.len() || d.blocks.iter().any(|&b| b > MAX_BLOCKS) {
                     return Err(Invalid::new(
                         "model.blocks",
                         &d.blocks,
-                        "must have one entry per entry of `model.channels` (1 to 6 levels)",
+                        format!(
+                            "must have one entry (at most {MAX_BLOCKS}) per entry of \
+                             `model.channels` (1 to 6 levels)"
+                        ),
+                    ));
+                }
+                let [c, b] = d.full_res;
+                if c > MAX_CHANNELS || b > MAX_BLOCKS {
+                    return Err(Invalid::new(
+                        "model.full_res",
+                        d.full_res,
+                        format!("must be [channels ≤ {MAX_CHANNELS}, blocks ≤ {MAX_BLOCKS}]"),
                     ));
                 }
             }
@@ -237,6 +266,16 @@ impl ModelConfig {
                 fixed_size(*size)?;
                 let input = size[0] * size[1];
                 let l = &net.layers;
+                let weights = l
+                    .windows(2)
+                    .try_fold(0usize, |n, w| n.checked_add(w[0].checked_mul(w[1])?));
+                if weights.is_none_or(|n| n > MAX_DENSE_WEIGHTS) {
+                    return Err(Invalid::new(
+                        "model.layers",
+                        l,
+                        format!("must have at most {MAX_DENSE_WEIGHTS} weights"),
+                    ));
+                }
                 if l.len() < 2 || l[0] != input || l.contains(&0) {
                     return Err(Invalid::new(
                         "model.layers",
@@ -265,12 +304,12 @@ impl ModelConfig {
                         format!("must be a multiple of {multiple}"),
                     ));
                 }
-                if net.code_channels == 0 {
-                    return Err(Invalid::new("model.code_channels", 0, "must be at least 1"));
-                }
+                within("model.code_channels", net.code_channels, 1, MAX_CHANNELS)?;
             }
             Arch::UnetSegment(u) => levels(&u.channels)?,
         }
+        within("model.tile_overlap", self.tile_overlap, 0, MAX_OVERLAP)?;
+        within("model.tile", self.tile, 1, MAX_TILE)?;
         let multiple = self.arch.size_multiple();
         if self.tile < 2 * self.tile_overlap + multiple || !self.tile.is_multiple_of(multiple) {
             return Err(Invalid::new(

@@ -2,11 +2,11 @@
 //! files of an input folder are inputs (`[source] include` / `exclude`), and the folders a
 //! queue entry's `path` may read from (`allow_paths`). The URLs are checked where they are
 //! opened (the CLI may override them); the globs and folders are checked here (the folders
-//! must be absolute: a pipeline file is read from anywhere).
+//! must be absolute: a pipeline file is read from anywhere), and the numbers range-checked.
 
 use serde::{Deserialize, Serialize};
 
-use super::Invalid;
+use super::{within, Invalid};
 use crate::frame::names::IMAGE_EXTENSIONS;
 
 /// The default `[source] include`: `*.EXT` for each image extension.
@@ -54,7 +54,14 @@ pub struct QueueSourceConfig {
 }
 
 impl QueueSourceConfig {
+    /// Numbers a queue can work with (`block_ms` 0 would block Redis reads forever, past a
+    /// shutdown, so it is at least 1), globs that parse, absolute `allow_paths`.
     pub fn validate(&self) -> Result<(), Invalid> {
+        within("source.claim_idle_ms", self.claim_idle_ms, 100, 86_400_000)?;
+        within("source.max_deliveries", self.max_deliveries, 1, 1000)?;
+        within("source.batch", self.batch, 1, 10_000)?;
+        within("source.max_inline_bytes", self.max_inline_bytes, 1, 1 << 32)?;
+        within("source.block_ms", self.block_ms, 1, 60_000)?;
         for (key, globs) in [
             ("source.include", &self.include),
             ("source.exclude", &self.exclude),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Invalid;
+use super::{within, Invalid};
 
 /// Offline training settings (`aestream train`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,11 +117,52 @@ impl TrainConfig {
         if self.l1 < 0.0 || !self.l1.is_finite() {
             return Err(Invalid::new("train.l1", self.l1, "must be ≥ 0"));
         }
-        if !self.patch.is_multiple_of(multiple) || self.patch == 0 {
+        within("train.batch", self.batch, 1, 4096)?;
+        within("train.steps_per_epoch", self.steps_per_epoch, 1, 10_000_000)?;
+        within("train.epochs", self.epochs, 1, 100_000)?;
+        within(
+            "train.checkpoint_every",
+            self.checkpoint_every,
+            1,
+            usize::MAX,
+        )?;
+        within("train.lr", self.lr, f64::MIN_POSITIVE, 10.0)?;
+        within("train.weight_decay", self.weight_decay, 0.0, 1.0)?;
+        within("train.sigma_max", self.sigma_max, 0.0, 255.0)?;
+        within("train.val_sigma", self.val_sigma, 0.0, 255.0)?;
+        within(
+            "train.sigma_weight_power",
+            self.sigma_weight_power,
+            0.0,
+            4.0,
+        )?;
+        within("train.val_fraction", self.val_fraction, 0.0, 0.99)?;
+        within("train.rotate_deg", self.rotate_deg, 0.0, 180.0)?;
+        within("train.scale_jitter", self.scale_jitter, 0.0, 0.9)?;
+        within("train.shift", self.shift, 0.0, 1.0)?;
+        within("train.intensity_jitter", self.intensity_jitter, 0.0, 1.0)?;
+        within("train.mask_min", self.mask_min, 0.0, 1.0)?;
+        within(
+            "train.mask_max",
+            self.mask_max,
+            self.mask_min.clamp(0.0, 1.0),
+            1.0,
+        )?;
+        within("train.val_mask", self.val_mask, 0.0, 1.0)?;
+        if let Some(r) = self.region {
+            if r[2] == 0 || r[3] == 0 || r.iter().any(|&v| v > 1 << 20) {
+                return Err(Invalid::new(
+                    "train.region",
+                    r,
+                    "must be [x, y, width, height] with a positive size, each at most 1048576",
+                ));
+            }
+        }
+        if !self.patch.is_multiple_of(multiple) || self.patch == 0 || self.patch > 2048 {
             return Err(Invalid::new(
                 "train.patch",
                 self.patch,
-                format!("must be a positive multiple of {multiple}"),
+                format!("must be a positive multiple of {multiple}, at most 2048"),
             ));
         }
         Ok(())

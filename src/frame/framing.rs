@@ -46,6 +46,12 @@ const PNG_SIG: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
 const MAX_FRAME: usize = 1 << 31;
 
 /// Incremental splitter. `push` bytes, then drain with `next`; `finish` at end of stream.
+///
+/// Cost and memory: every byte is looked at a bounded number of times however the stream is
+/// cut into reads (the walk of a PNG's chunks resumes where the last read left it), and a
+/// length-prefixed frame is read straight into a buffer of exactly its declared length, which
+/// is refused before anything is buffered when it is over the cap: one frame costs its own
+/// size in memory (plus one read), never a multiple of it.
 pub struct Splitter {
     framing: Framing,
     buf: Vec<u8>,
@@ -57,6 +63,30 @@ pub struct Splitter {
     max_frame: usize,
     /// Inside a bad stretch (already reported): skipping to the next frame signature.
     skipping: bool,
+    /// Concat: how far the frame at `pos` has been walked.
+    walk: Walk,
+    /// Length: the frame being read (its bytes go here directly, not through `buf`).
+    body: Option<Body>,
+    /// Length: bytes of a refused (over-long) frame still to skip.
+    discard: u64,
+}
+
+/// How far the walk of the frame at the front of the buffer got on earlier reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Nothing known yet.
+    Start,
+    /// A PNG whose chunks up to this frame byte were walked (the next chunk header is here).
+    Png { at: usize },
+    /// A frame of this many bytes (a PNM whose header was read).
+    Sized(usize),
+}
+
+/// A length-prefixed frame being read: its bytes so far, its declared length, where it began.
+struct Body {
+    bytes: Vec<u8>,
+    len: usize,
+    offset: u64,
 }
 
 enum Parse {
@@ -78,16 +108,36 @@ impl Splitter {
             seq: 0,
             max_frame: MAX_FRAME,
             skipping: false,
+            walk: Walk::Start,
+            body: None,
+            discard: 0,
         }
     }
 
-    /// Caps one frame's size; larger ones are errors (and, unframed, skipped).
+    /// Caps one frame's size; larger ones are errors (and skipped).
     pub fn with_max_frame(mut self, max: usize) -> Self {
         self.max_frame = max;
         self
     }
 
-    pub fn push(&mut self, data: &[u8]) {
+    pub fn push(&mut self, mut data: &[u8]) {
+        // A length-prefixed frame or a refused one takes the bytes that belong to it first;
+        // either exists only while `buf` holds nothing unread.
+        if let Some(b) = &mut self.body {
+            let k = (b.len - b.bytes.len()).min(data.len());
+            b.bytes.extend_from_slice(&data[..k]);
+            data = &data[k..];
+            self.base += k as u64;
+        }
+        if self.discard > 0 {
+            let k = (self.discard.min(data.len() as u64)) as usize;
+            self.discard -= k as u64;
+            data = &data[k..];
+            self.base += k as u64;
+        }
+        if data.is_empty() {
+            return;
+        }
         if self.pos > 0 && self.pos * 2 >= self.buf.len() {
             self.buf.drain(..self.pos);
             self.base += self.pos as u64;
@@ -100,90 +150,170 @@ impl Splitter {
         self.base + self.pos as u64
     }
 
+    /// Forgets what `buf` holds (all of it consumed), keeping the stream offset right.
+    fn clear_buf(&mut self) {
+        self.base += self.buf.len() as u64;
+        self.buf.clear();
+        self.pos = 0;
+    }
+
     /// The next frame or error, if the buffered bytes hold one.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Split> {
+        match self.framing {
+            Framing::Length => self.next_length(),
+            Framing::Concat => self.next_concat(),
+        }
+    }
+
+    fn next_length(&mut self) -> Option<Split> {
+        if let Some(b) = &self.body {
+            if b.bytes.len() < b.len {
+                return None;
+            }
+            let b = self.body.take()?;
+            let f = RawStreamFrame {
+                seq: self.seq,
+                offset: b.offset,
+                bytes: b.bytes,
+            };
+            self.seq += 1;
+            return Some(Split::Frame(f));
+        }
+        if self.discard > 0 {
+            self.skip_refused();
+            if self.discard > 0 {
+                return None;
+            }
+        }
+        let data = &self.buf[self.pos..];
+        if data.len() < 4 {
+            return None;
+        }
+        let n = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if n > self.max_frame {
+            // Refused before a byte of it is buffered; the length says where the next frame
+            // starts, so only this one is lost.
+            let err = self.error(format!(
+                "frame length {n} is over the limit of {} bytes; its bytes are skipped",
+                self.max_frame
+            ));
+            self.pos += 4;
+            self.discard = n as u64;
+            self.skip_refused();
+            return Some(err);
+        }
+        let offset = self.offset() + 4;
+        let have = (data.len() - 4).min(n);
+        let mut bytes = Vec::with_capacity(n);
+        bytes.extend_from_slice(&data[4..4 + have]);
+        self.pos += 4 + have;
+        self.body = Some(Body {
+            bytes,
+            len: n,
+            offset,
+        });
+        if have < n {
+            // The rest of the frame goes straight into `bytes`.
+            self.clear_buf();
+        }
+        self.next_length()
+    }
+
+    /// Skips what is buffered of a refused frame; `push` skips the rest as it comes.
+    fn skip_refused(&mut self) {
+        let k = (self.discard.min((self.buf.len() - self.pos) as u64)) as usize;
+        self.pos += k;
+        self.discard -= k as u64;
+        if self.discard > 0 {
+            self.clear_buf();
+        }
+    }
+
+    fn next_concat(&mut self) -> Option<Split> {
         let data = &self.buf[self.pos..];
         if data.is_empty() {
             return None;
         }
-        match self.framing {
-            Framing::Length if self.skipping => {
-                self.pos = self.buf.len();
+        if self.skipping {
+            match next_signature(data) {
+                Some(i) => {
+                    self.pos += i;
+                    self.skipping = false;
+                }
+                // Keep the last bytes: they may be the start of a signature.
+                None => self.pos += data.len().saturating_sub(PNG_SIG.len() - 1),
+            }
+            return if self.skipping {
                 None
-            }
-            Framing::Length => {
-                if data.len() < 4 {
-                    return None;
-                }
-                let n = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                if n > self.max_frame {
-                    // A corrupt length cannot be resynchronised: report once, drop the rest.
-                    let err = self.error(format!(
-                        "frame length {n} is over the limit; the rest of the stream is skipped"
-                    ));
-                    self.pos = self.buf.len();
-                    self.skipping = true;
-                    return Some(err);
-                }
-                if data.len() < 4 + n {
-                    return None;
-                }
-                let bytes = data[4..4 + n].to_vec();
-                Some(self.take_frame(4 + n, 4, bytes))
-            }
-            Framing::Concat if self.skipping => {
-                match next_signature(data) {
-                    Some(i) => {
-                        self.pos += i;
-                        self.skipping = false;
-                    }
-                    // Keep the last bytes: they may be the start of a signature.
-                    None => self.pos += data.len().saturating_sub(PNG_SIG.len() - 1),
-                }
-                if self.skipping {
-                    None
-                } else {
-                    self.next()
-                }
-            }
-            Framing::Concat => match parse_concat(data, self.max_frame) {
-                Parse::Complete(n) => {
-                    let bytes = data[..n].to_vec();
-                    Some(self.take_frame(n, 0, bytes))
-                }
-                Parse::Incomplete => None,
-                Parse::Invalid(msg) => {
-                    // Report the bad stretch once, then skip to the next frame signature.
-                    let err = self.error(msg);
-                    self.pos += 1;
-                    self.skipping = true;
-                    Some(err)
-                }
-            },
+            } else {
+                self.next_concat()
+            };
         }
+        match parse_concat(data, self.max_frame, &mut self.walk) {
+            Parse::Complete(n) => {
+                self.walk = Walk::Start;
+                let f = RawStreamFrame {
+                    seq: self.seq,
+                    offset: self.offset(),
+                    bytes: self.take(n),
+                };
+                self.seq += 1;
+                Some(Split::Frame(f))
+            }
+            Parse::Incomplete => None,
+            Parse::Invalid(msg) => {
+                // Report the bad stretch once, then skip to the next frame signature.
+                self.walk = Walk::Start;
+                let err = self.error(msg);
+                self.pos += 1;
+                self.skipping = true;
+                Some(err)
+            }
+        }
+    }
+
+    /// The next `n` unread bytes, consumed. When they are most of the buffer, the buffer
+    /// itself becomes the frame and only the few bytes after it are copied: a large frame is
+    /// never held twice.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let end = self.pos + n;
+        if self.buf.len() - end > n {
+            let bytes = self.buf[self.pos..end].to_vec();
+            self.pos = end;
+            return bytes;
+        }
+        let rest = self.buf[end..].to_vec();
+        let mut bytes = std::mem::replace(&mut self.buf, rest);
+        bytes.truncate(end);
+        bytes.drain(..self.pos);
+        self.base += end as u64;
+        self.pos = 0;
+        bytes
     }
 
     /// Call at end of stream: reports a trailing partial frame, if any.
     pub fn finish(&mut self) -> Option<Split> {
+        if let Some(b) = self.body.take() {
+            let offset = b.offset - 4;
+            self.seq += 1;
+            return Some(Split::Error(StreamError {
+                seq: self.seq - 1,
+                offset,
+                message: format!(
+                    "stream ended inside a frame ({} of its {} bytes came)",
+                    b.bytes.len(),
+                    b.len
+                ),
+            }));
+        }
         let left = self.buf.len() - self.pos;
-        if left == 0 || self.skipping {
+        if left == 0 || self.skipping || self.discard > 0 {
             return None;
         }
         let err = self.error(format!("stream ended inside a frame ({left} bytes left)"));
         self.pos = self.buf.len();
         Some(err)
-    }
-
-    fn take_frame(&mut self, consumed: usize, header: usize, bytes: Vec<u8>) -> Split {
-        let f = RawStreamFrame {
-            seq: self.seq,
-            offset: self.offset() + header as u64,
-            bytes,
-        };
-        self.seq += 1;
-        self.pos += consumed;
-        Split::Frame(f)
     }
 
     fn error(&mut self, message: String) -> Split {
@@ -210,7 +340,14 @@ fn next_signature(data: &[u8]) -> Option<usize> {
     })
 }
 
-fn parse_concat(data: &[u8], max: usize) -> Parse {
+/// Walks the frame at the start of `data`, resuming from `walk` (what earlier calls on the same
+/// frame found) and leaving there what this call found.
+fn parse_concat(data: &[u8], max: usize, walk: &mut Walk) -> Parse {
+    match *walk {
+        Walk::Start => {}
+        Walk::Png { at } => return parse_png(data, max, at, walk),
+        Walk::Sized(n) => return sized(data, n),
+    }
     if data.len() < 2 {
         return if PNG_SIG.starts_with(data) || data == b"P" {
             Parse::Incomplete
@@ -223,17 +360,34 @@ fn parse_concat(data: &[u8], max: usize) -> Parse {
         if data[..n] != PNG_SIG[..n] {
             return Parse::Invalid("bad PNG signature".into());
         }
-        return parse_png(data, max);
+        return parse_png(data, max, 8, walk);
     }
     if data[0] == b'P' && (data[1] == b'5' || data[1] == b'6') {
-        return parse_pnm(data, max);
+        return match parse_pnm(data, max) {
+            Ok(total) => {
+                *walk = Walk::Sized(total);
+                sized(data, total)
+            }
+            Err(p) => p,
+        };
     }
     Parse::Invalid(NOT_A_FRAME.into())
 }
 
-fn parse_png(data: &[u8], max: usize) -> Parse {
-    let mut at = 8;
+/// A frame of `total` bytes: complete once that many are there.
+fn sized(data: &[u8], total: usize) -> Parse {
+    if data.len() < total {
+        Parse::Incomplete
+    } else {
+        Parse::Complete(total)
+    }
+}
+
+/// Walks a PNG's chunks from the chunk header at frame byte `at` (8: the first) up to IEND.
+fn parse_png(data: &[u8], max: usize, mut at: usize, walk: &mut Walk) -> Parse {
     loop {
+        // Chunks before `at` are whole and checked: the next read starts here.
+        *walk = Walk::Png { at };
         if data.len() < at + 8 {
             return Parse::Incomplete;
         }
@@ -256,20 +410,36 @@ fn parse_png(data: &[u8], max: usize) -> Parse {
     }
 }
 
-fn parse_pnm(data: &[u8], max: usize) -> Parse {
+/// The whole length of the binary PNM (P5/P6) frame at the start of `data` from its header, at
+/// most `max`: `Ok(None)` while the header is unfinished, `Err` when it is not a PNM header or
+/// the frame would be over `max`. Exposed for the fuzzer.
+pub fn pnm_frame_len(data: &[u8], max: usize) -> Result<Option<usize>, String> {
+    if data.len() < 2 || data[0] != b'P' || !(data[1] == b'5' || data[1] == b'6') {
+        return Err(NOT_A_FRAME.into());
+    }
+    match parse_pnm(data, max) {
+        Ok(n) => Ok(Some(n)),
+        Err(Parse::Invalid(m)) => Err(m),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The frame's whole length from its PNM header (`Err`: incomplete or invalid).
+fn parse_pnm(data: &[u8], max: usize) -> Result<usize, Parse> {
     // Header: magic, width, height, maxval, separated by whitespace and #-comments, then one
     // whitespace byte, then the raster.
     let channels = if data[1] == b'5' { 1 } else { 3 };
     // Whitespace and comments are unbounded in the format; a real header is short.
     const MAX_HEADER: usize = 4096;
-    let available = data.len();
     let data = &data[..data.len().min(MAX_HEADER)];
     let full = data.len() == MAX_HEADER;
     let incomplete = |why: &str| {
         if full {
-            Parse::Invalid(format!("PNM header longer than {MAX_HEADER} bytes ({why})"))
+            Err(Parse::Invalid(format!(
+                "PNM header longer than {MAX_HEADER} bytes ({why})"
+            )))
         } else {
-            Parse::Incomplete
+            Err(Parse::Incomplete)
         }
     };
     let mut at = 2;
@@ -294,14 +464,14 @@ fn parse_pnm(data: &[u8], max: usize) -> Parse {
             }
             at += 1;
             if at - start > 10 {
-                return Parse::Invalid("PNM header number too long".into());
+                return Err(Parse::Invalid("PNM header number too long".into()));
             }
         }
         if at == data.len() {
             return incomplete("unfinished number");
         }
         if at == start {
-            return Parse::Invalid("bad PNM header".into());
+            return Err(Parse::Invalid("bad PNM header".into()));
         }
         *field = std::str::from_utf8(&data[start..at])
             .ok()
@@ -311,24 +481,23 @@ fn parse_pnm(data: &[u8], max: usize) -> Parse {
     match data.get(at) {
         None => return incomplete("unfinished header"),
         Some(c) if c.is_ascii_whitespace() => at += 1,
-        Some(_) => return Parse::Invalid("bad PNM header".into()),
+        Some(_) => return Err(Parse::Invalid("bad PNM header".into())),
     }
     let [w, h, maxval] = fields;
     if w == 0 || h == 0 || maxval == 0 || maxval > 65535 {
-        return Parse::Invalid(format!("bad PNM header ({w}x{h}, maxval {maxval})"));
+        return Err(Parse::Invalid(format!(
+            "bad PNM header ({w}x{h}, maxval {maxval})"
+        )));
     }
     let bytes_per = if maxval > 255 { 2 } else { 1 };
     let raster = w.saturating_mul(h).saturating_mul(channels * bytes_per);
     let total = (at as u64).saturating_add(raster);
     if total > max as u64 {
-        return Parse::Invalid(format!("PNM frame {w}x{h} over the limit of {max} bytes"));
+        return Err(Parse::Invalid(format!(
+            "PNM frame {w}x{h} over the limit of {max} bytes"
+        )));
     }
-    let total = total as usize;
-    if available < total {
-        Parse::Incomplete
-    } else {
-        Parse::Complete(total)
-    }
+    Ok(total as usize)
 }
 
 #[cfg(test)]
@@ -446,6 +615,105 @@ mod tests {
             })
             .collect();
         assert_eq!(got, payloads.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
+    }
+
+    /// A PNG of many small chunks arriving in small reads: each read resumes the chunk walk
+    /// where the last one stopped instead of starting again at the signature (which made
+    /// splitting quadratic in the frame's size).
+    #[test]
+    fn chunk_walk_resumes_across_reads() {
+        let mut frame = png(4, 4, 3);
+        let iend = frame.split_off(frame.len() - 12);
+        // Many ancillary chunks of 16 bytes each before IEND.
+        for i in 0..1000u32 {
+            frame.extend(4u32.to_be_bytes());
+            frame.extend(b"teXt");
+            frame.extend(i.to_be_bytes());
+            frame.extend([0u8; 4]);
+        }
+        frame.extend(&iend);
+        let mut s = Splitter::new(Framing::Concat);
+        let half = frame.len() / 2;
+        s.push(&frame[..half]);
+        assert_eq!(s.next(), None);
+        let Walk::Png { at } = s.walk else {
+            panic!("{:?}", s.walk)
+        };
+        assert!(
+            at > half - 16 && at <= half,
+            "walk stopped at {at} of {half}"
+        );
+        s.push(&frame[half..]);
+        let Some(Split::Frame(f)) = s.next() else {
+            panic!()
+        };
+        assert_eq!(f.bytes, frame);
+        assert_eq!(s.walk, Walk::Start);
+    }
+
+    /// `--framing len`: a declared length over the cap is refused before anything of it is
+    /// buffered, reported at its offset, and its bytes skipped; the frame after it is read.
+    /// A frame within the cap is read into a buffer of exactly its length.
+    #[test]
+    fn over_long_length_is_skipped_without_buffering() {
+        let mut s = Splitter::new(Framing::Length).with_max_frame(100);
+        let mut stream = Vec::new();
+        stream.extend(3u32.to_be_bytes());
+        stream.extend(b"abc");
+        stream.extend(5000u32.to_be_bytes());
+        let big_at = stream.len() as u64 - 4;
+        s.push(&stream);
+        let Some(Split::Frame(a)) = s.next() else {
+            panic!()
+        };
+        assert_eq!(a.bytes, b"abc");
+        let Some(Split::Error(e)) = s.next() else {
+            panic!()
+        };
+        assert_eq!((e.seq, e.offset), (1, big_at), "{e:?}");
+        assert!(e.message.contains("over the limit of 100"), "{e:?}");
+        // Its 5000 bytes come in reads; none of them is kept.
+        for _ in 0..50 {
+            s.push(&[0xAB; 100]);
+            assert_eq!(s.next(), None);
+            assert!(s.buf.capacity() <= 64, "{}", s.buf.capacity());
+        }
+        let mut tail = 60u32.to_be_bytes().to_vec();
+        tail.extend([7u8; 30]);
+        s.push(&tail);
+        assert_eq!(s.next(), None);
+        assert_eq!(s.body.as_ref().map(|b| b.bytes.capacity()), Some(60));
+        s.push(&[7u8; 30]);
+        let Some(Split::Frame(c)) = s.next() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.seq, c.offset, c.bytes.len()),
+            (2, big_at + 4 + 5000 + 4, 60)
+        );
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn length_frame_cut_short_is_reported() {
+        let mut s = Splitter::new(Framing::Length);
+        s.push(&10u32.to_be_bytes());
+        s.push(b"abc");
+        assert_eq!(s.next(), None);
+        let Some(Split::Error(e)) = s.finish() else {
+            panic!()
+        };
+        assert_eq!(e.offset, 0);
+        assert!(e.message.contains("ended inside a frame"), "{e:?}");
+    }
+
+    #[test]
+    fn pnm_header_gives_the_frame_length() {
+        assert_eq!(pnm_frame_len(b"P5 3 2 255\n", 100), Ok(Some(11 + 6)));
+        assert_eq!(pnm_frame_len(b"P6 1 1 65535 ", 100), Ok(Some(13 + 6)));
+        assert_eq!(pnm_frame_len(b"P5 3 2", 100), Ok(None));
+        assert!(pnm_frame_len(b"P5 300 200 255\n", 100).is_err());
+        assert!(pnm_frame_len(b"P7 3 2 255\n", 100).is_err());
     }
 
     proptest! {

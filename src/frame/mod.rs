@@ -73,10 +73,30 @@ impl FileStamp {
     }
 }
 
+/// `s` with each control character written as Rust escapes it (`\n`, `\u{1b}`), the rest as
+/// it is. A file name may hold a newline or a terminal escape; written raw into a log line it
+/// would start a forged line of its own.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 impl std::fmt::Display for FrameId {
+    /// Names the frame for logs and notes, with control characters in file names escaped.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FrameId::File { abs, .. } => write!(f, "{}", abs.display()),
+            FrameId::File { abs, .. } => f.write_str(&escape_controls(&abs.to_string_lossy())),
             FrameId::Stream { seq, offset } => write!(f, "stdin frame {seq} at byte {offset}"),
             FrameId::Entry(e) => write!(f, "{e}"),
         }
@@ -262,6 +282,18 @@ impl Planes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A newline in a file name cannot start a line of its own where the frame is named.
+    #[test]
+    fn frame_names_escape_control_characters() {
+        let id = FrameId::File {
+            rel: "a\nb.png".into(),
+            abs: "in/a\nINFO x\u{1b}[2J\tb.png".into(),
+            stamp: FileStamp::default(),
+        };
+        assert_eq!(id.to_string(), "in/a\\nINFO x\\u{1b}[2J\\tb.png");
+        assert_eq!(escape_controls("plain ü.png"), "plain ü.png");
+    }
     use image::ImageFormat;
     use std::io::Cursor;
 

@@ -11,7 +11,7 @@
 //! The first line is a header with the format version, the pipeline and its weights' hash.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -61,40 +61,27 @@ impl Journal {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(format!("{pipeline}.journal.jsonl"));
-        let mut done = HashMap::new();
-        let mut lines = 0usize;
-        let mut valid_len = 0u64;
-        let mut have_header = false;
+        let mut parsed = Parsed::default();
         if path.exists() {
             let f = std::fs::File::open(&path).map_err(io(&path))?;
-            let mut r = std::io::BufReader::new(f);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                let n = r.read_until(b'\n', &mut buf).map_err(io(&path))?;
-                if n == 0 {
-                    break;
-                }
-                // A line without its newline was cut short by a crash: drop it.
-                if buf.last() != Some(&b'\n') {
-                    tracing::warn!("{}: dropping a torn last record", path.display());
-                    break;
-                }
-                if let Ok(rec) = serde_json::from_slice::<Record>(&buf) {
-                    done.insert(rec.path, rec.stamp);
-                    lines += 1;
-                } else if serde_json::from_slice::<Header>(&buf).is_ok() {
-                    have_header = true;
-                } else {
-                    return Err(Error::Other(format!(
-                        "{}: line {} is not a journal record; move the file away to start afresh",
-                        path.display(),
-                        lines + 1
-                    )));
-                }
-                valid_len += n as u64;
+            parsed = parse(std::io::BufReader::new(f)).map_err(|e| match e {
+                ParseError::Io(e) => io(&path)(e),
+                ParseError::Corrupt { line, why } => Error::Other(format!(
+                    "{}: line {line} {why}; move the file away to start afresh",
+                    path.display()
+                )),
+            })?;
+            if parsed.torn {
+                tracing::warn!("{}: dropping a torn last record", path.display());
             }
         }
+        let Parsed {
+            done,
+            records: lines,
+            mut valid_len,
+            mut have_header,
+            ..
+        } = parsed;
         let journal_file = |truncate_to: Option<u64>| -> Result<std::fs::File> {
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -190,6 +177,102 @@ impl Journal {
     }
 }
 
+/// The longest journal line accepted. A record is a relative path (at most a few KB on any
+/// filesystem) and a few numbers; a longer line is damage, and is never read whole.
+pub const MAX_LINE: usize = 64 << 10;
+
+/// What a journal file holds, as [`parse`] read it.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Each finished input's last record.
+    pub done: HashMap<String, FileStamp>,
+    /// Records read (superseded ones included).
+    pub records: usize,
+    /// Bytes of whole lines: where the file is cut when a torn last line follows.
+    pub valid_len: u64,
+    pub have_header: bool,
+    /// The last line had no newline (a crash mid-append) and was dropped.
+    pub torn: bool,
+}
+
+/// Why a journal cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Line `line` (from 1) is not a journal line; `why` says how.
+    #[error("line {line} {why}")]
+    Corrupt { line: usize, why: &'static str },
+}
+
+/// Reads a journal: its header, its records, and a torn last line (dropped). A line over
+/// [`MAX_LINE`] is never held in memory: as the last line it is torn, otherwise corrupt.
+pub fn parse(mut r: impl BufRead) -> std::result::Result<Parsed, ParseError> {
+    let mut p = Parsed::default();
+    let mut buf = Vec::new();
+    let mut line = 0usize;
+    loop {
+        buf.clear();
+        let n = r
+            .by_ref()
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        if buf.last() != Some(&b'\n') {
+            if n <= MAX_LINE {
+                // A line without its newline was cut short by a crash: drop it.
+                p.torn = true;
+                break;
+            }
+            // Over the cap: skip to its end without keeping it.
+            if skip_line(&mut r)? {
+                return Err(ParseError::Corrupt {
+                    line,
+                    why: "is too long to be a journal record",
+                });
+            }
+            p.torn = true;
+            break;
+        }
+        if let Ok(rec) = serde_json::from_slice::<Record>(&buf) {
+            p.done.insert(rec.path, rec.stamp);
+            p.records += 1;
+        } else if serde_json::from_slice::<Header>(&buf).is_ok() {
+            p.have_header = true;
+        } else {
+            return Err(ParseError::Corrupt {
+                line,
+                why: "is not a journal record",
+            });
+        }
+        p.valid_len += n as u64;
+    }
+    Ok(p)
+}
+
+/// Reads up to and including the next newline without keeping anything; whether there was one.
+fn skip_line(r: &mut impl BufRead) -> std::io::Result<bool> {
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(false);
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = chunk.len();
+                r.consume(n);
+            }
+        }
+    }
+}
+
 fn header_line(pipeline: &str, model: &str) -> Result<String> {
     let h = Header {
         aestream_journal: FORMAT,
@@ -256,10 +339,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.journal.jsonl"), "hello\n").unwrap();
         let e = Journal::open(dir.path(), "p", "v").unwrap_err().to_string();
-        assert!(e.contains("not a journal record"), "{e}");
+        assert!(e.contains("line 1 is not a journal record"), "{e}");
         assert_eq!(
             std::fs::read_to_string(dir.path().join("p.journal.jsonl")).unwrap(),
             "hello\n"
         );
+    }
+
+    /// The line number counts the header: the third line of the file is line 3.
+    #[test]
+    fn a_corrupt_line_is_named_by_its_line_number() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path(), "p", "v1").unwrap();
+            j.record(Path::new("a.png"), &stamp(10, "aa"), "v1")
+                .unwrap();
+        }
+        let path = dir.path().join("p.journal.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"garbage\n").unwrap();
+        drop(f);
+        let e = Journal::open(dir.path(), "p", "v1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3 is not a journal record"), "{e}");
+    }
+
+    /// A torn last line far longer than any record is dropped without being read whole; a
+    /// long line with more after it is damage.
+    #[test]
+    fn an_overlong_line_is_never_held_whole() {
+        let mut text = header_line("p", "v").unwrap().into_bytes();
+        text.extend(vec![b'x'; 3 * MAX_LINE]);
+        let p = parse(std::io::Cursor::new(&text)).unwrap();
+        assert!(p.torn && p.have_header);
+        assert_eq!(p.valid_len as usize, text.len() - 3 * MAX_LINE);
+        text.extend(b"\n");
+        let e = parse(std::io::Cursor::new(&text)).unwrap_err().to_string();
+        assert_eq!(e, "line 2 is too long to be a journal record");
     }
 }
