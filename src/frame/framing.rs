@@ -360,6 +360,11 @@ fn parse_concat(data: &[u8], max: usize, walk: &mut Walk) -> Parse {
         if data[..n] != PNG_SIG[..n] {
             return Parse::Invalid("bad PNG signature".into());
         }
+        if n < 8 {
+            // The walk starts only after the whole signature was checked (found by the
+            // fuzzer: a resumed walk skipped a signature broken in a later read).
+            return Parse::Incomplete;
+        }
         return parse_png(data, max, 8, walk);
     }
     if data[0] == b'P' && (data[1] == b'5' || data[1] == b'6') {
@@ -714,6 +719,16 @@ mod tests {
         assert_eq!(pnm_frame_len(b"P5 3 2", 100), Ok(None));
         assert!(pnm_frame_len(b"P5 300 200 255\n", 100).is_err());
         assert!(pnm_frame_len(b"P7 3 2 255\n", 100).is_err());
+    }
+
+    /// A signature broken after the first read is still a bad signature, however it is cut.
+    #[test]
+    fn signature_is_checked_whole_before_the_walk() {
+        let stream = b"\x89PNG\r\n\x03\x08\0\0\0\0sC\xeac\0\0\0\x14IDAT";
+        let whole = split_all(stream, &[], Framing::Concat);
+        let cuts: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(whole, split_all(stream, &cuts, Framing::Concat));
+        assert!(matches!(&whole[0], Split::Error(e) if e.message == "bad PNG signature"));
     }
 
     proptest! {
