@@ -454,12 +454,7 @@ mod tests {
         let max_ahead = Arc::new(AtomicU64::new(0));
         let n = 80;
         let summary = run(
-            slot(Generation::new(
-                cfg,
-                model,
-                ModelVersion::loaded("test", b"", b""),
-                1,
-            )),
+            slot(Generation::new(cfg, model, version("test"), 1)),
             Box::new(CountingSource {
                 n,
                 frame,
@@ -512,12 +507,7 @@ mod tests {
         let (written, skipped) = (Arc::default(), Arc::default());
         let n = 200;
         let summary = run(
-            slot(Generation::new(
-                cfg,
-                model,
-                ModelVersion::loaded("test", b"", b""),
-                1,
-            )),
+            slot(Generation::new(cfg, model, version("test"), 1)),
             Box::new(CountingSource {
                 n,
                 frame,
