@@ -44,7 +44,7 @@ impl Sink for NullSink {
         self.0 += 1;
         Ok(())
     }
-    fn skip(&mut self, _seq: u64) -> aestream::Result<()> {
+    fn skip(&mut self, _seq: u64, _id: &aestream::frame::FrameId) -> aestream::Result<()> {
         Ok(())
     }
     fn finish(&mut self) -> aestream::Result<()> {

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod logging;
 pub mod run;
 pub mod train;
+pub mod web;
 
 use clap::ValueEnum;
 

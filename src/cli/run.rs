@@ -99,10 +99,15 @@ pub struct RunArgs {
     /// lost events (0: only when events were lost).
     #[arg(long, value_name = "SECS", default_value_t = 300.0, value_parser = seconds_or_off)]
     rescan: f64,
-    /// Serve /metrics, /healthz and /readyz over HTTP (default address 127.0.0.1:9464; give
-    /// another to expose it).
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
-    metrics: Option<SocketAddr>,
+    /// Serve HTTP (default address 127.0.0.1:9464, loopback; give another to expose it):
+    /// POST /v1/infer, GET /v1/status, the status page at /, /metrics, /healthz, /readyz.
+    /// Without --input it serves requests only. (`--metrics` is the old name.)
+    #[arg(long, alias = "metrics", value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    http: Option<SocketAddr>,
+    /// Keep before/after thumbnails of recent frames for the status page (`off` for privacy;
+    /// default `[http] thumbnails`, on).
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    http_thumbnails: Option<bool>,
     /// Fine-tune the model on the stream while serving it (also `[finetune] enabled = true`).
     #[arg(long)]
     finetune: bool,
@@ -132,9 +137,28 @@ impl RunArgs {
     }
 }
 
-/// Fills in `--input` / `--output` from the pipeline's `[source] url` / `[sink] url`.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off".into()),
+    }
+}
+
+/// Fills in `--input` / `--output` from the pipeline's `[source] url` / `[sink] url`. With
+/// `--http` and no input anywhere, the run serves requests only and needs neither.
 fn resolve_endpoints(a: &mut RunArgs) -> anyhow::Result<()> {
     let cfg = PipelineConfig::load(&a.pipeline)?;
+    if a.http.is_some() && a.input.is_none() && cfg.source.url.is_none() {
+        if let Some(out) = &a.output {
+            return Err(aestream::Error::Config {
+                origin: "--output".into(),
+                message: format!("{out:?}: without --input there is nothing to write there (requests are answered over HTTP)"),
+            }
+            .into());
+        }
+        return Ok(());
+    }
     for (arg, url, section) in [
         (&mut a.input, cfg.source.url, "source"),
         (&mut a.output, cfg.sink.url, "sink"),
@@ -326,7 +350,11 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         }))
     });
     let framing: Framing = a.framing.into();
-    check_stream_kinds(a.output(), framing, &kinds)?;
+    // `--http` without an input anywhere: the run serves requests only.
+    let serve_only = a.http.is_some() && a.input.is_none();
+    if !serve_only {
+        check_stream_kinds(a.output(), framing, &kinds)?;
+    }
     if let (Endpoint::Folder(input), Endpoint::Folder(output)) = (a.input(), a.output()) {
         let same = std::fs::canonicalize(input)
             .ok()
@@ -348,92 +376,109 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| first.cfg.source.consumer.clone())
         .unwrap_or_else(aestream::source::redis::default_consumer);
-    let sink: Box<dyn Sink> = match a.output() {
-        Endpoint::Stdio => Box::new(StreamSink::new(
-            std::io::BufWriter::new(std::io::stdout()),
-            framing,
-        )),
-        Endpoint::Redis(addr) => Box::new(RedisSink::new(
-            addr.clone(),
-            first.cfg.sink.maxlen,
-            consumer.clone(),
-            stop.clone(),
-            telemetry.clone(),
-        )?),
-        Endpoint::Folder(dir) => Box::new(FolderSink::new(dir)?.per_kind(kinds.len() > 1)),
-    };
-    let source: Box<dyn Source> = match a.input() {
-        Endpoint::Redis(addr) => {
-            let mut q = first.cfg.source.clone();
-            q.consumer = Some(consumer.clone());
-            if let Some(g) = &a.group {
-                q.group = g.clone();
-            }
-            if !a.allow_path.is_empty() {
-                q.allow_paths = a.allow_path.clone();
-            }
-            let max_file = first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20);
-            let cfg = RedisSourceConfig::new(addr.clone(), &q, max_file);
-            Box::new(RedisSource::new(cfg, telemetry.clone())?)
-        }
-        Endpoint::Stdio => Box::new(StreamSource::new(
-            std::io::stdin(),
-            framing,
-            first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20) as usize,
-        )),
-        Endpoint::Folder(input) => {
-            let state = state_dir(&a);
-            let j = Arc::new(
-                Journal::open(&state, &first.cfg.name, &first.version.to_string())
-                    .with_context(|| format!("--state {}", state.display()))?,
-            );
-            if !j.is_empty() {
-                tracing::info!(
-                    "{} inputs are already finished on record in {}; they are skipped",
-                    j.len(),
-                    j.path().display()
-                );
-            }
-            let mut exclude = vec![state];
-            if let Endpoint::Folder(out) = a.output() {
-                exclude.push(out.clone());
-            }
-            if let Some(q) = &quarantine {
-                exclude.push(q.dir().to_path_buf());
-            }
-            if let Some(d) = &a.done {
-                std::fs::create_dir_all(d).with_context(|| format!("--done {}", d.display()))?;
-                exclude.push(d.clone());
-            }
-            let src_cfg = FolderSourceConfig {
-                recursive: a.recursive,
-                once: a.once,
-                exclude,
-                max_file_bytes: first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20),
-                quiet: Duration::from_millis(a.quiet_ms),
-                poll: a.poll.map(|p| secs("--poll", p)).transpose()?,
-                rescan: (a.rescan > 0.0)
-                    .then(|| secs("--rescan", a.rescan))
-                    .transpose()?,
-                completion: FolderCompletion {
-                    journal: Some(j),
-                    done_dir: a.done.clone(),
-                    quarantine,
-                },
-                // Checked when the pipeline was loaded.
-                filter: InputFilter::new(&first.cfg.source.include, &first.cfg.source.exclude)
-                    .context("[source] include/exclude")?,
-                ..FolderSourceConfig::new(input.clone())
-            };
-            Box::new(
-                FolderSource::new(src_cfg)
-                    .with_context(|| format!("--input {}", input.display()))?,
-            )
-        }
-    };
-    if let Some(addr) = a.metrics {
-        service::serve_http(addr, telemetry.clone())?;
-    }
+    let sink: Option<Box<dyn Sink>> = (!serve_only)
+        .then(|| -> anyhow::Result<Box<dyn Sink>> {
+            Ok(match a.output() {
+                Endpoint::Stdio => Box::new(StreamSink::new(
+                    std::io::BufWriter::new(std::io::stdout()),
+                    framing,
+                )),
+                Endpoint::Redis(addr) => Box::new(RedisSink::new(
+                    addr.clone(),
+                    first.cfg.sink.maxlen,
+                    consumer.clone(),
+                    stop.clone(),
+                    telemetry.clone(),
+                )?),
+                Endpoint::Folder(dir) => Box::new(FolderSink::new(dir)?.per_kind(kinds.len() > 1)),
+            })
+        })
+        .transpose()?;
+    let source: Option<Box<dyn Source>> = (!serve_only)
+        .then(|| -> anyhow::Result<Box<dyn Source>> {
+            Ok(match a.input() {
+                Endpoint::Redis(addr) => {
+                    let mut q = first.cfg.source.clone();
+                    q.consumer = Some(consumer.clone());
+                    if let Some(g) = &a.group {
+                        q.group = g.clone();
+                    }
+                    if !a.allow_path.is_empty() {
+                        q.allow_paths = a.allow_path.clone();
+                    }
+                    let max_file = first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20);
+                    let cfg = RedisSourceConfig::new(addr.clone(), &q, max_file);
+                    Box::new(RedisSource::new(cfg, telemetry.clone())?)
+                }
+                Endpoint::Stdio => Box::new(StreamSource::new(
+                    std::io::stdin(),
+                    framing,
+                    first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20) as usize,
+                )),
+                Endpoint::Folder(input) => {
+                    let state = state_dir(&a);
+                    let j = Arc::new(
+                        Journal::open(&state, &first.cfg.name, &first.version.to_string())
+                            .with_context(|| format!("--state {}", state.display()))?,
+                    );
+                    if !j.is_empty() {
+                        tracing::info!(
+                            "{} inputs are already finished on record in {}; they are skipped",
+                            j.len(),
+                            j.path().display()
+                        );
+                    }
+                    let mut exclude = vec![state];
+                    if let Endpoint::Folder(out) = a.output() {
+                        exclude.push(out.clone());
+                    }
+                    if let Some(q) = &quarantine {
+                        exclude.push(q.dir().to_path_buf());
+                    }
+                    if let Some(d) = &a.done {
+                        std::fs::create_dir_all(d)
+                            .with_context(|| format!("--done {}", d.display()))?;
+                        exclude.push(d.clone());
+                    }
+                    let src_cfg = FolderSourceConfig {
+                        recursive: a.recursive,
+                        once: a.once,
+                        exclude,
+                        max_file_bytes: first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20),
+                        quiet: Duration::from_millis(a.quiet_ms),
+                        poll: a.poll.map(|p| secs("--poll", p)).transpose()?,
+                        rescan: (a.rescan > 0.0)
+                            .then(|| secs("--rescan", a.rescan))
+                            .transpose()?,
+                        completion: FolderCompletion {
+                            journal: Some(j),
+                            done_dir: a.done.clone(),
+                            quarantine,
+                        },
+                        // Checked when the pipeline was loaded.
+                        filter: InputFilter::new(
+                            &first.cfg.source.include,
+                            &first.cfg.source.exclude,
+                        )
+                        .context("[source] include/exclude")?,
+                        ..FolderSourceConfig::new(input.clone())
+                    };
+                    Box::new(
+                        FolderSource::new(src_cfg)
+                            .with_context(|| format!("--input {}", input.display()))?,
+                    )
+                }
+            })
+        })
+        .transpose()?;
+    let web = a
+        .http
+        .map(|addr| {
+            let t = telemetry.clone();
+            super::web::start(addr, a.http_thumbnails, &first, &device, &kinds, t)
+        })
+        .transpose()?;
+    let (source, sink) = super::web::attach(web.as_ref(), source, sink)?;
     tracing::info!(
         "pipeline {} ({}, model {}) on {:?}: {} -> {}",
         first.cfg.name,
@@ -473,6 +518,10 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         telemetry: telemetry.clone(),
         tap: offer,
+        watch: web
+            .as_ref()
+            .map(|w| w.board.clone() as Arc<dyn serving::Watch>),
+        requests: web.as_ref().map(|w| w.requests.clone()),
     };
     let completion = source.completion();
     let s = serving::run(slot, source, sink, kinds, opts, stop.clone())?;
@@ -483,6 +532,9 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         while !h.is_finished() && t0.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    if let Some(w) = web {
+        w.server.stop();
     }
     // Acknowledgements owed while a queue server was away: a last try before exiting.
     completion.flush_within(Duration::from_secs(10));

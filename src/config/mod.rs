@@ -13,6 +13,7 @@ mod channels;
 mod corrupt;
 mod decode;
 mod finetune;
+mod http;
 mod infer;
 mod model;
 mod normalise;
@@ -29,6 +30,7 @@ pub use channels::{ChannelConfig, Overload};
 pub use corrupt::CorruptConfig;
 pub use decode::DecodeConfig;
 pub use finetune::{FinetuneConfig, FinetuneTarget};
+pub use http::HttpConfig;
 pub use infer::InferConfig;
 pub use model::{ModelConfig, ModelSection};
 pub use normalise::{ColourMode, NormaliseConfig, PadMode, Stretch};
@@ -161,6 +163,9 @@ pub struct PipelineConfig {
     pub train: TrainConfig,
     #[serde(default)]
     pub finetune: FinetuneConfig,
+    /// Limits of the HTTP server (`run --http`).
+    #[serde(default)]
+    pub http: HttpConfig,
     /// A queue to read frames from (`[source] kind = "redis"`), used when `--input` is a queue
     /// address or is not given.
     #[serde(default)]
@@ -237,6 +242,7 @@ impl PipelineConfig {
         self.infer.validate()?;
         self.output.validate()?;
         self.channels.validate()?;
+        self.http.validate()?;
         self.source.validate()?;
         self.train.validate(multiple)?;
         self.finetune.validate(multiple)?;

@@ -35,6 +35,9 @@ pub enum FrameId {
     Stream { seq: u64, offset: u64 },
     /// An entry of a queue (a Redis stream).
     Entry(entry::Entry),
+    /// The body of an HTTP inference request, numbered from 0 by the server; its answer goes
+    /// back to the waiting client, not to a sink.
+    Request { n: u64 },
 }
 
 /// A file's size, modification time and content hash (xxh3-128, hex) as it was read.
@@ -99,6 +102,7 @@ impl std::fmt::Display for FrameId {
             FrameId::File { abs, .. } => f.write_str(&escape_controls(&abs.to_string_lossy())),
             FrameId::Stream { seq, offset } => write!(f, "stdin frame {seq} at byte {offset}"),
             FrameId::Entry(e) => write!(f, "{e}"),
+            FrameId::Request { n } => write!(f, "HTTP request {n}"),
         }
     }
 }

@@ -43,6 +43,38 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// The upper bound of the bucket holding quantile `q` (the last bound when it lies
+    /// beyond them; 0 when empty).
+    fn quantile(&self, q: f64) -> f64 {
+        let want = (q * self.count as f64).ceil().max(1.0) as u64;
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c;
+            if cum >= want {
+                return *b;
+            }
+        }
+        if self.count == 0 {
+            0.0
+        } else {
+            self.bounds.last().copied().unwrap_or(0.0)
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            count: self.count,
+            mean: if self.count == 0 {
+                0.0
+            } else {
+                self.sum / self.count as f64
+            },
+            p50: self.quantile(0.5),
+            p90: self.quantile(0.9),
+            p99: self.quantile(0.99),
+        }
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cum = 0;
@@ -66,6 +98,40 @@ impl Histogram {
 }
 
 type DepthFn = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// A histogram in brief: how many, their mean, and percentiles read off the buckets (each the
+/// upper bound of the bucket it falls in, so an over-estimate by at most one bucket).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+/// The counters at one moment (see [`Telemetry::snapshot`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub uptime_s: f64,
+    pub ready: bool,
+    pub model_version: String,
+    pub model_generation: u64,
+    pub in_flight: u64,
+    pub quarantined: u64,
+    pub dropped: u64,
+    pub reloads: u64,
+    /// Frames by `stage/outcome` (`sink/ok`, `decode/quarantined`, …).
+    pub frames: BTreeMap<String, u64>,
+    /// Frames waiting in each channel, in pipeline order.
+    pub queues: Vec<(String, usize)>,
+    /// Seconds per frame (per batch for `infer`) by stage.
+    pub stages: BTreeMap<String, Summary>,
+    /// Frames per model batch.
+    pub batches: Summary,
+    /// The fine-tuner's series and other extras, by name.
+    pub extra: BTreeMap<String, f64>,
+}
 
 /// Shared by the pipeline's threads, the HTTP endpoint and (later) the trainer.
 pub struct Telemetry {
@@ -227,6 +293,62 @@ impl Telemetry {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// Everything above as plain values, for the status page and `/v1/status`.
+    pub fn snapshot(&self) -> Snapshot {
+        let frames = self
+            .frames
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|((s, o), n)| (format!("{s}/{o}"), *n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let queues = self
+            .queues
+            .lock()
+            .map(|q| q.iter().map(|(n, d)| ((*n).to_string(), d())).collect())
+            .unwrap_or_default();
+        let stages = self
+            .latency
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(s, h)| ((*s).to_string(), h.summary()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let batches = self
+            .batches
+            .lock()
+            .map(|h| h.summary())
+            .unwrap_or_else(|_| Histogram::new(&BATCH_BUCKETS).summary());
+        let extra = self
+            .extra
+            .lock()
+            .map(|m| m.iter().map(|(n, e)| ((*n).to_string(), e.2)).collect())
+            .unwrap_or_default();
+        Snapshot {
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            ready: self.is_ready(),
+            model_version: self
+                .model_version
+                .lock()
+                .map(|v| v.clone())
+                .unwrap_or_default(),
+            model_generation: self.model_generation.load(Ordering::SeqCst),
+            in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
+            quarantined: self.quarantined.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            reloads: self.reloads.load(Ordering::Relaxed),
+            frames,
+            queues,
+            stages,
+            batches,
+            extra,
+        }
+    }
+
     /// The Prometheus text exposition of everything above.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -360,5 +482,24 @@ mod tests {
         assert!(text.contains("aestream_model_generation 2"));
         t.clear_queues();
         assert!(!t.render().contains("channel=\"raw\""));
+    }
+
+    #[test]
+    fn snapshot_reads_percentiles_off_the_buckets() {
+        let t = Telemetry::new();
+        for ms in [1, 2, 3, 4, 5, 6, 7, 8, 9, 300] {
+            t.latency("infer", Duration::from_millis(ms));
+        }
+        t.frame("sink", "ok");
+        t.watch_queue("raw", Box::new(|| 2));
+        let s = t.snapshot();
+        let infer = &s.stages["infer"];
+        assert_eq!(infer.count, 10);
+        // Half of the ten are ≤ 5 ms: the 0.005 bucket; the slowest sits in the 0.5 bucket.
+        assert_eq!(infer.p50, 0.005);
+        assert_eq!(infer.p99, 0.5);
+        assert_eq!(s.frames["sink/ok"], 1);
+        assert_eq!(s.queues, vec![("raw".to_string(), 2)]);
+        assert_eq!(Telemetry::new().snapshot().batches.p50, 0.0);
     }
 }

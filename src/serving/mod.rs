@@ -14,6 +14,7 @@
 //! sink made its outputs durable (see the sink loop in [`run`]).
 
 pub mod generation;
+pub mod http;
 pub mod service;
 mod workers;
 
@@ -26,10 +27,11 @@ use crossbeam_channel::{bounded, unbounded};
 
 use crate::config::OutputKind;
 use crate::error::{Error, Result};
-use crate::frame::Planes;
+use crate::frame::{FrameId, Planes};
 use crate::runtime::{Stop, Telemetry};
 use crate::sink::{Output, Sink};
-use crate::source::{Intake, RawFrame, Source};
+use crate::source::http::Requests;
+use crate::source::{Intake, RawFrame, SetAside, Source};
 use crate::stage::corrupt;
 use crate::stage::encode::{self, Payload};
 use crate::stage::normalise::{self, Prepared};
@@ -41,6 +43,17 @@ use workers::{decode_worker, infer_worker, map_stage, spawn, Ctx, Fate, Inferred
 /// fine-tuner). Called on the decode threads: it must not block.
 pub trait Tap: Send + Sync {
     fn decoded(&self, frame: &Planes);
+}
+
+/// Where a run's frames can be watched as they pass (the HTTP status page: thumbnails, the
+/// list of failures). Called on the pipeline's threads: it must be quick and must not block.
+pub trait Watch: Send + Sync {
+    /// A frame was decoded.
+    fn decoded(&self, _id: &FrameId, _frame: &Planes) {}
+    /// A frame's outputs are about to be written.
+    fn written(&self, _id: &FrameId, _files: &[(OutputKind, Payload)]) {}
+    /// A frame failed, and what became of its input.
+    fn failed(&self, _id: &FrameId, _error: &str, _aside: &SetAside) {}
 }
 
 /// What a finished run reports.
@@ -65,6 +78,11 @@ pub struct RunOptions {
     pub telemetry: Arc<Telemetry>,
     /// Decoded frames are also offered here (the online fine-tuner).
     pub tap: Option<Arc<dyn Tap>>,
+    /// Frames are shown here as they pass (the status page).
+    pub watch: Option<Arc<dyn Watch>>,
+    /// HTTP requests among the frames: each asks for its own output kinds (any the model can
+    /// make), so codes and inputs are kept for every frame.
+    pub requests: Option<Requests>,
 }
 
 /// Runs a pipeline until its source ends or `stop` is requested, then drains. Channel sizes
@@ -85,6 +103,7 @@ pub fn run(
         tel: tel.clone(),
         completion: source.completion(),
         stop: stop.clone(),
+        watch: opts.watch.clone(),
     };
     let stats = ctx.stats.clone();
     let first = slot.load_full();
@@ -106,8 +125,14 @@ pub fn run(
     let (post_tx, post_rx) = bounded::<Packet<Finished>>(cap);
     let (out_tx, out_rx) = bounded::<Packet<Vec<(OutputKind, Payload)>>>(cap);
     // Frames dropped at intake: tiny notices, so an ordered sink does not wait for them.
-    let (gap_tx, gap_rx) = unbounded::<u64>();
-    let want_code = kinds.contains(&OutputKind::Latent);
+    let (gap_tx, gap_rx) = unbounded::<(u64, FrameId)>();
+    // The kinds any frame may ask for: the run's own, and with HTTP requests, all the
+    // model can make.
+    let askable: Vec<OutputKind> = match &opts.requests {
+        Some(_) => OutputKind::for_task(first.cfg.model.arch.task()).to_vec(),
+        None => kinds.clone(),
+    };
+    let want_code = askable.contains(&OutputKind::Latent) || kinds.contains(&OutputKind::Latent);
     {
         let (a, b, c, d, e, f, g) = (
             raw_rx.clone(),
@@ -181,7 +206,7 @@ pub fn run(
         },
     )?);
 
-    let keep_input = kinds.contains(&OutputKind::Overlay);
+    let keep_input = askable.contains(&OutputKind::Overlay) || kinds.contains(&OutputKind::Overlay);
     handles.extend(map_stage(
         "normalise",
         workers,
@@ -227,6 +252,7 @@ pub fn run(
     )?);
 
     let enc_kinds = kinds.clone();
+    let requests = opts.requests.clone();
     handles.extend(map_stage(
         "encode",
         workers,
@@ -235,7 +261,14 @@ pub fn run(
         &ctx,
         false,
         move |_, id, _, finished: Finished| {
-            enc_kinds
+            // A request names its own kinds (checked against the model when it came in).
+            let asked = match (id, &requests) {
+                (FrameId::Request { n }, Some(r)) => r.kinds(*n),
+                _ => None,
+            };
+            asked
+                .as_deref()
+                .unwrap_or(&enc_kinds)
                 .iter()
                 .map(|&k| Ok((k, encode::encode(&finished, k, &id.to_string())?)))
                 .collect()
@@ -251,8 +284,8 @@ pub fn run(
                 recv(out_rx) -> p => match p { Ok(p) => p, Err(_) => break },
                 recv(gap_rx) -> g => {
                     match g {
-                        Ok(seq) => {
-                            if let Err(e) = sink.skip(seq) {
+                        Ok((seq, id)) => {
+                            if let Err(e) = sink.skip(seq, &id) {
                                 stop.request();
                                 sink_result = Err(e);
                                 break;
@@ -271,8 +304,12 @@ pub fn run(
         };
         let t0 = Instant::now();
         let id = p.id.clone();
+        let wrote = p.body.is_some();
         let r = match p.body {
             Some(files) => {
+                if let Some(w) = &ctx.watch {
+                    w.written(&id, &files);
+                }
                 let out = Output {
                     seq: p.seq,
                     id: p.id,
@@ -287,12 +324,13 @@ pub fn run(
                     ctx.completion.done(&id, &p.gen.version, by_sink)
                 })
             }
-            None => sink.skip(p.seq),
+            None => sink.skip(p.seq, &id),
         };
         tel.latency("sink", t0.elapsed());
         tel.in_flight(-1);
         match r {
-            Ok(()) => tel.frame("sink", "ok"),
+            // A gap (the frame failed earlier and was counted there) is not an output.
+            Ok(()) => tel.frame("sink", if wrote { "ok" } else { "gap" }),
             // One output that cannot be written (a name too long, a folder in the way) fails
             // that frame; anything else (disk full, read-only, closed stdout) stops the run.
             Err(Error::FrameFailed(msg)) => {
@@ -309,8 +347,8 @@ pub fn run(
     }
     // Gaps of frames dropped at the very end still reach the ordered sink.
     if sink_result.is_ok() {
-        for seq in gap_rx.try_iter() {
-            if let Err(e) = sink.skip(seq) {
+        for (seq, id) in gap_rx.try_iter() {
+            if let Err(e) = sink.skip(seq, &id) {
                 sink_result = Err(e);
                 break;
             }
@@ -360,7 +398,6 @@ mod tests {
     use super::*;
     use crate::config::PipelineConfig;
     use crate::frame::encode_png;
-    use crate::frame::FrameId;
     use crate::model::version::ModelVersion;
     use crate::model::{Arch, Model, Net, NetModel};
     use candle_core::{DType, Device};
@@ -410,7 +447,7 @@ mod tests {
             self.max_ahead.fetch_max(ahead, Ordering::SeqCst);
             Ok(())
         }
-        fn skip(&mut self, seq: u64) -> Result<()> {
+        fn skip(&mut self, seq: u64, _: &FrameId) -> Result<()> {
             panic!("frame {seq} failed");
         }
         fn finish(&mut self) -> Result<()> {
@@ -488,7 +525,7 @@ mod tests {
             self.written.lock().unwrap().push(out.seq);
             Ok(())
         }
-        fn skip(&mut self, seq: u64) -> Result<()> {
+        fn skip(&mut self, seq: u64, _: &FrameId) -> Result<()> {
             self.skipped.lock().unwrap().push(seq);
             Ok(())
         }
@@ -579,7 +616,7 @@ mod tests {
             }
             Ok(())
         }
-        fn skip(&mut self, seq: u64) -> Result<()> {
+        fn skip(&mut self, seq: u64, _: &FrameId) -> Result<()> {
             panic!("frame {seq} failed");
         }
         fn finish(&mut self) -> Result<()> {

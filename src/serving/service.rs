@@ -1,17 +1,14 @@
 //! Running under a service manager: the systemd notify protocol (READY, STATUS, RELOADING with
-//! MONOTONIC_USEC, STOPPING, WATCHDOG) and the HTTP endpoint (`/metrics`, `/healthz`,
-//! `/readyz`).
+//! MONOTONIC_USEC, STOPPING, WATCHDOG). The HTTP endpoint is [`super::http`].
 //!
 //! Outside systemd (no `NOTIFY_SOCKET`) every notification is a no-op.
 
-use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::error::{Error, Result};
 use crate::runtime::{Stop, Telemetry};
 
 /// A notification, owned so it can wait in the notifier's queue.
@@ -114,42 +111,4 @@ pub fn spawn_watchdog(telemetry: Arc<Telemetry>, stop: Stop) {
                 std::thread::sleep(every);
             }
         });
-}
-
-/// Serves `/metrics` (Prometheus text), `/healthz` (200 while the process runs) and
-/// `/readyz` (200 when the model is loaded and the source is running, else 503) on `addr`.
-pub fn serve_http(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<SocketAddr> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| Error::Other(format!("--metrics {addr}: cannot listen: {e}")))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| Error::Other(format!("--metrics {addr}: not an IP listener")))?;
-    std::thread::Builder::new()
-        .name("http".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let path = req.url().split('?').next().unwrap_or("").to_string();
-                let (code, body, ctype) = match path.as_str() {
-                    "/metrics" => (
-                        200,
-                        telemetry.render(),
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                    "/healthz" => (200, "ok\n".to_string(), "text/plain"),
-                    "/readyz" if telemetry.is_ready() => (200, "ready\n".into(), "text/plain"),
-                    "/readyz" => (503, "not ready\n".into(), "text/plain"),
-                    _ => (404, "not found\n".into(), "text/plain"),
-                };
-                let header = tiny_http::Header::from_bytes("Content-Type", ctype)
-                    .expect("static header is valid");
-                let resp = tiny_http::Response::from_string(body)
-                    .with_status_code(code)
-                    .with_header(header);
-                let _ = req.respond(resp);
-            }
-        })
-        .map_err(|e| Error::Other(format!("cannot start the http thread: {e}")))?;
-    tracing::info!("metrics on http://{bound}/metrics");
-    Ok(bound)
 }

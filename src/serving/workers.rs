@@ -61,6 +61,8 @@ pub(super) struct Ctx {
     pub tel: Arc<Telemetry>,
     pub completion: Arc<dyn Completion>,
     pub stop: Stop,
+    /// Who watches frames pass (the status page), if anyone.
+    pub watch: Option<Arc<dyn super::Watch>>,
 }
 
 /// What a failed frame's input should become.
@@ -78,13 +80,17 @@ impl Ctx {
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
         let msg = what.to_string();
         tracing::warn!("{msg}");
-        match fate {
+        let aside = match fate {
             Fate::Bad => self.completion.rejected(id, &msg),
             Fate::Retry => {
                 self.completion.failed(id, &msg);
                 SetAside::Reported
             }
+        };
+        if let Some(w) = &self.watch {
+            w.failed(id, &msg, &aside);
         }
+        aside
     }
 
     /// After a stop request, a frame that has not reached the model yet is left for the next
@@ -241,6 +247,9 @@ pub(super) fn decode_worker(
                 tel.frame("decode", "ok");
                 if let Some(t) = tap {
                     t.decoded(&p);
+                }
+                if let Some(w) = &ctx.watch {
+                    w.decoded(&raw.id, &p);
                 }
                 Some(p)
             }

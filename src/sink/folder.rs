@@ -25,6 +25,7 @@ enum Owner {
     File(PathBuf),
     Entry(String),
     Stream(u64),
+    Request(u64),
 }
 
 impl Owner {
@@ -33,6 +34,7 @@ impl Owner {
             FrameId::File { rel, .. } => Owner::File(rel.clone()),
             FrameId::Entry(e) => Owner::Entry(e.name.clone()),
             FrameId::Stream { seq, .. } => Owner::Stream(*seq),
+            FrameId::Request { n } => Owner::Request(*n),
         }
     }
 }
@@ -43,6 +45,7 @@ impl std::fmt::Display for Owner {
             Owner::File(rel) => write!(f, "input {}", rel.display()),
             Owner::Entry(name) => write!(f, "entry named {name}"),
             Owner::Stream(seq) => write!(f, "stdin frame {seq}"),
+            Owner::Request(n) => write!(f, "HTTP request {n}"),
         }
     }
 }
@@ -117,6 +120,7 @@ impl FolderSink {
                     .with_file_name(with_extension(&file_base(name), ext))
             }
             FrameId::Stream { seq, .. } => dir.join(format!("frame-{seq:08}.{ext}")),
+            FrameId::Request { n } => dir.join(format!("request-{n:08}.{ext}")),
             // Named by the frame, not the delivery: a re-delivered entry replaces its own
             // output (atomically), so a folder never holds two outputs for one frame. The name
             // is escaped already, and keeps any dots of its own (`cam1.000040.png`).
@@ -183,7 +187,7 @@ impl Sink for FolderSink {
         Ok(())
     }
 
-    fn skip(&mut self, _seq: u64) -> Result<()> {
+    fn skip(&mut self, _seq: u64, _id: &FrameId) -> Result<()> {
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! failed, so ordered sinks do not wait for it) and finishes when the pipeline drains.
 
 pub mod folder;
+pub mod http;
 pub mod redis;
 pub mod stdout;
 
@@ -23,8 +24,8 @@ pub struct Output {
 
 pub trait Sink: Send {
     fn write(&mut self, out: Output) -> Result<()>;
-    /// Frame `seq` produced nothing (it failed and was reported).
-    fn skip(&mut self, seq: u64) -> Result<()>;
+    /// Frame `seq` (`id`) produced nothing (it failed and was reported).
+    fn skip(&mut self, seq: u64, id: &FrameId) -> Result<()>;
     fn finish(&mut self) -> Result<()>;
     /// Whether writing this frame's output also settled (acknowledged) its queue entry, in
     /// the same transaction; otherwise the pipeline acknowledges it after `write`.

@@ -72,6 +72,7 @@ impl RedisSink {
             FrameId::Entry(e) => (e.name.clone(), Some(e.id.clone())),
             FrameId::File { rel, .. } => (rel.display().to_string(), None),
             FrameId::Stream { seq, .. } => (format!("frame-{seq:08}"), None),
+            FrameId::Request { n } => (format!("request-{n:08}"), None),
         };
         let source = match &out.id {
             FrameId::Entry(e) => e
@@ -199,7 +200,7 @@ impl Sink for RedisSink {
         }
     }
 
-    fn skip(&mut self, _seq: u64) -> Result<()> {
+    fn skip(&mut self, _seq: u64, _id: &FrameId) -> Result<()> {
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use super::{Output, Payload, Sink};
 use crate::config::OutputKind;
 use crate::error::{Error, Result};
 use crate::frame::framing::Framing;
+use crate::frame::FrameId;
 
 /// Whether `kinds` can share one stream in `framing`: the reason they cannot, if not.
 pub fn check_kinds(framing: Framing, kinds: &[OutputKind]) -> std::result::Result<(), String> {
@@ -115,7 +116,7 @@ impl<W: Write + Send> Sink for StreamSink<W> {
         self.drain()
     }
 
-    fn skip(&mut self, seq: u64) -> Result<()> {
+    fn skip(&mut self, seq: u64, _id: &FrameId) -> Result<()> {
         self.pending.insert(seq, None);
         self.drain()
     }
@@ -136,7 +137,6 @@ impl<W: Write + Send> Sink for StreamSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::FrameId;
     use crate::model::version::ModelVersion;
     use crate::stage::encode::Code;
 

@@ -8,6 +8,7 @@
 //! knows none of these mechanisms, so a new source (HTTP, video) brings its own.
 
 pub mod folder;
+pub mod http;
 pub mod redis;
 pub mod stdin;
 
@@ -42,7 +43,7 @@ pub struct Intake {
     tx: Sender<RawFrame>,
     rx: Receiver<RawFrame>,
     policy: Overload,
-    gaps: Sender<u64>,
+    gaps: Sender<(u64, FrameId)>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -51,7 +52,7 @@ impl Intake {
         tx: Sender<RawFrame>,
         rx: Receiver<RawFrame>,
         policy: Overload,
-        gaps: Sender<u64>,
+        gaps: Sender<(u64, FrameId)>,
         telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
@@ -79,12 +80,24 @@ impl Intake {
                                 self.telemetry.dropped.fetch_add(1, Ordering::Relaxed);
                                 self.telemetry.frame("source", "dropped");
                                 tracing::warn!("overload: dropped {}", old.id);
-                                let _ = self.gaps.send(old.seq);
+                                let _ = self.gaps.send((old.seq, old.id));
                             }
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Hands a frame to the pipeline if there is room within `within`, competing for places
+    /// with the other sources; never drops a waiting frame. For callers who answer someone
+    /// (HTTP requests): they must not queue without bound, so they give up and say so.
+    pub fn send_within(&self, frame: RawFrame, within: Duration) -> Admission {
+        use crossbeam_channel::SendTimeoutError;
+        match self.tx.send_timeout(frame, within) {
+            Ok(()) => Admission::Taken,
+            Err(SendTimeoutError::Timeout(_)) => Admission::Full,
+            Err(SendTimeoutError::Disconnected(_)) => Admission::Closed,
         }
     }
 
@@ -100,6 +113,16 @@ impl Intake {
             .capacity()
             .map_or(usize::MAX, |c| c.saturating_sub(self.tx.len()))
     }
+}
+
+/// What became of a frame offered with [`Intake::send_within`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Taken,
+    /// No room in time: the pipeline is busy.
+    Full,
+    /// The pipeline is shutting down.
+    Closed,
 }
 
 /// A producer of frames.
@@ -188,7 +211,8 @@ mod tests {
         }
         let kept: Vec<u64> = rx.try_iter().map(|f| f.seq).collect();
         assert_eq!(kept, vec![3, 4]);
-        assert_eq!(grx.try_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+        let gaps: Vec<u64> = grx.try_iter().map(|(seq, _)| seq).collect();
+        assert_eq!(gaps, vec![0, 1, 2]);
         assert_eq!(tel.dropped.load(Ordering::Relaxed), 3);
 
         let (tx, rx) = bounded(1);
