@@ -35,12 +35,17 @@ cuda_install() {
         return
     fi
     if ! python3 -m pip --version >/dev/null 2>&1; then
-        echo "cuda: needs python3 with pip (Debian: apt-get install python3-pip)" >&2
-        return 1
+        # As scripts/test.sh brings redis-server: Debian's package, on a fresh machine.
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "cuda: installing python3-pip (Debian package) for the CUDA wheels" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-pip >/dev/null
     fi
     echo "cuda: installing $* into ${dir#"$(pwd)/"}" >&2
     rm -rf "$dir"
-    # --target keeps them out of every Python environment; --no-deps lets nothing unpinned in.
+    # --target keeps them out of every Python environment (and so is allowed where Debian
+    # marks the system Python externally managed); --no-deps lets nothing unpinned in.
     PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
         --no-deps --no-cache-dir --target "$dir" "$@" || return 1
     printf '%s' "$*" > "$stamp"
