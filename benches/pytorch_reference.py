@@ -2,9 +2,9 @@
 """The reference networks of `aestream bench` in PyTorch, timed the same way, for the
 comparison the performance issue asks for. Not part of CI or `cargo bench`.
 
-usage: python3 benches/pytorch_reference.py [--threads 2] [--seconds 5]
+usage: python3 benches/pytorch_reference.py [--threads 2] [--seconds 5] [--device cpu|cuda]
 prints one JSON line per workload, with the fields of `aestream bench --json`.
-Needs torch (CPU): pip install torch numpy
+Needs torch (CPU, or a CUDA build for --device cuda): pip install torch numpy
 """
 import argparse
 import json
@@ -58,27 +58,32 @@ def quantile_ms(times, q):
     return times[min(round((len(times) - 1) * q), len(times) - 1)] * 1e3
 
 
-def bench(name, net, shape, batch, seconds, threads):
+def bench(name, net, shape, batch, seconds, threads, device):
     torch.manual_seed(0)
-    x = torch.rand((batch,) + shape)
+    net = net.to(device)
+    x = torch.rand((batch,) + shape, device=device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loss_fn = nn.MSELoss()
+    # A GPU runs kernels asynchronously: each timed call waits for its work (as `bench` does).
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def infer():
         with torch.no_grad():
             net(x)
+        sync()
 
     def train():
         opt.zero_grad(set_to_none=True)
         loss_fn(net(x), x).backward()
         opt.step()
+        sync()
 
     inf = time_it(seconds, infer)
     tr = time_it(seconds, train)
     p50, t50 = quantile_ms(inf, 0.5), quantile_ms(tr, 0.5)
     print(json.dumps({
         "model": name, "framework": f"pytorch {torch.__version__}", "batch": batch,
-        "threads": threads, "infer_images_per_s": batch / (p50 / 1e3),
+        "threads": threads, "device": device, "infer_images_per_s": batch / (p50 / 1e3),
         "train_steps_per_s": 1e3 / t50, "p50_ms": p50, "p99_ms": quantile_ms(inf, 0.99),
         "train_step_p50_ms": t50,
     }), flush=True)
@@ -88,11 +93,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     for b in (1, 8, 32):
-        bench("conv-ae-ref", conv_ae_ref(), (1, 64, 64), b, a.seconds, a.threads)
-    bench("dense-ae-ref", dense_ae_ref(), (625,), 64, a.seconds, a.threads)
+        bench("conv-ae-ref", conv_ae_ref(), (1, 64, 64), b, a.seconds, a.threads, a.device)
+    bench("dense-ae-ref", dense_ae_ref(), (625,), 64, a.seconds, a.threads, a.device)
 
 
 if __name__ == "__main__":

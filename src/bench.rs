@@ -2,6 +2,7 @@
 //! pipeline's model, on random input, as one JSON line (images/s, steps/s, latency
 //! percentiles, peak memory) that an outside comparison can read.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
@@ -11,7 +12,7 @@ use serde::Serialize;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::model::reference::{ConvAeRef, ConvImpl, DenseAeRef, DENSE_WIDTHS};
-use crate::model::{Model, Net, NetModel};
+use crate::model::{Model, Net};
 use crate::train::adamw::{AdamW, AdamWParams};
 use crate::train::loss_of;
 
@@ -38,9 +39,14 @@ pub struct BenchArgs {
     /// Use candle's own convolutions and a candle-ops AdamW (the baseline).
     #[arg(long)]
     pub candle_ops: bool,
-    /// cpu, cuda (needs a build with `--features cuda`) or auto (the GPU if there is one).
+    /// cpu, cuda (= cuda:0) or cuda:N (needs a build with `--features cuda`), or auto (the
+    /// first GPU if there is one).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// A pipeline's inference precision (overrides `infer.dtype`): f32, or f16 / bf16 on a
+    /// GPU. Training is timed in f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<crate::model::Precision>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +59,10 @@ pub struct BenchReport {
     pub kernels: &'static str,
     /// `cpu` or `cuda:N (GPU)`.
     pub device: String,
+    /// The inference precision (`f32` for the reference networks).
+    pub dtype: &'static str,
+    /// The optional features this binary was built with (`cuda` or `none`).
+    pub features: &'static str,
     pub infer_images_per_s: f64,
     pub train_steps_per_s: f64,
     /// Per-batch inference latency.
@@ -93,6 +103,8 @@ struct Workload {
     input: Tensor,
     /// Multiply-adds of one image's forward pass, where known.
     macs_per_image: Option<f64>,
+    /// The inference precision's name.
+    dtype: &'static str,
     infer: InferFn,
     train_step: TrainFn,
 }
@@ -142,6 +154,7 @@ fn reference<M: Module + 'static>(
     Ok(Workload {
         input,
         macs_per_image: Some(macs_per_image),
+        dtype: "f32",
         infer: Box::new(move |x| net.forward(x)),
         train_step: Box::new(move |x| {
             let loss = (n2.forward(x)? - x)?.sqr()?.mean_all()?;
@@ -200,12 +213,19 @@ fn pipeline(
     vb: VarBuilder,
     dev: &Device,
 ) -> Result<(Workload, usize)> {
-    let cfg = PipelineConfig::load(name).map_err(|e| {
+    let mut cfg = PipelineConfig::load(name).map_err(|e| {
         usage(format!(
             "{name:?} is neither a reference network ({}) nor a pipeline: {e}",
             REFERENCE_MODELS.join(", ")
         ))
     })?;
+    if let Some(p) = a.dtype {
+        cfg.infer.dtype = p;
+        cfg.infer
+            .validate()
+            .map_err(|e| usage(format!("--dtype: {e}")))?;
+    }
+    cfg.check_precision(dev)?;
     let fixed = cfg.model.arch.fixed_size();
     let net = Net::new(vb, &cfg.model.arch)?;
     let (w, h) = match (fixed, a.size) {
@@ -227,11 +247,12 @@ fn pipeline(
             (s, s)
         }
     };
-    let served: Box<dyn Model> = match cfg.load_model(None, dev) {
-        Ok(m) => m,
+    let served: Arc<dyn Model> = match cfg.load_model(None, dev) {
+        Ok(m) => Arc::from(m),
         Err(e) => {
             tracing::warn!("{name}: {e}; timing inference with random weights");
-            Box::new(NetModel::new(net.clone(), dev.clone(), fixed))
+            let t = crate::model::weights::tensors(&vm);
+            crate::model::weights::serving(&cfg.model.arch, &t, dev, cfg.infer.dtype)?
         }
     };
     let mut opt = optimizer(&vm, a.candle_ops)?;
@@ -248,6 +269,7 @@ fn pipeline(
         Workload {
             input,
             macs_per_image: None,
+            dtype: cfg.infer.dtype.name(),
             infer: Box::new(move |x| {
                 let (b, uh, uw, _) = x.dims4()?;
                 let flat = x.flatten_all()?.to_vec1::<f32>()?;
@@ -326,6 +348,13 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
         )));
     }
     let dev = crate::model::select_device(&a.device)?;
+    let reference = REFERENCE_MODELS.contains(&a.model.as_str());
+    if let (true, Some(p)) = (reference, a.dtype.filter(|p| !p.is_f32())) {
+        return Err(usage(format!(
+            "--dtype {}: the reference networks run in f32 (--dtype is for pipelines)",
+            p.name()
+        )));
+    }
     let (mut wl, size) = workload(a, &dev)?;
     let x = wl.input.clone();
     // A GPU runs kernels asynchronously: each timed call waits for its work to finish.
@@ -346,6 +375,8 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
         size,
         kernels: if a.candle_ops { "candle" } else { "ours" },
         device: crate::model::describe_device(&dev),
+        dtype: wl.dtype,
+        features: crate::model::device::FEATURES,
         infer_images_per_s: a.batch as f64 / (p50 / 1e3),
         train_steps_per_s: 1e3 / t50,
         p50_ms: p50,
@@ -371,6 +402,7 @@ mod tests {
             seconds: 0.01,
             candle_ops: false,
             device: "cpu".into(),
+            dtype: None,
         }
     }
 
@@ -399,9 +431,12 @@ mod tests {
                 "p50_ms",
                 "p99_ms",
                 "peak_rss_mb",
+                "dtype",
+                "features",
             ] {
                 assert!(json.get(k).is_some(), "{k} missing");
             }
+            assert_eq!(r.dtype, "f32");
         }
         Ok(())
     }
@@ -412,6 +447,29 @@ mod tests {
         assert!(run(&args("dense-ae-ref", Some(28))).is_err());
         assert!(run(&args("conv-ae", Some(64))).is_err());
         assert!(run(&args("no-such-model", None)).is_err());
+    }
+
+    /// Half precision is a usage error on the CPU (for a pipeline) and for the reference
+    /// networks (anywhere), each saying why.
+    #[test]
+    fn rejects_half_precision_where_it_cannot_run() {
+        let half = |model: &str| {
+            let a = BenchArgs {
+                dtype: Some(crate::model::Precision::F16),
+                ..args(model, None)
+            };
+            match run(&a) {
+                Err(Error::Config { origin, message }) => format!("{origin}: {message}"),
+                other => panic!("{model}: {other:?}"),
+            }
+        };
+        let m = half("conv-ae");
+        assert!(m.contains("infer.dtype") && m.contains("GPU only"), "{m}");
+        let m = half("conv-ae-ref");
+        assert!(
+            m.contains("--dtype f16: the reference networks run in f32"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -15,10 +15,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
 
+/// `aestream --version`: the crate's version and the optional features compiled in, e.g.
+/// `aestream 0.1.0 (features: cuda)`, so a binary says whether it can use a GPU at all.
+const VERSION: &str = if aestream::model::device::CUDA_COMPILED {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: cuda)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: none)")
+};
+
 #[derive(Parser)]
 #[command(
     name = "aestream",
-    version,
+    version = VERSION,
     about = "Stream images through autoencoders: denoise, encode, segment"
 )]
 struct Cli {

@@ -57,6 +57,8 @@ pub struct EvalCmd {
     /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
     #[arg(long, value_parser = super::ensemble_arg)]
     pub ensemble: Option<usize>,
+    /// cpu, cuda (= cuda:0), cuda:N, or auto: the first GPU when built with CUDA and one is
+    /// there, else the CPU.
     #[arg(long, default_value = "auto")]
     pub device: String,
 }

@@ -114,6 +114,8 @@ pub struct RunArgs {
     /// Write every swapped-in fine-tuned version here, and start from the newest one.
     #[arg(long)]
     checkpoints: Option<PathBuf>,
+    /// cpu, cuda (= cuda:0), cuda:N, or auto: the first GPU when built with CUDA and one is
+    /// there, else the CPU.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Threads for the model's kernels (candle's and rayon's pool), at most 256; 0 keeps the

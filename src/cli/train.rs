@@ -46,6 +46,8 @@ pub struct TrainCmd {
     /// epoch); continue later with --resume.
     #[arg(long, value_parser = count(u32::MAX as u64))]
     pub stop_after: Option<usize>,
+    /// cpu, cuda (= cuda:0), cuda:N, or auto: the first GPU when built with CUDA and one is
+    /// there, else the CPU.
     #[arg(long, default_value = "auto")]
     pub device: String,
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{within, Invalid};
+use crate::model::Precision;
 
 /// Most threads per CPU stage: five stages run this many each.
 pub const MAX_WORKERS: usize = 64;
@@ -29,6 +30,10 @@ pub struct InferConfig {
     /// The frames' noise σ (0–255 scale) for the SURE blend, where it is known (a fixed
     /// camera gain); 0 = estimate it per plane.
     pub noise_sigma: f32,
+    /// The type the model is served in: f32, or f16 / bf16 on a GPU. Absent from the settings
+    /// hash at f32, so versions from before this key stay as they were.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub dtype: Precision,
 }
 
 impl Default for InferConfig {
@@ -41,6 +46,7 @@ impl Default for InferConfig {
             ensemble: 1,
             sure_blend: false,
             noise_sigma: 0.0,
+            dtype: Precision::F32,
         }
     }
 }
@@ -71,6 +77,17 @@ impl InferConfig {
                 "infer.noise_sigma",
                 self.noise_sigma,
                 "must be between 0 (estimate) and 255",
+            ));
+        }
+        if self.sure_blend && self.dtype == Precision::Bf16 {
+            // SURE's divergence is the model's response to a ±`sure::EPS` (0.002) probe, below
+            // bf16's resolution near 1 (2⁻⁸ ≈ 0.004). f16 resolves it (2⁻¹¹), and scores as
+            // f32 does (tests/device.rs).
+            return Err(Invalid::new(
+                "infer.dtype",
+                self.dtype.name(),
+                "the SURE blend (infer.sure_blend) needs f32 or f16: its probe is finer than \
+                 bf16 resolves",
             ));
         }
         Ok(())

@@ -339,7 +339,20 @@ impl PipelineConfig {
                 message: format!("weights {what} are empty: train them with `aestream train`"),
             });
         }
-        crate::model::load(&self.model.arch, bytes, &what, device)
+        self.check_precision(device)?;
+        crate::model::load(&self.model.arch, bytes, &what, device, self.infer.dtype)
+    }
+
+    /// `infer.dtype` on `device`: half precision is refused on the CPU (exit 2, naming the
+    /// file and the key).
+    pub fn check_precision(&self, device: &candle_core::Device) -> Result<()> {
+        self.infer
+            .dtype
+            .check_device(device)
+            .map_err(|rule| Error::Config {
+                origin: self.origin.clone(),
+                message: format!("key `infer.dtype` = {:?}: {rule}", self.infer.dtype.name()),
+            })
     }
 }
 

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod conv_ae;
 pub mod denoise;
 pub mod dense;
+pub mod device;
 pub mod init;
 pub mod layers;
 pub mod reference;
@@ -21,6 +22,7 @@ use candle_nn::VarBuilder;
 use crate::error::{Error, Result};
 
 pub use arch::{Arch, ArchKind};
+pub use device::{describe_device, select_device, Precision};
 
 /// What a network is for; decides its outputs and how it is trained and evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,24 +202,34 @@ pub fn normalised_convolution(x: &Tensor, known: &Tensor) -> candle_core::Result
     (num / (den + 1e-6)?)?.reshape((b, h, w, 1))
 }
 
-/// A [`Net`] ready to serve.
+/// A [`Net`] ready to serve. Its inputs and outputs are f32 whatever the type its weights
+/// were loaded in ([`load`] with a [`Precision`]): a half-precision model converts the batch on
+/// the device, where the conversion is one cheap pass.
 pub struct NetModel {
     net: Net,
     device: Device,
     fixed_size: Option<(usize, usize)>,
+    dtype: DType,
 }
 
 impl NetModel {
+    /// A model whose weights are f32.
     pub fn new(net: Net, device: Device, fixed_size: Option<(usize, usize)>) -> Self {
         Self {
             net,
             device,
             fixed_size,
+            dtype: DType::F32,
         }
     }
 
     pub fn net(&self) -> &Net {
         &self.net
+    }
+
+    /// The type the network computes in (its weights' type).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 }
 
@@ -232,10 +244,14 @@ impl Model for NetModel {
     }
 
     fn run(&self, x: &Tensor, want_code: bool) -> Result<Outputs> {
-        let o = self.net.forward_raw(x)?;
+        let o = self.net.forward_raw(&x.to_dtype(self.dtype)?)?;
+        let f32 = |t: Tensor| t.to_dtype(DType::F32);
         Ok(Outputs {
-            image: self.net.activate(&o.raw)?,
-            code: if want_code { o.code } else { None },
+            image: f32(self.net.activate(&o.raw)?)?,
+            code: match o.code {
+                Some(c) if want_code => Some(f32(c)?),
+                _ => None,
+            },
         })
     }
 
@@ -244,32 +260,19 @@ impl Model for NetModel {
     }
 }
 
-/// Picks the device: `auto` means CUDA when built with it and a GPU is there, else CPU.
-pub fn select_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| Error::Other(format!("--device cuda: {e}"))),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        other => Err(Error::Config {
-            origin: "--device".into(),
-            message: format!("unknown device {other:?} (auto, cpu or cuda)"),
-        }),
-    }
-}
-
-/// How a device is named in the start-up log: `cpu`, or `cuda:N (GPU)`.
-pub fn describe_device(d: &Device) -> String {
-    match d.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id} (GPU)"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id} (GPU)"),
-    }
-}
-
-/// Builds `arch` with the safetensors `weights` on `device`; `what` names the weights (a path
-/// or a built-in name) in errors.
-pub fn load(arch: &Arch, weights: Vec<u8>, what: &str, device: &Device) -> Result<Box<dyn Model>> {
-    let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device).map_err(|e| {
+/// Builds `arch` with the safetensors `weights` on `device`, the weights converted to
+/// `precision`; `what` names the weights (a path or a built-in name) in errors. Any precision
+/// loads on any device here (candle's own ops run f16 on a CPU, slowly); whether a pipeline may
+/// serve in it is [`Precision::check_device`]'s call, made by the config that asks.
+pub fn load(
+    arch: &Arch,
+    weights: Vec<u8>,
+    what: &str,
+    device: &Device,
+    precision: Precision,
+) -> Result<Box<dyn Model>> {
+    let dtype = precision.dtype();
+    let vb = VarBuilder::from_buffered_safetensors(weights, dtype, device).map_err(|e| {
         Error::Config {
             origin: what.to_string(),
             message: format!("not a safetensors file: {e}"),
@@ -279,11 +282,10 @@ pub fn load(arch: &Arch, weights: Vec<u8>, what: &str, device: &Device) -> Resul
         origin: what.to_string(),
         message: format!("weights do not fit the pipeline's [model]: {e}"),
     })?;
-    Ok(Box::new(NetModel::new(
-        net,
-        device.clone(),
-        arch.fixed_size(),
-    )))
+    Ok(Box::new(NetModel {
+        dtype,
+        ..NetModel::new(net, device.clone(), arch.fixed_size())
+    }))
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::{Arch, Model, Net, NetModel};
+use super::{Arch, Model, Net, NetModel, Precision};
 use crate::error::{Error, Result};
 
 /// The variables with their names, for an optimizer to update.
@@ -48,7 +48,9 @@ pub fn set_vars(vm: &VarMap, t: &HashMap<String, Tensor>, what: &str) -> Result<
         let src = t
             .get(k)
             .ok_or_else(|| Error::Other(format!("{what}: {k} is missing")))?;
-        v.set(src)?;
+        // The map may live elsewhere (a checkpoint read on the CPU for a GPU run) or be served
+        // in half precision: the variables stay f32 on their own device.
+        v.set(&src.to_device(v.device())?.to_dtype(v.dtype())?)?;
     }
     Ok(())
 }
@@ -64,10 +66,17 @@ pub fn upgrade(arch: &Arch, t: &mut HashMap<String, Tensor>) -> Result<usize> {
     })?)
 }
 
-/// The pipeline's model with the weights `t` (copied), ready to serve.
-pub fn serving(arch: &Arch, t: &HashMap<String, Tensor>, dev: &Device) -> Result<Arc<dyn Model>> {
-    let vb = VarBuilder::from_tensors(t.clone(), DType::F32, dev);
+/// The pipeline's model with the weights `t` (copied, converted to `precision`), ready to
+/// serve.
+pub fn serving(
+    arch: &Arch,
+    t: &HashMap<String, Tensor>,
+    dev: &Device,
+    precision: Precision,
+) -> Result<Arc<dyn Model>> {
+    let dtype = precision.dtype();
+    let vb = VarBuilder::from_tensors(t.clone(), dtype, dev);
     let net = Net::new(vb, arch)?;
-    let fixed = arch.fixed_size();
-    Ok(Arc::new(NetModel::new(net, dev.clone(), fixed)))
+    let model = NetModel::new(net, dev.clone(), arch.fixed_size());
+    Ok(Arc::new(NetModel { dtype, ..model }))
 }

@@ -178,7 +178,11 @@ impl AdamW {
                     *hm = m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                     *hv = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                 }
-                Moments::Tensors { m: tm, v: tv } => (*tm, *tv) = (m, v),
+                Moments::Tensors { m: tm, v: tv } => {
+                    // Beside the variable, wherever the file was read to (a GPU's moments).
+                    let here = |t: Tensor| t.to_device(var.device())?.to_dtype(var.dtype());
+                    (*tm, *tv) = (here(m)?, here(v)?);
+                }
             }
         }
         self.step = step;

@@ -503,6 +503,34 @@ mod tests {
         )
     }
 
+    /// Off the CPU-f32 path (f64 here; any tensor on a GPU likewise) the entry points run
+    /// candle's own `conv2d` / `conv_transpose2d`, whole-tensor ops a GPU backend implements,
+    /// with the bias and activation after them; they agree with our kernels.
+    #[test]
+    fn other_devices_and_dtypes_take_candles_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 8, 6), &dev)?;
+        let k = Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?;
+        let kt = Tensor::randn(0f32, 1., (4, 2, 2, 2), &dev)?;
+        let (b, bt) = (
+            Tensor::randn(0f32, 1., 4, &dev)?,
+            Tensor::randn(0f32, 1., 2, &dev)?,
+        );
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64);
+        for act in [Act::Identity, Act::Relu] {
+            assert!(!fast_path(&f64s(&x)?, &f64s(&k)?));
+            let ours = conv2d_act(&x, &k, Some(&b), 2, 1, act)?;
+            let theirs = conv2d_act(&f64s(&x)?, &f64s(&k)?, Some(&f64s(&b)?), 2, 1, act)?;
+            assert!(max_rel(&ours, &theirs.to_dtype(DType::F32)?)? < 1e-5);
+            let ours = conv_transpose2d_act(&ours, &kt, Some(&bt), (2, 0, 0), act)?;
+            let theirs =
+                conv_transpose2d_act(&theirs, &f64s(&kt)?, Some(&f64s(&bt)?), (2, 0, 0), act)?;
+            assert_eq!(ours.dims(), &[2, 2, 8, 6]);
+            assert!(max_rel(&ours, &theirs.to_dtype(DType::F32)?)? < 1e-5);
+        }
+        Ok(())
+    }
+
     /// im2col and col2im are adjoint: ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩.
     #[test]
     fn im2col_and_col2im_are_adjoint() -> Result<()> {

@@ -158,6 +158,18 @@ impl Finetuner {
                 ),
             });
         }
+        if !cfg.infer.dtype.is_f32() {
+            // The gate scores the served model beside the f32 candidate, by SURE's finite
+            // differences among others, which half precision's rounding would swamp.
+            return Err(Error::Config {
+                origin: "--finetune".into(),
+                message: format!(
+                    "fine-tuning serves and gates f32 models; {} sets infer.dtype = {:?}",
+                    cfg.origin,
+                    cfg.infer.dtype.name()
+                ),
+            });
+        }
         if fc.target == FinetuneTarget::Noisy {
             tracing::info!(
                 "fine-tune: target = \"noisy\": Neighbor2Neighbor training, candidates gated on \

@@ -74,7 +74,12 @@ impl Finetuner {
         self.next_number += 1;
         let version = version_of(&self.cfg.name, n, &tensors);
         let old = self.slot.load_full();
-        let model = weights::serving(&old.cfg.model.arch, &tensors, &self.dev)?;
+        let model = weights::serving(
+            &old.cfg.model.arch,
+            &tensors,
+            &self.dev,
+            old.cfg.infer.dtype,
+        )?;
         let tensors = Arc::new(tensors);
         let gen = Arc::new(
             Generation::new(old.cfg.clone(), model, version.clone(), old.number + 1)

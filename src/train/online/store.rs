@@ -224,7 +224,7 @@ pub fn restored_generation(
     number: u64,
 ) -> Result<Generation> {
     let version = version_of(&cfg.name, r.number, &r.tensors);
-    let model = weights::serving(&cfg.model.arch, &r.tensors, dev)?;
+    let model = weights::serving(&cfg.model.arch, &r.tensors, dev, cfg.infer.dtype)?;
     Ok(Generation::new(cfg.clone(), model, version, number).with_tensors(Arc::new(r.tensors)))
 }
 
