@@ -13,6 +13,7 @@
 //! Hot swap: see [`generation`]. Exactly-once: a frame's completion is reported only after the
 //! sink made its outputs durable (see the sink loop in [`run`]).
 
+mod budget;
 pub mod generation;
 pub mod service;
 mod workers;
@@ -27,9 +28,9 @@ use crossbeam_channel::{bounded, unbounded};
 use crate::config::OutputKind;
 use crate::error::{Error, Result};
 use crate::frame::Planes;
-use crate::runtime::{Stop, Telemetry};
+use crate::runtime::{Budget, Drain, SharedClock, Stop, SystemClock, Telemetry};
 use crate::sink::{Output, Sink};
-use crate::source::{Intake, RawFrame, Source};
+use crate::source::{Admitted, Intake, Source};
 use crate::stage::corrupt;
 use crate::stage::encode::{self, Payload};
 use crate::stage::normalise::{self, Prepared};
@@ -65,6 +66,8 @@ pub struct RunOptions {
     pub telemetry: Arc<Telemetry>,
     /// Decoded frames are also offered here (the online fine-tuner).
     pub tap: Option<Arc<dyn Tap>>,
+    /// What frames' deadlines and the drain are timed with (default: the system's).
+    pub clock: Option<SharedClock>,
 }
 
 /// Runs a pipeline until its source ends or `stop` is requested, then drains. Channel sizes
@@ -80,14 +83,17 @@ pub fn run(
 ) -> Result<Summary> {
     let started = Instant::now();
     let tel = opts.telemetry.clone();
+    let first = slot.load_full();
+    let clock = opts.clock.clone().unwrap_or_else(SystemClock::shared);
     let ctx = Ctx {
         stats: Arc::new(Stats::default()),
         tel: tel.clone(),
         completion: source.completion(),
         stop: stop.clone(),
+        drain: Drain::new(stop.clone(), clock, first.cfg.budget.drain_timeout()),
+        keep_input: kinds.contains(&OutputKind::Overlay),
     };
     let stats = ctx.stats.clone();
-    let first = slot.load_full();
     let cap = first.cfg.channels.capacity;
     let workers = match first.cfg.infer.workers {
         0 => thread::available_parallelism()
@@ -98,7 +104,7 @@ pub fn run(
     };
     tel.set_model(&first.version.to_string(), first.number);
 
-    let (raw_tx, raw_rx) = bounded::<RawFrame>(cap);
+    let (raw_tx, raw_rx) = bounded::<Admitted>(cap);
     let (dec_tx, dec_rx) = bounded::<Packet<Planes>>(cap);
     let (cor_tx, cor_rx) = bounded::<Packet<Planes>>(cap);
     let (prep_tx, prep_rx) = bounded::<Packet<Prepared>>(cap);
@@ -137,7 +143,8 @@ pub fn run(
         first.cfg.channels.overload,
         gap_tx,
         tel.clone(),
-    );
+    )
+    .with_budget(Budget::new(first.cfg.budget.max_in_flight_bytes()));
     let src_tel = tel.clone();
     thread::Builder::new()
         .name("source".into())
@@ -271,6 +278,7 @@ pub fn run(
         };
         let t0 = Instant::now();
         let id = p.id.clone();
+        let gap = p.body.is_none();
         let r = match p.body {
             Some(files) => {
                 let out = Output {
@@ -291,6 +299,9 @@ pub fn run(
         };
         tel.latency("sink", t0.elapsed());
         tel.in_flight(-1);
+        if gap {
+            ctx.completion.ended(&id);
+        }
         match r {
             Ok(()) => tel.frame("sink", "ok"),
             // One output that cannot be written (a name too long, a folder in the way) fails
@@ -298,6 +309,7 @@ pub fn run(
             Err(Error::FrameFailed(msg)) => {
                 tel.frame("sink", "failed");
                 ctx.fail(&id, msg, Fate::Retry);
+                ctx.completion.ended(&id);
             }
             Err(e) => {
                 tel.frame("sink", "failed");
@@ -325,6 +337,9 @@ pub fn run(
     for h in handles {
         panicked |= h.join().is_err();
     }
+    // Frames that did not reach the sink (it failed and stopped the run) did not end the
+    // process: their in-progress marks are closed, so a restart does not suspect them.
+    ctx.completion.abandon_in_flight();
     let source_result = if stop.requested() {
         // Stopped: the source may be blocked in a read; take its result only if it has one.
         src_res_rx
@@ -363,12 +378,13 @@ mod tests {
     use crate::frame::FrameId;
     use crate::model::version::ModelVersion;
     use crate::model::{Arch, Model, Net, NetModel};
+    use crate::source::RawFrame;
     use candle_core::{DType, Device};
     use std::collections::BTreeSet;
     use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
 
-    fn version(name: &str) -> ModelVersion {
+    pub(super) fn version(name: &str) -> ModelVersion {
         ModelVersion::loaded(name, b"", b"")
     }
 
@@ -419,7 +435,7 @@ mod tests {
     }
 
     /// The denoise pipeline with one-frame channels, one worker per stage and a tiny model.
-    fn tiny_config() -> PipelineConfig {
+    pub(super) fn tiny_config() -> PipelineConfig {
         let mut cfg = PipelineConfig::load("denoise").unwrap();
         cfg.channels.capacity = 1;
         cfg.infer.workers = 1;
@@ -433,7 +449,7 @@ mod tests {
     }
 
     /// An untrained model for `cfg` and a 16×16 PNG frame.
-    fn tiny_model_and_frame(cfg: &PipelineConfig) -> (Arc<dyn Model>, Vec<u8>) {
+    pub(super) fn tiny_model_and_frame(cfg: &PipelineConfig) -> (Arc<dyn Model>, Vec<u8>) {
         let vm = candle_nn::VarMap::new();
         let vb = crate::model::init::seeded_builder(&vm, 7, DType::F32, &Device::Cpu);
         let net = Net::new(vb, &cfg.model.arch).unwrap();
@@ -477,9 +493,9 @@ mod tests {
         assert!(ahead <= 16, "source ran {ahead} frames ahead of the sink");
     }
 
-    struct TallySink {
-        written: Arc<Mutex<Vec<u64>>>,
-        skipped: Arc<Mutex<Vec<u64>>>,
+    pub(super) struct TallySink {
+        pub written: Arc<Mutex<Vec<u64>>>,
+        pub skipped: Arc<Mutex<Vec<u64>>>,
     }
 
     impl Sink for TallySink {
