@@ -5,8 +5,9 @@
 //! each stage's peak, above what was live before the frame arrived, must be within the
 //! estimate (it is a memory guarantee), and the estimate must not be far above them (else
 //! the budget would refuse frames that fit). The model's working memory for one forward pass
-//! is bounded by `infer.max_batch_pixels` for the whole process, not per frame; it is kept
-//! small here and allowed for as a constant.
+//! is bounded by `infer.max_batch_pixels` for the whole process, not per frame (and the matrix
+//! kernels keep scratch buffers per thread once they have run); it is kept small here and
+//! allowed for as a constant in the stages from the model on.
 //!
 //! One test in this binary: the allocator counts every thread's allocations.
 
@@ -148,6 +149,8 @@ fn the_estimate_bounds_what_each_stage_allocates() {
         unreachable!("denoise-fast runs a unet-denoiser");
     };
     (d.channels, d.blocks) = (vec![4, 8], vec![1, 1]);
+    // Units no larger than a forward pass, so that a pass's working memory stays small.
+    (cfg.model.tile, cfg.model.tile_overlap) = (128, 16);
     cfg.infer.max_batch_pixels = 1 << 14;
     let model = tiny_model(&cfg);
     let colour = |w: usize, h: usize, alpha: bool| Planes {
@@ -166,6 +169,7 @@ fn the_estimate_bounds_what_each_stage_allocates() {
         ),
         ("thin grey", Planes::grey(3, 30_000, noise(90_000, 5))),
     ];
+    let mut wrong = Vec::new();
     for blend in [true, false] {
         cfg.infer.sure_blend = blend;
         for (name, planes) in &cases {
@@ -173,9 +177,9 @@ fn the_estimate_bounds_what_each_stage_allocates() {
             let stages = [
                 ("decode", m.decode, e.decode),
                 ("normalise", m.normalise, e.normalise),
-                ("infer", m.infer, e.infer.saturating_add(PASS_SLACK)),
-                ("postprocess", m.postprocess, e.postprocess),
-                ("encode", m.encode, e.encode),
+                ("infer", m.infer, e.infer + PASS_SLACK),
+                ("postprocess", m.postprocess, e.postprocess + PASS_SLACK),
+                ("encode", m.encode, e.encode + PASS_SLACK),
             ];
             let mib = |b: u64| b as f64 / (1 << 20) as f64;
             for (stage, got, bound) in stages {
@@ -184,21 +188,29 @@ fn the_estimate_bounds_what_each_stage_allocates() {
                     mib(got),
                     mib(bound)
                 );
-                assert!(
-                    got <= bound,
-                    "{name} (blend {blend}): {stage} allocated {:.1} MiB, estimated {:.1}",
-                    mib(got),
-                    mib(bound)
-                );
+                if got > bound {
+                    wrong.push(format!(
+                        "{name} (blend {blend}): {stage} allocated {:.2} MiB, estimated {:.2}",
+                        mib(got),
+                        mib(bound)
+                    ));
+                }
             }
             // The peak the budget is checked against is not far above the real one.
             let (got, est) = (m.peak(), e.peak());
-            assert!(
-                est <= 2 * got + PASS_SLACK,
-                "{name} (blend {blend}): estimate {:.1} MiB for a peak of {:.1} MiB",
-                mib(est),
-                mib(got)
+            println!(
+                "{name} (blend {blend}): peak measured {:.1} MiB, estimated {:.1} MiB",
+                mib(got),
+                mib(est)
             );
+            if est > 2 * got + PASS_SLACK {
+                wrong.push(format!(
+                    "{name} (blend {blend}): estimate {:.1} MiB for a peak of {:.1} MiB",
+                    mib(est),
+                    mib(got)
+                ));
+            }
         }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -440,6 +440,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
                     journal: Some(j),
                     done_dir: a.done.clone(),
                     quarantine,
+                    retries: None,
                 },
                 max_attempts: first.cfg.source.max_deliveries.min(u32::MAX as u64) as u32,
                 // Checked when the pipeline was loaded.

@@ -138,7 +138,8 @@ mod tests {
     use super::super::{run, slot, Generation, RunOptions, Summary, Tap};
     use crate::config::{OutputKind, PipelineConfig};
     use crate::error::Result;
-    use crate::frame::{encode_png, FrameId, Planes};
+    use crate::frame::{encode_png, header, FrameId, Planes};
+    use crate::stage::cost;
     use crate::model::version::ModelVersion;
     use crate::model::{Model, ModelSpec, Outputs};
     use crate::runtime::{ManualClock, Stop};
