@@ -12,6 +12,7 @@
 mod common;
 
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -262,30 +263,40 @@ fn a_hostile_folder_is_done_within_memory_and_a_restart_does_nothing_twice() {
     assert!(peak < 2 << 30, "peak RSS {} MiB", peak >> 20);
 }
 
-/// A noisy grey PNG big enough (about 160 KB encoded) that its output cannot fit in a pipe's
-/// buffer: written to a stdout nobody reads, the frame stays in progress until killed.
-fn stuck_frame() -> Vec<u8> {
-    let (w, h) = (400, 400);
-    let planes = aestream::frame::Planes::grey(
-        w,
-        h,
-        (0..w * h)
-            .map(|i| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as f32 / 255.0)
-            .collect(),
-    );
-    aestream::frame::encode_png(&planes, "t").unwrap()
+/// A pipe whose buffer is already full: (read end, write end). Its writer blocks until the
+/// read end is read (or closed), however little it writes.
+fn full_pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two descriptors, which we then own; fcntl and write act on the
+    // write end only, with a buffer that outlives the calls.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let (r, w) = (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]));
+        let flags = libc::fcntl(w.as_raw_fd(), libc::F_GETFL);
+        assert!(libc::fcntl(w.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0);
+        let chunk = [0u8; 4096];
+        while libc::write(w.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        assert_eq!(
+            std::io::Error::last_os_error().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        assert!(libc::fcntl(w.as_raw_fd(), libc::F_SETFL, flags) == 0);
+        (r, w)
+    }
 }
 
-/// Starts `aestream run --once` on `inp` writing to a pipe that is never read, waits until the
-/// journal in `state` holds `marks` `begun` marks, and kills it with SIGKILL.
-fn kill_when_begun(inp: &Path, state: &Path, marks: usize, log: &Path) {
+/// Starts `aestream run --once` on `inp` writing to a stdout pipe that is full and never
+/// read (so no frame can finish), waits until the journal in `state` holds `marks` `begun`
+/// marks of `name`, and kills it with SIGKILL.
+fn kill_when_begun(inp: &Path, state: &Path, name: &str, marks: usize, log: &Path) {
+    let (_unread, w) = full_pipe();
     let mut child = common::bin()
         .args(["run", "denoise-fast", "--once", "-o", "-", "-i"])
         .arg(inp)
         .arg("--state")
         .arg(state)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(w))
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
@@ -293,7 +304,7 @@ fn kill_when_begun(inp: &Path, state: &Path, marks: usize, log: &Path) {
     let begun = || {
         std::fs::read_to_string(&journal)
             .unwrap_or_default()
-            .matches("\"begun\"")
+            .matches(&format!("\"begun\":\"{name}\""))
             .count()
     };
     let seen = common::wait_until(Duration::from_secs(120), || begun() >= marks);
@@ -315,10 +326,10 @@ fn a_frame_in_progress_at_one_kill_is_redone_at_two_it_is_set_aside() {
         t.path().join("state"),
     );
     std::fs::create_dir_all(&inp).unwrap();
-    std::fs::write(inp.join("frame.png"), stuck_frame()).unwrap();
+    std::fs::write(inp.join("frame.png"), common::png(64, 48, 7)).unwrap();
 
     // Killed once while the frame is in progress (a power loss): tried again, alone, done.
-    kill_when_begun(&inp, &state, 1, &t.path().join("1.log"));
+    kill_when_begun(&inp, &state, "frame.png", 1, &t.path().join("1.log"));
     let mut cmd = common::bin();
     cmd.args(["run", "denoise-fast", "--once", "-i"])
         .arg(&inp)
@@ -329,13 +340,13 @@ fn a_frame_in_progress_at_one_kill_is_redone_at_two_it_is_set_aside() {
     let run = common::ok(cmd.output().unwrap());
     let log = String::from_utf8_lossy(&run.stderr);
     assert!(log.contains("trying it again, alone"), "{log}");
-    assert_eq!(common::read(&out.join("frame.png")).width, 400, "{log}");
+    assert_eq!(common::read(&out.join("frame.png")).width, 64, "{log}");
     assert!(inp.join("frame.png").is_file());
 
     // Another file, in progress at two kills in a row: set aside on the next start, unread.
-    std::fs::write(inp.join("killer.png"), stuck_frame()).unwrap();
-    kill_when_begun(&inp, &state, 1, &t.path().join("2.log"));
-    kill_when_begun(&inp, &state, 2, &t.path().join("3.log"));
+    std::fs::write(inp.join("killer.png"), common::png(64, 48, 8)).unwrap();
+    kill_when_begun(&inp, &state, "killer.png", 1, &t.path().join("2.log"));
+    kill_when_begun(&inp, &state, "killer.png", 2, &t.path().join("3.log"));
     let mut cmd = common::bin();
     cmd.args(["run", "denoise-fast", "--once", "-i"])
         .arg(&inp)

@@ -139,11 +139,11 @@ mod tests {
     use crate::config::{OutputKind, PipelineConfig};
     use crate::error::Result;
     use crate::frame::{encode_png, header, FrameId, Planes};
-    use crate::stage::cost;
     use crate::model::version::ModelVersion;
     use crate::model::{Model, ModelSpec, Outputs};
     use crate::runtime::{ManualClock, Stop};
     use crate::source::{Completion, Intake, RawFrame, SetAside, Source};
+    use crate::stage::cost;
 
     /// A model that moves the manual clock on by `step` on every forward pass (and, with
     /// `stop`, requests a stop on the first): time passes exactly where the test says.
