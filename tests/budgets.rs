@@ -190,14 +190,6 @@ fn run_once(pipe: &Path, inp: &Path, out: &Path, log: &Path) -> String {
     text()
 }
 
-/// The largest resident set any waited-for child of this test had, in bytes.
-fn peak_rss_of_children() -> u64 {
-    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
-    u.ru_maxrss as u64 * 1024
-}
-
 #[test]
 fn a_hostile_folder_is_done_within_memory_and_a_restart_does_nothing_twice() {
     let t = tempfile::tempdir().unwrap();
@@ -259,7 +251,7 @@ fn a_hostile_folder_is_done_within_memory_and_a_restart_does_nothing_twice() {
 
     let log = run_once(&pipe, &inp, &out, &t.path().join("2.log"));
     assert!(log.contains("done: 0 frames in"), "{log}");
-    let peak = peak_rss_of_children();
+    let peak = common::peak_rss_of_children();
     assert!(peak < 2 << 30, "peak RSS {} MiB", peak >> 20);
 }
 
