@@ -133,7 +133,7 @@ fn drain_secs(s: &str) -> Result<f64, String> {
 
 /// After the drain's time, how long the process waits for a step that cannot be cut (one
 /// decode, one forward pass, one write) before it exits anyway.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 impl RunArgs {
     /// The input, once [`resolve_endpoints`] has filled it in.

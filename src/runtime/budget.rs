@@ -230,8 +230,8 @@ impl Drain {
     }
 
     /// True once a stop was requested and the drain's time has run out. The drain starts
-    /// at the first call after the request (stages look between every step, and the serving
-    /// loop at least every 100 ms, so it starts within a step of the request).
+    /// at the first call after the request: `serving::run` looks every 50 ms, so it starts
+    /// then, whatever the stages are doing.
     pub fn over(&self) -> bool {
         if !self.stop.requested() {
             return false;

@@ -58,7 +58,10 @@ pub(super) fn admit(
     ctx: &Ctx,
 ) -> Result<Deadline, Refused> {
     let what = id.to_string();
-    let h = header(bytes, &what).map_err(|e| Refused::Bad(e.to_string()))?;
+    // Header parsers see hostile bytes too: a panic fails the frame, not the worker.
+    let h = std::panic::catch_unwind(|| header(bytes, &what))
+        .map_err(|_| Refused::Bad(format!("{what}: cannot decode: decoder panicked")))?
+        .map_err(|e| Refused::Bad(e.to_string()))?;
     let (w, ht) = h.size;
     let max_pixels = gen.cfg.decode.max_pixels;
     // The pixel limit first: it bounds the work of the estimate itself.

@@ -160,6 +160,23 @@ pub fn run(
         })
         .map_err(|e| Error::Other(format!("cannot start source thread: {e}")))?;
 
+    // The drain's time runs from the stop request, not from a stage's next look at it (one
+    // forward pass may take seconds): this thread looks every 50 ms until the run ends.
+    let (run_over, run_over_rx) = bounded::<()>(0);
+    {
+        let (stop, drain) = (stop.clone(), ctx.drain.clone());
+        spawn("drain-clock".into(), move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                run_over_rx.recv_timeout(Duration::from_millis(50))
+            {
+                if stop.requested() {
+                    drain.over();
+                    return;
+                }
+            }
+        })?;
+    }
+
     let mut handles = Vec::new();
     for i in 0..workers {
         let (rx, tx, ctx, slot) = (raw_rx.clone(), dec_tx.clone(), ctx.clone(), slot.clone());
@@ -340,6 +357,7 @@ pub fn run(
     // Frames that did not reach the sink (it failed and stopped the run) did not end the
     // process: their in-progress marks are closed, so a restart does not suspect them.
     ctx.completion.abandon_in_flight();
+    drop(run_over);
     let source_result = if stop.requested() {
         // Stopped: the source may be blocked in a read; take its result only if it has one.
         src_res_rx
