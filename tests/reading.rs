@@ -97,14 +97,6 @@ fn files_that_cannot_be_read_safely_are_quarantined_with_their_reason() {
     // Nothing is done twice, nothing is tried again.
     let log = run_once(&inp, &out, &t.path().join("2.log"));
     assert!(log.contains("done: 0 frames in"), "{log}");
-    let peak = peak_rss_of_children();
+    let peak = common::peak_rss_of_children();
     assert!(peak < 2 << 30, "peak RSS {} MiB", peak >> 20);
-}
-
-/// The largest resident set any waited-for child of this test had, in bytes.
-fn peak_rss_of_children() -> u64 {
-    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
-    u.ru_maxrss as u64 * 1024
 }

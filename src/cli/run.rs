@@ -122,7 +122,25 @@ pub struct RunArgs {
     /// default (RAYON_NUM_THREADS, else one per core). Pipeline stages have their own threads.
     #[arg(long, default_value_t = 0, value_parser = aestream::runtime::threads::threads_arg)]
     threads: usize,
+    /// After SIGTERM, how long frames already at the model may take to finish (seconds, 0 to
+    /// 3600; overrides `[budget] drain_timeout_s`, default 30). What is not done by then is
+    /// left for the next run and the process ends.
+    #[arg(long, value_name = "SECS", value_parser = drain_secs)]
+    drain_timeout: Option<f64>,
 }
+
+/// `--drain-timeout`: 0 to an hour.
+fn drain_secs(s: &str) -> Result<f64, String> {
+    let (lo, hi) = aestream::config::DRAIN_TIMEOUT_S;
+    match s.trim().parse::<f64>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!("must be {lo} to {hi} seconds")),
+    }
+}
+
+/// After the drain's time, how long the process waits for a step that cannot be cut (one
+/// decode, one forward pass, one write) before it exits anyway.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 impl RunArgs {
     /// The input, once [`resolve_endpoints`] has filled it in.
@@ -249,6 +267,9 @@ fn load_generation(
     }
     if a.finetune {
         cfg.finetune.enabled = true;
+    }
+    if let Some(d) = a.drain_timeout {
+        cfg.budget.drain_timeout_s = d;
     }
     let model: Arc<dyn aestream::model::Model> =
         Arc::from(cfg.load_model(a.weights.as_deref(), device)?);
@@ -456,7 +477,9 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
                             journal: Some(j),
                             done_dir: a.done.clone(),
                             quarantine,
+                            retries: None,
                         },
+                        max_attempts: first.cfg.source.max_deliveries.min(u32::MAX as u64) as u32,
                         // Checked when the pipeline was loaded.
                         filter: InputFilter::new(
                             &first.cfg.source.include,
@@ -507,13 +530,14 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         Some((c, h)) => (Some(c), Some(h)),
         None => (None, None),
     };
+    let completion = source.completion();
     install_signals(
         a.clone(),
         device,
         slot.clone(),
         telemetry.clone(),
         stop.clone(),
-        control,
+        (control, completion.clone()),
     );
     service::spawn_watchdog(telemetry.clone(), stop.clone());
     service::ready(&format!("running {}", slot.load().version));
@@ -524,8 +548,8 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
             .as_ref()
             .map(|w| w.board.clone() as Arc<dyn serving::Watch>),
         requests: web.as_ref().map(|w| w.requests.clone()),
+        ..RunOptions::default()
     };
-    let completion = source.completion();
     let s = serving::run(slot, source, sink, kinds, opts, stop.clone())?;
     if let Some(h) = trainer {
         // Its last round (validate, maybe swap and checkpoint) finishes before we exit.
@@ -558,13 +582,19 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
 /// SIGTERM / SIGINT: stop taking input and drain (a second one exits at once).
 /// SIGHUP: reload the pipeline file and weights; frames in flight finish on the old ones.
 /// SIGUSR1: with fine-tuning, return to the previous version.
+/// The drain is bounded: stages cut frames at `[budget] drain_timeout_s`, and should a step
+/// not end, the process exits [`DRAIN_GRACE`] later, its unfinished frames marked as not to
+/// blame in the journal, so a restart redoes them.
 fn install_signals(
     a: RunArgs,
     device: candle_core::Device,
     slot: ModelSlot,
     telemetry: Arc<Telemetry>,
     stop: Stop,
-    control: Option<online::Control>,
+    (control, completion): (
+        Option<online::Control>,
+        Arc<dyn aestream::source::Completion>,
+    ),
 ) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -603,12 +633,27 @@ fn install_signals(
                 }
                 if !stopping {
                     stopping = true;
-                    tracing::info!("stopping: finishing the frames in flight");
                     // The stop first: nothing else may delay it.
                     stop.request();
+                    let within = slot.load().cfg.budget.drain_timeout();
+                    tracing::info!(
+                        "stopping: finishing the frames in flight (at most {} s)",
+                        within.as_secs_f64()
+                    );
                     service::stopping();
+                    let completion = completion.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(within + DRAIN_GRACE);
+                        tracing::error!(
+                            "the drain did not end within {} s: exiting; unfinished frames are redone on restart",
+                            (within + DRAIN_GRACE).as_secs_f64()
+                        );
+                        completion.abandon_in_flight();
+                        std::process::exit(1);
+                    });
                 } else {
                     tracing::warn!("second signal: exiting now");
+                    completion.abandon_in_flight();
                     std::process::exit(130);
                 }
             }

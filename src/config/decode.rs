@@ -34,7 +34,7 @@ impl DecodeConfig {
 impl Default for DecodeConfig {
     fn default() -> Self {
         Self {
-            max_pixels: 64_000_000,
+            max_pixels: 16_000_000,
             max_alloc_mib: 1024,
         }
     }

@@ -9,6 +9,7 @@
 //! this file holds the whole pipeline, the rules that span sections, loading, and where the
 //! weights come from. Sections report an [`Invalid`] key; the pipeline adds its file's name.
 
+mod budget;
 mod channels;
 mod corrupt;
 mod decode;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use budget::{BudgetConfig, DRAIN_TIMEOUT_S};
 pub use channels::{ChannelConfig, Overload};
 pub use corrupt::CorruptConfig;
 pub use decode::DecodeConfig;
@@ -160,6 +162,8 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub channels: ChannelConfig,
     #[serde(default)]
+    pub budget: BudgetConfig,
+    #[serde(default)]
     pub train: TrainConfig,
     #[serde(default)]
     pub finetune: FinetuneConfig,
@@ -243,6 +247,7 @@ impl PipelineConfig {
         self.output.validate()?;
         self.channels.validate()?;
         self.http.validate()?;
+        self.budget.validate()?;
         self.source.validate()?;
         self.train.validate(multiple)?;
         self.finetune.validate(multiple)?;
@@ -562,6 +567,15 @@ mod tests {
             ("source", "block_ms = 0", "source.block_ms"),
             ("source", "max_deliveries = 0", "source.max_deliveries"),
             ("source", "batch = 0", "source.batch"),
+            ("budget", "max_frame_mib = 0", "budget.max_frame_mib"),
+            (
+                "budget",
+                "max_frame_mib = 4096\nmax_in_flight_mib = 2048",
+                "budget.max_in_flight_mib",
+            ),
+            ("budget", "frame_timeout_s = 0.0", "budget.frame_timeout_s"),
+            ("budget", "frame_timeout_s = nan", "budget.frame_timeout_s"),
+            ("budget", "drain_timeout_s = -1.0", "budget.drain_timeout_s"),
         ];
         for (section, line, key) in cases {
             let err = error_with(section, line).unwrap_or_else(|| panic!("{line}: accepted"));
@@ -583,6 +597,7 @@ mod tests {
         // The bounds themselves are accepted.
         for (section, line) in [
             ("channels", "capacity = 1024"),
+            ("budget", "drain_timeout_s = 0.0"),
             ("infer", "workers = 64"),
             ("decode", "max_pixels = 256"),
             ("source", "claim_idle_ms = 200"),

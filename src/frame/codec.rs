@@ -25,6 +25,50 @@ impl Default for DecodeLimits {
     }
 }
 
+/// What an image's header says, read before any pixel is decoded: enough to know what the
+/// frame will cost (`stage::cost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Width and height in pixels.
+    pub size: (u32, u32),
+    /// Samples per pixel as stored (grey 1, grey+alpha 2, RGB 3, RGBA 4).
+    pub channels: u8,
+    /// Bytes per decoded pixel as stored (channels × 1, 2 or 4).
+    pub bytes_per_pixel: u8,
+    pub colour: bool,
+    pub alpha: bool,
+}
+
+/// Reads an image's header (format sniffed from the content) without decoding its pixels.
+pub fn header(bytes: &[u8], what: &str) -> Result<Header> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Decode {
+            what: what.to_string(),
+            message: e.to_string(),
+        })?;
+    header_of(reader, what)
+}
+
+fn header_of<R: std::io::BufRead + std::io::Seek>(
+    reader: ImageReader<R>,
+    what: &str,
+) -> Result<Header> {
+    use image::ImageDecoder;
+    let d = reader.into_decoder().map_err(|e| Error::Decode {
+        what: what.to_string(),
+        message: e.to_string(),
+    })?;
+    let c = d.color_type();
+    Ok(Header {
+        size: d.dimensions(),
+        channels: c.channel_count(),
+        bytes_per_pixel: c.bytes_per_pixel(),
+        colour: c.has_color(),
+        alpha: c.has_alpha(),
+    })
+}
+
 /// Decodes PNG, JPEG, PNM, TIFF or WebP bytes (format sniffed from the content) within `limits`.
 pub fn decode(bytes: &[u8], limits: DecodeLimits, what: &str) -> Result<Planes> {
     let err = |message: String| Error::Decode {
@@ -50,7 +94,7 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits, what: &str) -> Result<Planes> 
         return Err(err(format!("unsupported format {format:?}")));
     }
     // Check the header's size before allocating anything for the pixels.
-    let (w, h) = reader.into_dimensions().map_err(|e| err(e.to_string()))?;
+    let (w, h) = header_of(reader, what)?.size;
     if (w as u64) * (h as u64) > limits.max_pixels {
         return Err(err(format!(
             "{w}x{h} is over the limit of {} pixels",

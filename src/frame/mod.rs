@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use image::DynamicImage;
 
 pub use codec::{
-    decode, encode_png, percentile, read_image, resize_plane, stretch_percentiles, DecodeLimits,
+    decode, encode_png, header, percentile, read_image, resize_plane, stretch_percentiles,
+    DecodeLimits, Header,
 };
 pub use files::{is_image_name, list_images, list_images_recursive};
 

@@ -1,4 +1,4 @@
-//! Leaves every other module may use: the stop signal, run-time telemetry, atomic file writes,
+//! Leaves every other module may use: the stop signal, the memory budget and deadlines, run-time telemetry, atomic file writes,
 //! the one directory walker, the one safe file reader, thread settings, and the clock
 //! time-dependent rules read.
 //!
@@ -7,6 +7,7 @@
 //! import circle. Errors are `std::io` ones that carry the path they are about.
 
 pub mod atomic;
+pub mod budget;
 pub mod clock;
 pub mod read;
 pub mod stop;
@@ -15,6 +16,7 @@ pub mod threads;
 pub mod walk;
 
 pub use atomic::{write_atomic, PathError};
+pub use budget::{Budget, Deadline, Drain, Expired, Lease};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use read::{read_regular_file, Links, ReadError, RegularFile};
 pub use stop::Stop;

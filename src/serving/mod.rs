@@ -13,6 +13,7 @@
 //! Hot swap: see [`generation`]. Exactly-once: a frame's completion is reported only after the
 //! sink made its outputs durable (see the sink loop in [`run`]).
 
+mod budget;
 pub mod generation;
 pub mod http;
 pub mod service;
@@ -28,10 +29,10 @@ use crossbeam_channel::{bounded, unbounded};
 use crate::config::OutputKind;
 use crate::error::{Error, Result};
 use crate::frame::{FrameId, Planes};
-use crate::runtime::{Stop, Telemetry};
+use crate::runtime::{Budget, Drain, SharedClock, Stop, SystemClock, Telemetry};
 use crate::sink::{Output, Sink};
 use crate::source::http::Requests;
-use crate::source::{Intake, RawFrame, SetAside, Source};
+use crate::source::{Admitted, Intake, SetAside, Source};
 use crate::stage::corrupt;
 use crate::stage::encode::{self, Payload};
 use crate::stage::normalise::{self, Prepared};
@@ -83,6 +84,8 @@ pub struct RunOptions {
     /// HTTP requests among the frames: each asks for its own output kinds (any the model can
     /// make), so codes and inputs are kept for every frame.
     pub requests: Option<Requests>,
+    /// What frames' deadlines and the drain are timed with (default: the system's).
+    pub clock: Option<SharedClock>,
 }
 
 /// Runs a pipeline until its source ends or `stop` is requested, then drains. Channel sizes
@@ -98,15 +101,22 @@ pub fn run(
 ) -> Result<Summary> {
     let started = Instant::now();
     let tel = opts.telemetry.clone();
+    let first = slot.load_full();
+    let clock = opts.clock.clone().unwrap_or_else(SystemClock::shared);
     let ctx = Ctx {
         stats: Arc::new(Stats::default()),
         tel: tel.clone(),
         completion: source.completion(),
         stop: stop.clone(),
         watch: opts.watch.clone(),
+        drain: Drain::new(stop.clone(), clock, first.cfg.budget.drain_timeout()),
+        // Requests may ask for any kind the model makes, overlays among them.
+        keep_input: kinds.contains(&OutputKind::Overlay)
+            || (opts.requests.is_some()
+                && OutputKind::for_task(first.cfg.model.arch.task())
+                    .contains(&OutputKind::Overlay)),
     };
     let stats = ctx.stats.clone();
-    let first = slot.load_full();
     let cap = first.cfg.channels.capacity;
     let workers = match first.cfg.infer.workers {
         0 => thread::available_parallelism()
@@ -117,7 +127,7 @@ pub fn run(
     };
     tel.set_model(&first.version.to_string(), first.number);
 
-    let (raw_tx, raw_rx) = bounded::<RawFrame>(cap);
+    let (raw_tx, raw_rx) = bounded::<Admitted>(cap);
     let (dec_tx, dec_rx) = bounded::<Packet<Planes>>(cap);
     let (cor_tx, cor_rx) = bounded::<Packet<Planes>>(cap);
     let (prep_tx, prep_rx) = bounded::<Packet<Prepared>>(cap);
@@ -162,7 +172,8 @@ pub fn run(
         first.cfg.channels.overload,
         gap_tx,
         tel.clone(),
-    );
+    )
+    .with_budget(Budget::new(first.cfg.budget.max_in_flight_bytes()));
     let src_tel = tel.clone();
     thread::Builder::new()
         .name("source".into())
@@ -177,6 +188,23 @@ pub fn run(
             let _ = src_res_tx.send(r);
         })
         .map_err(|e| Error::Other(format!("cannot start source thread: {e}")))?;
+
+    // The drain's time runs from the stop request, not from a stage's next look at it (one
+    // forward pass may take seconds): this thread looks every 50 ms until the run ends.
+    let (run_over, run_over_rx) = bounded::<()>(0);
+    {
+        let (stop, drain) = (stop.clone(), ctx.drain.clone());
+        spawn("drain-clock".into(), move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                run_over_rx.recv_timeout(Duration::from_millis(50))
+            {
+                if stop.requested() {
+                    drain.over();
+                    return;
+                }
+            }
+        })?;
+    }
 
     let mut handles = Vec::new();
     for i in 0..workers {
@@ -304,7 +332,7 @@ pub fn run(
         };
         let t0 = Instant::now();
         let id = p.id.clone();
-        let wrote = p.body.is_some();
+        let gap = p.body.is_none();
         let r = match p.body {
             Some(files) => {
                 if let Some(w) = &ctx.watch {
@@ -328,14 +356,18 @@ pub fn run(
         };
         tel.latency("sink", t0.elapsed());
         tel.in_flight(-1);
+        if gap {
+            ctx.completion.ended(&id);
+        }
         match r {
             // A gap (the frame failed earlier and was counted there) is not an output.
-            Ok(()) => tel.frame("sink", if wrote { "ok" } else { "gap" }),
+            Ok(()) => tel.frame("sink", if gap { "gap" } else { "ok" }),
             // One output that cannot be written (a name too long, a folder in the way) fails
             // that frame; anything else (disk full, read-only, closed stdout) stops the run.
             Err(Error::FrameFailed(msg)) => {
                 tel.frame("sink", "failed");
                 ctx.fail(&id, msg, Fate::Retry);
+                ctx.completion.ended(&id);
             }
             Err(e) => {
                 tel.frame("sink", "failed");
@@ -363,6 +395,10 @@ pub fn run(
     for h in handles {
         panicked |= h.join().is_err();
     }
+    // Frames that did not reach the sink (it failed and stopped the run) did not end the
+    // process: their in-progress marks are closed, so a restart does not suspect them.
+    ctx.completion.abandon_in_flight();
+    drop(run_over);
     let source_result = if stop.requested() {
         // Stopped: the source may be blocked in a read; take its result only if it has one.
         src_res_rx
@@ -400,12 +436,13 @@ mod tests {
     use crate::frame::encode_png;
     use crate::model::version::ModelVersion;
     use crate::model::{Arch, Model, Net, NetModel};
+    use crate::source::RawFrame;
     use candle_core::{DType, Device};
     use std::collections::BTreeSet;
     use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
 
-    fn version(name: &str) -> ModelVersion {
+    pub(super) fn version(name: &str) -> ModelVersion {
         ModelVersion::loaded(name, b"", b"")
     }
 
@@ -456,7 +493,7 @@ mod tests {
     }
 
     /// The denoise pipeline with one-frame channels, one worker per stage and a tiny model.
-    fn tiny_config() -> PipelineConfig {
+    pub(super) fn tiny_config() -> PipelineConfig {
         let mut cfg = PipelineConfig::load("denoise").unwrap();
         cfg.channels.capacity = 1;
         cfg.infer.workers = 1;
@@ -470,7 +507,7 @@ mod tests {
     }
 
     /// An untrained model for `cfg` and a 16×16 PNG frame.
-    fn tiny_model_and_frame(cfg: &PipelineConfig) -> (Arc<dyn Model>, Vec<u8>) {
+    pub(super) fn tiny_model_and_frame(cfg: &PipelineConfig) -> (Arc<dyn Model>, Vec<u8>) {
         let vm = candle_nn::VarMap::new();
         let vb = crate::model::init::seeded_builder(&vm, 7, DType::F32, &Device::Cpu);
         let net = Net::new(vb, &cfg.model.arch).unwrap();
@@ -514,9 +551,9 @@ mod tests {
         assert!(ahead <= 16, "source ran {ahead} frames ahead of the sink");
     }
 
-    struct TallySink {
-        written: Arc<Mutex<Vec<u64>>>,
-        skipped: Arc<Mutex<Vec<u64>>>,
+    pub(super) struct TallySink {
+        pub written: Arc<Mutex<Vec<u64>>>,
+        pub skipped: Arc<Mutex<Vec<u64>>>,
     }
 
     impl Sink for TallySink {

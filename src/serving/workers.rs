@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::budget::{self, Refused, Ticket};
 use super::{Generation, ModelSlot, Tap};
 use crate::error::{Error, Result};
 use crate::frame::{FrameId, Planes};
-use crate::runtime::{Stop, Telemetry};
-use crate::source::{Completion, RawFrame, SetAside};
+use crate::runtime::{Drain, Stop, Telemetry};
+use crate::source::{Admitted, Completion, SetAside};
 use crate::stage::encode::Code;
 use crate::stage::normalise::Prepared;
 use crate::stage::{decode, infer};
@@ -29,6 +30,8 @@ pub(super) struct Packet<T> {
     pub id: FrameId,
     pub gen: Arc<Generation>,
     pub body: Option<T>,
+    /// Its memory lease and deadline (see [`budget`]); empty once it is a gap.
+    pub ticket: Ticket,
 }
 
 impl<T> Packet<T> {
@@ -39,6 +42,7 @@ impl<T> Packet<T> {
             id: self.id,
             gen: self.gen,
             body: None,
+            ticket: Ticket::default(),
         }
     }
 }
@@ -63,6 +67,10 @@ pub(super) struct Ctx {
     pub stop: Stop,
     /// Who watches frames pass (the status page), if anyone.
     pub watch: Option<Arc<dyn super::Watch>>,
+    /// When the drain after a stop ends (frames' deadlines end there too).
+    pub drain: Arc<Drain>,
+    /// The decoded frame is kept to the end (overlays): it counts in a frame's cost.
+    pub keep_input: bool,
 }
 
 /// What a failed frame's input should become.
@@ -91,6 +99,18 @@ impl Ctx {
             w.failed(id, &msg, &aside);
         }
         aside
+    }
+
+    /// Sets a bad frame aside (quarantine, dead letter) with its reason; the outcome's name.
+    pub fn set_aside(&self, id: &FrameId, msg: String) -> &'static str {
+        match self.fail(id, msg, Fate::Bad) {
+            SetAside::Quarantined(_) => {
+                self.stats.quarantined.fetch_add(1, Ordering::Relaxed);
+                self.tel.quarantined.fetch_add(1, Ordering::Relaxed);
+                "quarantined"
+            }
+            _ => "failed",
+        }
     }
 
     /// After a stop request, a frame that has not reached the model yet is left for the next
@@ -156,6 +176,9 @@ where
                     if deferrable && ctx.defer(&p.id, p.body.is_some()) {
                         p.body = None;
                     }
+                    if p.body.is_some() && ctx.expire(&p.id, &p.ticket, name) {
+                        p.body = None;
+                    }
                     let t0 = Instant::now();
                     let had_body = p.body.is_some();
                     // A bug hit by one odd frame must not take the stage (and every later
@@ -168,11 +191,18 @@ where
                         ctx.tel
                             .frame(name, if body.is_some() { "ok" } else { "failed" });
                     }
+                    // A gap gives its memory back at once.
+                    let ticket = if body.is_some() {
+                        p.ticket
+                    } else {
+                        Ticket::default()
+                    };
                     let out = Packet {
                         seq: p.seq,
                         id: p.id,
                         gen: p.gen,
                         body,
+                        ticket,
                     };
                     if tx.send(out).is_err() {
                         return;
@@ -187,7 +217,7 @@ where
 pub(super) fn decode_worker(
     slot: &ModelSlot,
     tap: Option<&dyn Tap>,
-    rx: Receiver<RawFrame>,
+    rx: Receiver<Admitted>,
     tx: Sender<Packet<Planes>>,
     ctx: &Ctx,
 ) {
@@ -197,7 +227,10 @@ pub(super) fn decode_worker(
     let mut idle_since_stop = Duration::ZERO;
     let tick = Duration::from_millis(100);
     loop {
-        let raw = match rx.recv_timeout(tick) {
+        let Admitted {
+            frame: raw,
+            mut lease,
+        } = match rx.recv_timeout(tick) {
             Ok(r) => {
                 idle_since_stop = Duration::ZERO;
                 r
@@ -222,6 +255,7 @@ pub(super) fn decode_worker(
                 id: raw.id,
                 gen,
                 body: None,
+                ticket: Ticket::default(),
             };
             if tx.send(gap).is_err() {
                 return;
@@ -230,15 +264,27 @@ pub(super) fn decode_worker(
         }
         let t0 = Instant::now();
         stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        let mut deadline = None;
         let decoded = match &raw.bytes {
-            Err(msg) => Err(format!("{}: {msg}", raw.id)),
-            // Decoders are the code most exposed to hostile bytes: contain a panic too.
-            Ok(bytes) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decode::run(bytes, &raw.id, &gen.cfg.decode)
-            })) {
-                Ok(Ok(p)) => Ok(p),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("{}: cannot decode: decoder panicked", raw.id)),
+            Err(msg) => Err(Some(format!("{}: {msg}", raw.id))),
+            // The header first: what the frame will cost, before any pixel is decoded.
+            Ok(bytes) => match budget::admit(bytes, &raw.id, &gen, &mut lease, ctx) {
+                Err(Refused::Bad(msg)) => Err(Some(msg)),
+                Err(Refused::Stopped) => Err(None),
+                Ok(d) => {
+                    deadline = Some(d);
+                    // Marked before the decoder runs: a frame that takes the process down
+                    // from here on is known on restart (see the folder journal).
+                    ctx.completion.begun(&raw.id);
+                    // Decoders are the code most exposed to hostile bytes: contain a panic.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        decode::run(bytes, &raw.id, &gen.cfg.decode)
+                    })) {
+                        Ok(Ok(p)) => Ok(p),
+                        Ok(Err(e)) => Err(Some(e.to_string())),
+                        Err(_) => Err(Some(format!("{}: cannot decode: decoder panicked", raw.id))),
+                    }
+                }
             },
         };
         tel.latency("decode", t0.elapsed());
@@ -253,24 +299,28 @@ pub(super) fn decode_worker(
                 }
                 Some(p)
             }
-            Err(msg) => {
-                let outcome = match ctx.fail(&raw.id, &msg, Fate::Bad) {
-                    SetAside::Quarantined(_) => {
-                        stats.quarantined.fetch_add(1, Ordering::Relaxed);
-                        tel.quarantined.fetch_add(1, Ordering::Relaxed);
-                        "quarantined"
-                    }
-                    _ => "failed",
-                };
+            Err(Some(msg)) => {
+                let outcome = ctx.set_aside(&raw.id, msg);
                 tel.frame("decode", outcome);
                 None
             }
+            Err(None) => {
+                // Stopped while waiting for room: as if the stop had found it a step earlier.
+                let why = crate::runtime::Expired::Drain(ctx.drain.within());
+                ctx.expired(&raw.id, why, "decode");
+                None
+            }
+        };
+        let ticket = match (&body, deadline) {
+            (Some(_), Some(d)) => Ticket::new(lease, d),
+            _ => Ticket::default(),
         };
         let out = Packet {
             seq: raw.seq,
             id: raw.id,
             gen,
             body,
+            ticket,
         };
         if tx.send(out).is_err() {
             return;
@@ -281,8 +331,14 @@ pub(super) fn decode_worker(
 /// A frame after the model: its preparation, the units' outputs and its code.
 pub(super) type Inferred = (Prepared, Vec<Vec<f32>>, Option<Code>);
 
+/// Units of a packet (0 for a gap).
+fn units_of(p: &Packet<Prepared>) -> usize {
+    p.body.as_ref().map_or(0, Prepared::unit_count)
+}
+
 /// Batches frames (up to the generation's `infer.max_batch`, waiting at most `max_wait_ms`
-/// after the first) and runs the model. A batch never mixes generations.
+/// after the first) and runs the model. A batch never mixes generations. A frame of more
+/// units than `max_batch` (a tiled one) runs alone, so that its deadline cuts only its work.
 pub(super) fn infer_worker(
     want_code: bool,
     rx: Receiver<Packet<Prepared>>,
@@ -303,10 +359,11 @@ pub(super) fn infer_worker(
         let gen = first.gen.clone();
         let max_batch = gen.cfg.infer.max_batch.max(1);
         let deadline = Instant::now() + Duration::from_millis(gen.cfg.infer.max_wait_ms);
+        let alone = units_of(&first) > max_batch;
         let mut batch = vec![first];
-        while batch.len() < max_batch {
+        while !alone && batch.len() < max_batch {
             match rx.recv_deadline(deadline) {
-                Ok(p) if Arc::ptr_eq(&p.gen, &gen) => batch.push(p),
+                Ok(p) if Arc::ptr_eq(&p.gen, &gen) && units_of(&p) <= max_batch => batch.push(p),
                 Ok(p) => {
                     carry = Some(p);
                     break;
@@ -322,6 +379,9 @@ pub(super) fn infer_worker(
             if ctx.defer(&p.id, p.body.is_some()) {
                 p.body = None;
             }
+            if p.body.is_some() && ctx.expire(&p.id, &p.ticket, "infer") {
+                p.body = None;
+            }
             match p.body.take() {
                 Some(prep) => {
                     for plane in &prep.planes {
@@ -329,7 +389,7 @@ pub(super) fn infer_worker(
                         planes.extend(std::iter::repeat_n(k, plane.len()));
                         units.extend(plane.iter().cloned());
                     }
-                    ready.push((p.seq, p.id, prep));
+                    ready.push((p.seq, p.id, prep, p.ticket));
                 }
                 None => {
                     if tx.send(p.gap()).is_err() {
@@ -344,21 +404,44 @@ pub(super) fn infer_worker(
         ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
         tel.batch(ready.len());
         let t0 = Instant::now();
+        // Looked at between forward passes: the batch stops once every frame in it is out of
+        // time (a batch of small frames is short; a large frame runs alone).
+        let give_up = || ready.iter().all(|r| r.3.expired().is_some());
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            infer::run_units_with_codes(
+            infer::run_units_until(
                 gen.model.as_ref(),
                 &units,
                 &planes,
                 (&gen.cfg.infer).into(),
                 want_code,
+                &give_up,
             )
         }))
         .unwrap_or_else(|_| Err(Error::Other("the model panicked".into())));
         tel.latency("infer", t0.elapsed());
+        drop(units);
         let (mut outputs, mut codes) = match result {
-            Ok((o, c)) => (o.into_iter(), c.into_iter()),
+            Ok(Some((o, c))) => (o.into_iter(), c.into_iter()),
+            Ok(None) => {
+                for (seq, id, _, ticket) in ready {
+                    if let Some(why) = ticket.expired() {
+                        ctx.expired(&id, why, "infer");
+                    }
+                    let gap = Packet {
+                        seq,
+                        id,
+                        gen: gen.clone(),
+                        body: None,
+                        ticket: Ticket::default(),
+                    };
+                    if tx.send(gap).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
             Err(e) => {
-                for (seq, id, _) in ready {
+                for (seq, id, _, _) in ready {
                     ctx.fail(&id, format!("{id}: model failed: {e}"), Fate::Retry);
                     tel.frame("infer", "failed");
                     let gap = Packet {
@@ -366,6 +449,7 @@ pub(super) fn infer_worker(
                         id,
                         gen: gen.clone(),
                         body: None,
+                        ticket: Ticket::default(),
                     };
                     if tx.send(gap).is_err() {
                         return;
@@ -374,7 +458,7 @@ pub(super) fn infer_worker(
                 continue;
             }
         };
-        for (seq, id, prep) in ready {
+        for (seq, id, prep, ticket) in ready {
             let n = prep.unit_count();
             let outs: Vec<Vec<f32>> = outputs.by_ref().take(n).collect();
             // A frame's code is its first unit's (fixed-size models have exactly one unit).
@@ -385,6 +469,7 @@ pub(super) fn infer_worker(
                 id,
                 gen: gen.clone(),
                 body: Some((prep, outs, code)),
+                ticket,
             };
             if tx.send(p).is_err() {
                 return;

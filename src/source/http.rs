@@ -282,6 +282,15 @@ impl Completion for Routed {
     fn failed(&self, id: &FrameId, error: &str) {
         self.of(id).failed(id, error)
     }
+    fn begun(&self, id: &FrameId) {
+        self.of(id).begun(id)
+    }
+    fn ended(&self, id: &FrameId) {
+        self.of(id).ended(id)
+    }
+    fn abandon_in_flight(&self) {
+        self.main.abandon_in_flight()
+    }
     fn can_defer(&self, id: &FrameId) -> bool {
         self.of(id).can_defer(id)
     }
@@ -300,7 +309,10 @@ mod tests {
     fn gateway(
         max_pending: usize,
         cap: usize,
-    ) -> (Requests, crossbeam_channel::Receiver<RawFrame>) {
+    ) -> (
+        Requests,
+        crossbeam_channel::Receiver<crate::source::Admitted>,
+    ) {
         let r = Requests::new(max_pending, Duration::from_millis(20));
         let (tx, rx) = bounded(cap);
         let (gtx, _grx) = unbounded();
@@ -324,7 +336,7 @@ mod tests {
         // The queue (capacity 1) is full: the next waits 20 ms, then is refused.
         assert_eq!(r.submit(b"b".to_vec(), vec![]).err(), Some(Refused::Busy));
         assert_eq!(r.pending(), 1);
-        let f = rx.recv().unwrap();
+        let f = rx.recv().unwrap().frame;
         assert_eq!(f.id, FrameId::Request { n: a.n });
         let b = r.submit(b"c".to_vec(), vec![]).unwrap();
         // Two in flight: the third is refused without waiting.

@@ -23,7 +23,7 @@ use crate::config::Overload;
 use crate::error::Result;
 use crate::frame::FrameId;
 use crate::model::version::ModelVersion;
-use crate::runtime::{Stop, Telemetry};
+use crate::runtime::{Budget, Lease, Stop, Telemetry};
 
 /// An undecoded frame: its identity, its place in the source's order, and its bytes.
 #[derive(Debug)]
@@ -34,23 +34,34 @@ pub struct RawFrame {
     pub bytes: std::result::Result<Vec<u8>, String>,
 }
 
+/// A frame let into the pipeline, with the share of the in-flight memory budget it holds
+/// (its raw bytes; grown to its full cost at decode, given back when it leaves).
+#[derive(Debug)]
+pub struct Admitted {
+    pub frame: RawFrame,
+    pub lease: Lease,
+}
+
 /// Where a source puts its frames: the pipeline's first bounded channel, under an overload
-/// policy. `Block` waits for room (lossless backpressure: folder sources always use it);
-/// `DropOldest` makes room by dropping the oldest waiting frame, counts it, and tells the sink
-/// (through `gaps`) so ordered output does not wait for it.
+/// policy, and within the in-flight memory budget. `Block` waits for room in both (lossless
+/// backpressure: folder sources always use it); `DropOldest` makes room by dropping the oldest
+/// waiting frame, counts it, and tells the sink (through `gaps`) so ordered output does not
+/// wait for it (and waits only when no waiting frame is left to drop).
 #[derive(Clone)]
 pub struct Intake {
-    tx: Sender<RawFrame>,
-    rx: Receiver<RawFrame>,
+    tx: Sender<Admitted>,
+    rx: Receiver<Admitted>,
     policy: Overload,
     gaps: Sender<(u64, FrameId)>,
     telemetry: Arc<Telemetry>,
+    budget: Budget,
 }
 
 impl Intake {
+    /// An intake with no memory budget; see [`Intake::with_budget`].
     pub fn new(
-        tx: Sender<RawFrame>,
-        rx: Receiver<RawFrame>,
+        tx: Sender<Admitted>,
+        rx: Receiver<Admitted>,
         policy: Overload,
         gaps: Sender<(u64, FrameId)>,
         telemetry: Arc<Telemetry>,
@@ -61,40 +72,81 @@ impl Intake {
             policy,
             gaps,
             telemetry,
+            budget: Budget::unlimited(),
         }
+    }
+
+    /// Frames wait for room in `budget` before they enter the pipeline.
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Hands a frame to the pipeline; false when the pipeline is gone.
     pub fn send(&self, frame: RawFrame) -> bool {
-        match self.policy {
-            Overload::Block => self.tx.send(frame).is_ok(),
-            Overload::DropOldest => {
-                let mut frame = frame;
-                loop {
-                    match self.tx.try_send(frame) {
-                        Ok(()) => return true,
-                        Err(TrySendError::Disconnected(_)) => return false,
-                        Err(TrySendError::Full(f)) => {
-                            frame = f;
-                            if let Ok(old) = self.rx.try_recv() {
-                                self.telemetry.dropped.fetch_add(1, Ordering::Relaxed);
-                                self.telemetry.frame("source", "dropped");
-                                tracing::warn!("overload: dropped {}", old.id);
-                                let _ = self.gaps.send((old.seq, old.id));
-                            }
-                        }
-                    }
+        self.send_with(frame, false)
+    }
+
+    /// Hands a frame to the pipeline once nothing else is in flight, and lets nothing else in
+    /// until it has left: a frame suspected of having ended the process runs alone, so that
+    /// if it does so again, it is the one found to blame (see the folder journal).
+    pub fn send_alone(&self, frame: RawFrame) -> bool {
+        self.send_with(frame, true)
+    }
+
+    fn send_with(&self, frame: RawFrame, alone: bool) -> bool {
+        let bytes = frame.bytes.as_ref().map_or(0, |b| b.len() as u64);
+        if self.policy == Overload::Block || alone {
+            let lease = self.budget.admit(bytes, alone);
+            return self.tx.send(Admitted { frame, lease }).is_ok();
+        }
+        // Memory first: drop the oldest waiting frames while that frees some.
+        let lease = loop {
+            if let Some(l) = self.budget.try_admit(bytes) {
+                break l;
+            }
+            if !self.drop_oldest() {
+                break self.budget.admit(bytes, false);
+            }
+        };
+        let mut item = Admitted { frame, lease };
+        loop {
+            match self.tx.try_send(item) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(f)) => {
+                    item = f;
+                    self.drop_oldest();
                 }
             }
         }
     }
 
-    /// Hands a frame to the pipeline if there is room within `within`, competing for places
-    /// with the other sources; never drops a waiting frame. For callers who answer someone
-    /// (HTTP requests): they must not queue without bound, so they give up and say so.
+    /// Drops the oldest waiting frame (counted, reported as a gap); false if none waits.
+    fn drop_oldest(&self) -> bool {
+        let Ok(old) = self.rx.try_recv() else {
+            return false;
+        };
+        self.telemetry.dropped.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.frame("source", "dropped");
+        tracing::warn!("overload: dropped {}", old.frame.id);
+        let _ = self.gaps.send((old.frame.seq, old.frame.id));
+        true
+    }
+
+    /// Hands a frame to the pipeline if there is room — in the memory budget and in the first
+    /// queue — within `within`, competing for places with the other sources; never drops a
+    /// waiting frame. For callers who answer someone (HTTP requests): they must not queue
+    /// without bound, so they give up and say so.
     pub fn send_within(&self, frame: RawFrame, within: Duration) -> Admission {
         use crossbeam_channel::SendTimeoutError;
-        match self.tx.send_timeout(frame, within) {
+        let until = std::time::Instant::now() + within;
+        let bytes = frame.bytes.as_ref().map_or(0, |b| b.len() as u64);
+        let Some(lease) = self.budget.admit_within(bytes, within) else {
+            return Admission::Full;
+        };
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match self.tx.send_timeout(Admitted { frame, lease }, left) {
             Ok(()) => Admission::Taken,
             Err(SendTimeoutError::Timeout(_)) => Admission::Full,
             Err(SendTimeoutError::Disconnected(_)) => Admission::Closed,
@@ -160,6 +212,16 @@ pub trait Completion: Send + Sync {
     /// Something other than the frame failed (the model, an output that could not be
     /// written): it may be tried again (a queue entry stays pending).
     fn failed(&self, _id: &FrameId, _error: &str) {}
+    /// The frame passed its budget check and is about to be decoded: a source that can be
+    /// restarted on the same input records it, so that a frame which ends the process (out of
+    /// memory, a crash) is known on restart.
+    fn begun(&self, _id: &FrameId) {}
+    /// The frame left the pipeline without output (failed, set aside or left for the next
+    /// run): it did not end the process. Called once per such frame, after the calls above.
+    fn ended(&self, _id: &FrameId) {}
+    /// Before an exit that cannot wait for the frames in flight (the drain's time is up):
+    /// they did not end the process either.
+    fn abandon_in_flight(&self) {}
     /// After a stop request, may a frame that has not reached the model be left for the next
     /// run? (A file is still on disk with no journal record; a stream frame cannot be read
     /// again.)
@@ -209,7 +271,7 @@ mod tests {
         for seq in 0..5 {
             assert!(intake.send(frame(seq)));
         }
-        let kept: Vec<u64> = rx.try_iter().map(|f| f.seq).collect();
+        let kept: Vec<u64> = rx.try_iter().map(|f| f.frame.seq).collect();
         assert_eq!(kept, vec![3, 4]);
         let gaps: Vec<u64> = grx.try_iter().map(|(seq, _)| seq).collect();
         assert_eq!(gaps, vec![0, 1, 2]);
@@ -220,7 +282,7 @@ mod tests {
         let intake = Intake::new(tx, rx.clone(), Overload::Block, gtx, tel);
         let reader = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            rx.iter().map(|f| f.seq).collect::<Vec<_>>()
+            rx.iter().map(|f| f.frame.seq).collect::<Vec<_>>()
         });
         for seq in 0..5 {
             assert!(intake.send(frame(seq)));

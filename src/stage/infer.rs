@@ -105,6 +105,21 @@ pub fn run_units_with_codes(
     opts: RunOpts,
     want_code: bool,
 ) -> Result<(Vec<Vec<f32>>, Vec<Option<Code>>)> {
+    let done = run_units_until(model, units, planes, opts, want_code, &|| false)?;
+    done.ok_or_else(|| Error::Other("units abandoned".into()))
+}
+
+/// [`run_units_with_codes`], asking `give_up` before every forward pass: `None` once it said
+/// yes (the frames' time is up), the work so far dropped.
+#[allow(clippy::type_complexity)]
+pub fn run_units_until(
+    model: &dyn Model,
+    units: &[Unit],
+    planes: &[usize],
+    opts: RunOpts,
+    want_code: bool,
+    give_up: &dyn Fn() -> bool,
+) -> Result<Option<(Vec<Vec<f32>>, Vec<Option<Code>>)>> {
     let views = opts.ensemble.clamp(1, 4);
     let mut codes: Vec<Option<Code>> = vec![None; units.len()];
     // Work items: (unit index, flip), grouped by shape so each batch is one tensor.
@@ -134,6 +149,9 @@ pub fn run_units_with_codes(
             .min(opts.max_batch_pixels / (uh * uw).max(1))
             .max(1);
         for chunk in items.chunks(per_pass) {
+            if give_up() {
+                return Ok(None);
+            }
             let mut data = Vec::with_capacity(chunk.len() * uh * uw);
             for &(i, v) in chunk {
                 if v == PERTURBED {
@@ -198,6 +216,9 @@ pub fn run_units_with_codes(
             members.entry(p).or_default().push(i);
         }
         for (plane, idx) in members {
+            if give_up() {
+                return Ok(None);
+            }
             let w = idx.iter().map(|&i| units[i].dst_x + units[i].keep_w).max();
             let h = idx.iter().map(|&i| units[i].dst_y + units[i].keep_h).max();
             let (Some(w), Some(h)) = (w, h) else { continue };
@@ -217,7 +238,7 @@ pub fn run_units_with_codes(
             }
         }
     }
-    Ok((outputs, codes))
+    Ok(Some((outputs, codes)))
 }
 
 /// Denoises one plane end to end (split, run, merge): for eval, training validation and tests.

@@ -3,6 +3,7 @@
 //! of a frame and its settings; the threads and channels that run them are `serving`'s.
 
 pub mod corrupt;
+pub mod cost;
 pub mod decode;
 pub mod encode;
 pub mod infer;

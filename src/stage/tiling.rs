@@ -118,6 +118,17 @@ fn axis(len: usize, plan: &TilePlan) -> (usize, Vec<(isize, usize, usize)>) {
     (span, spans)
 }
 
+/// Pixels of all the units [`split`] makes of a `w × h` plane, without making them: what a
+/// frame's units will cost is known from its header (`stage::cost`).
+pub fn unit_pixels(w: usize, h: usize, plan: &TilePlan) -> u64 {
+    if w == 0 || h == 0 {
+        return 0;
+    }
+    let (uw, xs) = axis(w, plan);
+    let (uh, ys) = axis(h, plan);
+    (uw as u64 * xs.len() as u64).saturating_mul(uh as u64 * ys.len() as u64)
+}
+
 /// Cuts a `w × h` plane into units.
 pub fn split(plane: &[f32], w: usize, h: usize, plan: &TilePlan) -> Vec<Unit> {
     let (uw, xs) = axis(w, plan);
@@ -218,6 +229,8 @@ mod tests {
                 prop_assert!(below >= plan.overlap.min(h - u.dst_y - u.keep_h));
             }
             let outs: Vec<Vec<f32>> = units.iter().map(|u| u.data.clone()).collect();
+            let pixels: usize = units.iter().map(|u| u.data.len()).sum();
+            prop_assert_eq!(unit_pixels(w, h, &plan), pixels as u64);
             prop_assert_eq!(merge(&units, &outs, w, h), plane);
         }
     }

@@ -164,3 +164,11 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     Some((status, body))
 }
+
+/// The largest resident set any waited-for child of this test had, in bytes.
+pub fn peak_rss_of_children() -> u64 {
+    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
+    u.ru_maxrss as u64 * 1024
+}

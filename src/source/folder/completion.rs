@@ -2,12 +2,17 @@
 //! into place (the sink), the journal gets the input's record (so a restart skips it), then,
 //! with `--done`, the input moves away. A bad file is quarantined instead, unless it changed
 //! while it was read: then its writer was not done, and it will be taken again.
+//!
+//! The journal also gets marks of unfinished work ([`super::marks`]): `begun` before a frame
+//! is decoded, `ended` when it leaves without output, `failed` when something other than its
+//! bytes failed it, `cleared` when it is set aside.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::journal::Journal;
 use super::quarantine::Quarantine;
+use super::retry::Retries;
 use crate::error::Result;
 use crate::frame::{FileStamp, FrameId};
 use crate::model::version::ModelVersion;
@@ -21,6 +26,8 @@ pub struct FolderCompletion {
     /// its journal record are durable.
     pub done_dir: Option<PathBuf>,
     pub quarantine: Option<Quarantine>,
+    /// While watching: failed inputs are taken again after a backoff (set by the source).
+    pub retries: Option<Arc<Retries>>,
 }
 
 /// Whether a file changed since it was read (then it is not quarantined: it will be taken
@@ -65,6 +72,12 @@ impl Completion for FolderCompletion {
             );
             return SetAside::Retaken;
         }
+        if let Some(j) = &self.journal {
+            // Its history ends here: put back, it starts afresh.
+            if let Err(e) = j.cleared(rel, &stamp.hash) {
+                tracing::error!("{}: {e}", abs.display());
+            }
+        }
         match q.put(abs, rel, error) {
             Ok(to) => {
                 tracing::warn!("{}: moved to {}", abs.display(), to.display());
@@ -79,5 +92,53 @@ impl Completion for FolderCompletion {
 
     fn can_defer(&self, id: &FrameId) -> bool {
         matches!(id, FrameId::File { .. })
+    }
+
+    fn failed(&self, id: &FrameId, error: &str) {
+        let (Some(j), FrameId::File { rel, abs, stamp }) = (&self.journal, id) else {
+            return;
+        };
+        // Counted: after `max_attempts` failures the file is set aside when next taken.
+        if let Err(e) = j.failed(rel, &stamp.hash, error) {
+            tracing::error!("{}: {e}", abs.display());
+            return;
+        }
+        if let Some(r) = &self.retries {
+            let failures = j.history(rel, &stamp.hash).failures;
+            let wait = super::retry::backoff(failures);
+            tracing::info!(
+                "{}: failure {failures}; taken again in {} s",
+                abs.display(),
+                wait.as_secs()
+            );
+            r.schedule(abs, failures);
+        }
+    }
+
+    fn begun(&self, id: &FrameId) {
+        let (Some(j), FrameId::File { rel, abs, stamp }) = (&self.journal, id) else {
+            return;
+        };
+        if let Err(e) = j.begun(rel, &stamp.hash) {
+            // The journal cannot be written: the frame's record will fail too and stop the run.
+            tracing::error!("{}: {e}", abs.display());
+        }
+    }
+
+    fn ended(&self, id: &FrameId) {
+        let (Some(j), FrameId::File { rel, abs, .. }) = (&self.journal, id) else {
+            return;
+        };
+        if let Err(e) = j.ended(rel) {
+            tracing::error!("{}: {e}", abs.display());
+        }
+    }
+
+    fn abandon_in_flight(&self) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.abandon_in_flight() {
+                tracing::error!("{e}");
+            }
+        }
     }
 }

@@ -9,6 +9,10 @@
 //! exactly one complete output. A torn last line (crash mid-append) is ignored and cut off.
 //!
 //! The first line is a header with the format version, the pipeline and its weights' hash.
+//!
+//! Beside the records, marks of unfinished work (`begun`, `ended`, `failed`, `cleared`): what
+//! was in progress when the process ended, and what failed; see [`super::marks`] for the lines
+//! and the rule that sets an input aside after it ended the process twice.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
@@ -17,6 +21,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::marks::{History, Mark, Marks};
 use crate::error::{Error, Result};
 use crate::frame::FileStamp;
 
@@ -46,6 +51,9 @@ pub struct Journal {
     path: PathBuf,
     file: Mutex<std::fs::File>,
     done: Mutex<HashMap<String, FileStamp>>,
+    marks: Mutex<Marks>,
+    /// Inputs begun in this run and not yet finished or ended (by key, with their hash).
+    in_flight: Mutex<HashMap<String, String>>,
 }
 
 fn key(rel: &Path) -> String {
@@ -78,6 +86,7 @@ impl Journal {
         let Parsed {
             done,
             records: lines,
+            marks,
             mut valid_len,
             mut have_header,
             ..
@@ -94,12 +103,15 @@ impl Journal {
             Ok(f)
         };
         // Compact when most lines are superseded records of files taken again.
-        if lines > 1024 && lines > 2 * done.len() {
+        if lines > 1024 && lines > 2 * (done.len() + marks.len()) {
             let mut text = header_line(pipeline, model)?;
             let mut recs: Vec<_> = done.iter().collect();
             recs.sort_by(|a, b| a.0.cmp(b.0));
             for (p, stamp) in recs {
                 text.push_str(&record_line(p, stamp, "compacted")?);
+            }
+            for m in marks.lines(&now()) {
+                text.push_str(&json_line(&m)?);
             }
             crate::runtime::write_atomic(&path, text.as_bytes())?;
             valid_len = text.len() as u64;
@@ -122,14 +134,17 @@ impl Journal {
             }
         }
         tracing::info!(
-            "journal {}: {} finished inputs on record",
+            "journal {}: {} finished inputs on record, {} with unfinished work",
             path.display(),
-            done.len()
+            done.len(),
+            marks.len()
         );
         Ok(Self {
             path,
             file: Mutex::new(file),
             done: Mutex::new(done),
+            marks: Mutex::new(marks),
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -160,21 +175,116 @@ impl Journal {
 
     /// Records `rel` as finished, durably (fdatasync) before returning.
     pub fn record(&self, rel: &Path, stamp: &FileStamp, model: &str) -> Result<()> {
-        let line = record_line(&key(rel), stamp, model)?;
+        self.append(&record_line(&key(rel), stamp, model)?)?;
+        self.done
+            .lock()
+            .expect("journal lock")
+            .insert(key(rel), stamp.clone());
+        self.marks.lock().expect("journal lock").finished(&key(rel));
+        self.in_flight
+            .lock()
+            .expect("journal lock")
+            .remove(&key(rel));
+        Ok(())
+    }
+
+    /// Appends one line, durably.
+    fn append(&self, line: &str) -> Result<()> {
         let mut f = self.file.lock().expect("journal lock");
         let io = |e| Error::Io {
             path: self.path.clone(),
             source: e,
         };
         f.write_all(line.as_bytes()).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        drop(f);
-        self.done
-            .lock()
-            .expect("journal lock")
-            .insert(key(rel), stamp.clone());
+        f.sync_data().map_err(io)
+    }
+
+    /// Writes a mark and applies it.
+    fn mark(&self, m: Mark) -> Result<()> {
+        self.append(&json_line(&m)?)?;
+        self.marks.lock().expect("journal lock").apply(&m);
         Ok(())
     }
+
+    /// What the marks say about `rel` with content `hash`.
+    pub fn history(&self, rel: &Path, hash: &str) -> History {
+        self.marks
+            .lock()
+            .expect("journal lock")
+            .history(&key(rel), hash)
+    }
+
+    /// `rel` is about to be decoded (durable before returning).
+    pub fn begun(&self, rel: &Path, hash: &str) -> Result<()> {
+        let (k, hash) = (key(rel), hash.to_string());
+        self.in_flight
+            .lock()
+            .expect("journal lock")
+            .insert(k.clone(), hash.clone());
+        self.mark(Mark::Begun {
+            begun: k,
+            hash,
+            time: now(),
+        })
+    }
+
+    /// `rel` left the pipeline without output and without ending the process. Only for an
+    /// input begun in this run and not finished since.
+    pub fn ended(&self, rel: &Path) -> Result<()> {
+        let k = key(rel);
+        let Some(hash) = self.in_flight.lock().expect("journal lock").remove(&k) else {
+            return Ok(());
+        };
+        self.mark(Mark::Ended {
+            ended: k,
+            hash,
+            time: now(),
+        })
+    }
+
+    /// `rel` failed for a reason other than its bytes.
+    pub fn failed(&self, rel: &Path, hash: &str, error: &str) -> Result<()> {
+        self.mark(Mark::Failed {
+            failed: key(rel),
+            hash: hash.to_string(),
+            error: error.to_string(),
+            time: now(),
+        })
+    }
+
+    /// `rel` was set aside: were it put back, it starts with no history.
+    pub fn cleared(&self, rel: &Path, hash: &str) -> Result<()> {
+        self.ended(rel)?;
+        if !self.marks.lock().expect("journal lock").has(&key(rel)) {
+            return Ok(());
+        }
+        self.mark(Mark::Cleared {
+            cleared: key(rel),
+            hash: hash.to_string(),
+            time: now(),
+        })
+    }
+
+    /// Ends every input begun in this run and not finished (before an exit that cannot wait
+    /// for them: they are not to blame for it).
+    pub fn abandon_in_flight(&self) -> Result<()> {
+        let keys: Vec<String> = {
+            let f = self.in_flight.lock().expect("journal lock");
+            f.keys().cloned().collect()
+        };
+        for k in keys {
+            self.ended(Path::new(&k))?;
+        }
+        Ok(())
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+fn json_line<T: Serialize>(v: &T) -> Result<String> {
+    Ok(serde_json::to_string(v).map_err(|e| Error::Other(e.to_string()))? + "\n")
 }
 
 /// The longest journal line accepted. A record is a relative path (at most a few KB on any
@@ -186,8 +296,10 @@ pub const MAX_LINE: usize = 64 << 10;
 pub struct Parsed {
     /// Each finished input's last record.
     pub done: HashMap<String, FileStamp>,
-    /// Records read (superseded ones included).
+    /// Records and marks read (superseded ones included).
     pub records: usize,
+    /// The marks of unfinished work, as the lines left them.
+    pub marks: Marks,
     /// Bytes of whole lines: where the file is cut when a torn last line follows.
     pub valid_len: u64,
     pub have_header: bool,
@@ -238,7 +350,11 @@ pub fn parse(mut r: impl BufRead) -> std::result::Result<Parsed, ParseError> {
             break;
         }
         if let Ok(rec) = serde_json::from_slice::<Record>(&buf) {
+            p.marks.finished(&rec.path);
             p.done.insert(rec.path, rec.stamp);
+            p.records += 1;
+        } else if let Ok(m) = serde_json::from_slice::<Mark>(&buf) {
+            p.marks.apply(&m);
             p.records += 1;
         } else if serde_json::from_slice::<Header>(&buf).is_ok() {
             p.have_header = true;
@@ -274,22 +390,20 @@ fn skip_line(r: &mut impl BufRead) -> std::io::Result<bool> {
 }
 
 fn header_line(pipeline: &str, model: &str) -> Result<String> {
-    let h = Header {
+    json_line(&Header {
         aestream_journal: FORMAT,
         pipeline: pipeline.into(),
         model: model.into(),
-    };
-    Ok(serde_json::to_string(&h).map_err(|e| Error::Other(e.to_string()))? + "\n")
+    })
 }
 
 fn record_line(path: &str, stamp: &FileStamp, model: &str) -> Result<String> {
-    let r = Record {
+    json_line(&Record {
         path: path.into(),
         stamp: stamp.clone(),
         model: model.into(),
-        time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    };
-    Ok(serde_json::to_string(&r).map_err(|e| Error::Other(e.to_string()))? + "\n")
+        time: now(),
+    })
 }
 
 #[cfg(test)]
@@ -380,5 +494,37 @@ mod tests {
         text.extend(b"\n");
         let e = parse(std::io::Cursor::new(&text)).unwrap_err().to_string();
         assert_eq!(e, "line 2 is too long to be a journal record");
+    }
+
+    /// Marks survive a reopen: an input begun and never ended counts once per start it was
+    /// left open at; ended, finished or abandoned ones count nothing.
+    #[test]
+    fn unfinished_marks_are_counted_across_restarts() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (Path::new("a.png"), Path::new("b.png"), Path::new("c.png"));
+        for _ in 0..2 {
+            // A start that ends abruptly with `a` in progress; `b` ended, `c` finished.
+            let j = Journal::open(dir.path(), "p", "v1")?;
+            j.begun(a, "ha")?;
+            j.begun(b, "hb")?;
+            j.ended(b)?;
+            j.begun(c, "hc")?;
+            j.record(c, &stamp(1, "hc"), "v1")?;
+        }
+        let j = Journal::open(dir.path(), "p", "v1")?;
+        assert_eq!(j.history(a, "ha").crashes(), 2);
+        assert!(j.history(a, "ha").verdict(5).is_some());
+        assert_eq!(j.history(b, "hb").crashes(), 0);
+        assert_eq!(j.history(c, "hc"), Default::default());
+        // A controlled end (a failed sink, the drain's hard exit) closes what is in flight.
+        j.begun(b, "hb")?;
+        j.abandon_in_flight()?;
+        // Quarantine clears `a`: put back, it starts afresh.
+        j.cleared(a, "ha")?;
+        drop(j);
+        let j = Journal::open(dir.path(), "p", "v1")?;
+        assert_eq!(j.history(b, "hb").crashes(), 0);
+        assert_eq!(j.history(a, "ha").crashes(), 0);
+        Ok(())
     }
 }

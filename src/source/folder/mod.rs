@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 pub mod completion;
 pub mod filter;
 pub mod journal;
+pub mod marks;
 pub mod quarantine;
+pub mod retry;
 mod watch;
 
 #[cfg(test)]
@@ -71,6 +73,9 @@ pub struct FolderSourceConfig {
     pub clock: SharedClock,
     /// Which files are inputs (default: image files by extension).
     pub filter: filter::InputFilter,
+    /// A file that failed this many times (for reasons other than its bytes: an output that
+    /// cannot be written) is set aside when next taken (`[source] max_deliveries`).
+    pub max_attempts: u32,
 }
 
 impl FolderSourceConfig {
@@ -88,6 +93,7 @@ impl FolderSourceConfig {
             completion: FolderCompletion::default(),
             clock: SystemClock::shared(),
             filter: filter::InputFilter::default(),
+            max_attempts: 5,
         }
     }
 }
@@ -141,7 +147,13 @@ enum Taken {
 }
 
 impl FolderSource {
-    pub fn new(cfg: FolderSourceConfig) -> Result<Self> {
+    pub fn new(mut cfg: FolderSourceConfig) -> Result<Self> {
+        // While watching, failed inputs are taken again after a backoff (see `retry`); the
+        // completion, cloned for the pipeline, shares the schedule with this source.
+        if !cfg.once && cfg.completion.journal.is_some() {
+            let r = retry::Retries::new(cfg.clock.clone());
+            cfg.completion.retries = Some(Arc::new(r));
+        }
         let root = cfg.dir.canonicalize().map_err(|e| Error::Io {
             path: cfg.dir.clone(),
             source: e,
@@ -237,6 +249,22 @@ impl FolderSource {
             }
         }
         self.seen.insert(path.to_path_buf(), shape);
+        // What the journal's marks say of this content (see `marks`): set aside if it ended
+        // the process twice or failed too often; run alone if it ended the process once.
+        let mut bytes = bytes;
+        let mut alone = false;
+        if let (Some(j), Ok(_)) = (&self.cfg.completion.journal, &bytes) {
+            let h = j.history(&rel, &stamp.hash);
+            if let Some(why) = h.verdict(self.cfg.max_attempts) {
+                bytes = Err(why);
+            } else if h.crashes() > 0 {
+                tracing::warn!(
+                    "{}: was in progress when the process last ended; trying it again, alone",
+                    path.display()
+                );
+                alone = true;
+            }
+        }
         let frame = RawFrame {
             seq: self.seq,
             id: FrameId::File {
@@ -247,7 +275,12 @@ impl FolderSource {
             bytes,
         };
         self.seq += 1;
-        if intake.send(frame) {
+        let sent = if alone {
+            intake.send_alone(frame)
+        } else {
+            intake.send(frame)
+        };
+        if sent {
             Taken::Sent
         } else {
             Taken::Closed

@@ -14,6 +14,7 @@ use notify::{Event, EventKind};
 use super::*;
 use crate::config::Overload;
 use crate::runtime::{Clock, ManualClock, Telemetry};
+use crate::source::Admitted;
 
 const QUIET: Duration = Duration::from_secs(2);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -28,7 +29,7 @@ struct Rig {
     clock: Arc<ManualClock>,
     src: FolderSource,
     intake: Intake,
-    rx: Receiver<RawFrame>,
+    rx: Receiver<Admitted>,
     stop: Stop,
 }
 
@@ -146,8 +147,9 @@ impl Rig {
 }
 
 /// The frames waiting in `rx`: relative path and bytes (or the error's text), in order.
-fn drain(rx: &Receiver<RawFrame>) -> Vec<(String, Vec<u8>)> {
+fn drain(rx: &Receiver<Admitted>) -> Vec<(String, Vec<u8>)> {
     rx.try_iter()
+        .map(|a| a.frame)
         .map(|f| match f.id {
             FrameId::File { rel, .. } => (
                 rel.to_string_lossy().into_owned(),
@@ -539,10 +541,43 @@ fn a_file_over_the_size_limit_is_sent_as_an_error() {
     r.write("big.png", b"12345", Mtime::Old);
     r.write("small.png", b"1234", Mtime::Old);
     r.start();
-    let frames: Vec<RawFrame> = r.rx.try_iter().collect();
+    let frames: Vec<RawFrame> = r.rx.try_iter().map(|a| a.frame).collect();
     assert_eq!(frames.len(), 2);
     let err = frames[0].bytes.as_ref().unwrap_err();
     assert!(err.contains("over the limit"), "{err}");
     assert_eq!(frames[1].bytes.as_deref().unwrap(), b"1234");
     assert_eq!((frames[0].seq, frames[1].seq), (0, 1));
+}
+
+/// An input that failed (its output could not be written) is taken again once its backoff
+/// has passed (5 s, then 10 s), and set aside with the last error at its `max_attempts`-th
+/// failure, instead of waiting for a restart or failing forever.
+#[test]
+fn a_failed_input_is_taken_again_after_its_backoff_then_set_aside() {
+    let state = tempfile::tempdir().unwrap();
+    let j = Arc::new(Journal::open(state.path(), "p", "v").unwrap());
+    let mut r = Rig::new(|c| {
+        c.completion.journal = Some(j.clone());
+        c.max_attempts = 2;
+    });
+    r.write("a.png", b"abc", Mtime::Old);
+    r.start();
+    let id = r.rx.try_recv().unwrap().frame.id;
+    let completion = r.src.completion();
+    completion.failed(&id, "out: read-only");
+    r.run_for(ms(4950));
+    assert!(r.sent().is_empty(), "before its backoff");
+    r.run_for(ms(100));
+    assert_eq!(r.sent_names(), vec!["a.png"]);
+    completion.failed(&id, "out: still read-only");
+    r.run_for(ms(9950));
+    assert!(r.sent().is_empty(), "the backoff doubled");
+    r.run_for(ms(100));
+    let sent = r.sent();
+    assert_eq!(sent.len(), 1);
+    let why = String::from_utf8(sent[0].1.clone()).unwrap();
+    assert!(
+        why.contains("failed 2 times") && why.contains("still read-only"),
+        "{why}"
+    );
 }

@@ -62,8 +62,12 @@ impl FolderSource {
 
     /// Does the periodic work that is due. Polling: a scan every `--poll` interval, then a
     /// check of the pending files. Watching: a check of the pending files every 100 ms, and a
-    /// rescan every `--rescan`. False when the pipeline is gone or a stop was requested.
+    /// rescan every `--rescan`. Either way, first the failed inputs whose backoff has passed
+    /// (`retry`). False when the pipeline is gone or a stop was requested.
     pub(super) fn tick(&mut self, intake: &Intake, stop: &Stop) -> bool {
+        if !self.retry_due(intake) {
+            return false;
+        }
         let clock = self.cfg.clock.clone();
         if let Some(every) = self.cfg.poll {
             let now = clock.now();
