@@ -8,9 +8,11 @@
 //! comes from [`crate::data`], the validation scores from [`crate::eval::score`].
 //!
 //! Checkpoints are [`crate::model::checkpoint::Checkpoint`]s: the weights, the AdamW moments and
-//! the step, written atomically every `checkpoint_every` steps.
+//! the step, written atomically every `checkpoint_every` steps, with the loss history as their
+//! metadata; [`curve`] draws that history as `<out>.curve.png` beside the weights.
 
 pub mod adamw;
+pub mod curve;
 pub mod denoise;
 mod fit;
 pub mod loss;
