@@ -27,6 +27,10 @@ pub struct History {
     pub train: Vec<Option<f32>>,
     /// `(steps done, validation loss)` after each epoch.
     pub val: Vec<(usize, f64)>,
+    /// What the validation loss measures (it need not be the training loss: a segmenter is
+    /// validated by 1 − IoU).
+    #[serde(default)]
+    pub val_measure: String,
 }
 
 /// The moving average of the training loss the loop logs: `l` after `ema` (NaN: none yet).
@@ -66,21 +70,45 @@ impl History {
             .flatten()
             .fold(f64::NAN, |e, &l| smooth(e, f64::from(l)))
     }
+}
 
-    /// The smoothed curve, point by point (it restarts after an unknown stretch).
-    fn smoothed(&self) -> Vec<(f64, f64)> {
-        let mut ema = f64::NAN;
-        let mut out = Vec::new();
-        for (i, l) in self.train.iter().enumerate() {
-            match l {
-                Some(l) if l.is_finite() => {
-                    ema = smooth(ema, f64::from(*l));
-                    out.push(((i + 1) as f64, ema));
-                }
-                _ => ema = f64::NAN,
-            }
+/// How many steps the drawn training curve averages: about a 60th of the run, so the line
+/// follows the loss's course without its step-to-step noise.
+fn window(points: usize) -> usize {
+    (points / 60).max(1)
+}
+
+/// The mean of each point's centred window of `k` points (a moving average that, unlike the
+/// logged [`smooth`], does not lag behind the loss).
+fn centred_mean(points: &[(f64, f64)], k: usize) -> Vec<(f64, f64)> {
+    let mut sum = vec![0.0];
+    for p in points {
+        sum.push(sum[sum.len() - 1] + p.1);
+    }
+    let n = points.len();
+    (0..n)
+        .map(|i| {
+            let (a, b) = (i.saturating_sub(k / 2), (i + k - k / 2).min(n));
+            (points[i].0, (sum[b] - sum[a]) / (b - a) as f64)
+        })
+        .collect()
+}
+
+/// An axis label with three significant digits and no float noise (0.35, 1.2e-4, 120).
+fn tick(v: &f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.1e}")
+    } else {
+        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+        let s = format!("{v:.decimals$}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').into()
+        } else {
+            s
         }
-        out
     }
 }
 
@@ -107,7 +135,8 @@ pub fn draw_curve(history: &History, title: &str, what: &str) -> Result<crate::f
         .filter_map(|(i, l)| l.map(|l| ((i + 1) as f64, f64::from(l))))
         .filter(|(_, l)| l.is_finite())
         .collect();
-    let smooth = history.smoothed();
+    let k = window(raw.len());
+    let mean = centred_mean(&raw, k);
     let val: Vec<(f64, f64)> = history
         .val
         .iter()
@@ -125,11 +154,22 @@ pub fn draw_curve(history: &History, title: &str, what: &str) -> Result<crate::f
         .len()
         .max(val.last().map_or(0, |v| v.0 as usize));
     let x = first..(last as f64).max(first + 1.0);
+    let train_label = if k > 1 {
+        format!("train (mean of {k} steps; faint: each step)")
+    } else {
+        "train (each step)".to_string()
+    };
+    let val_label = match history.val_measure.as_str() {
+        "" => "validation (each epoch)".to_string(),
+        m => format!("validation {m} (each epoch)"),
+    };
     let series = Series {
         raw: &raw,
-        smooth: &smooth,
+        mean: &mean,
         val: &val,
         title,
+        train_label: &train_label,
+        val_label: &val_label,
     };
     picture(SIZE.0, SIZE.1, what, |area| {
         if !(lo.is_finite() && hi.is_finite()) {
@@ -148,12 +188,14 @@ pub fn draw_curve(history: &History, title: &str, what: &str) -> Result<crate::f
     })
 }
 
-/// The three series of a curve and its title.
+/// The three series of a curve, their names and the title.
 struct Series<'a> {
     raw: &'a [(f64, f64)],
-    smooth: &'a [(f64, f64)],
+    mean: &'a [(f64, f64)],
     val: &'a [(f64, f64)],
     title: &'a str,
+    train_label: &'a str,
+    val_label: &'a str,
 }
 
 impl Series<'_> {
@@ -176,6 +218,8 @@ impl Series<'_> {
             .configure_mesh()
             .x_desc("step")
             .y_desc(y_desc)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .label_style((FAMILY, 14))
             .axis_desc_style((FAMILY, 16))
             .light_line_style(WHITE.mix(0.0))
@@ -183,17 +227,17 @@ impl Series<'_> {
         chart.draw_series(LineSeries::new(self.raw.iter().copied(), train_faint))?;
         chart
             .draw_series(LineSeries::new(
-                self.smooth.iter().copied(),
+                self.mean.iter().copied(),
                 train.stroke_width(2),
             ))?
-            .label("train (moving average; faint: each step)")
+            .label(self.train_label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], train.stroke_width(2)));
         chart
             .draw_series(LineSeries::new(
                 self.val.iter().copied(),
                 valc.stroke_width(2),
             ))?
-            .label("validation (each epoch)")
+            .label(self.val_label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], valc.stroke_width(2)));
         chart.draw_series(self.val.iter().map(|&p| Circle::new(p, 4, valc.filled())))?;
         chart
@@ -285,5 +329,27 @@ mod tests {
         let mut fresh = History::default();
         fresh.push_train(3, 1.0);
         assert_eq!(fresh.train, vec![None, None, Some(1.0)]);
+    }
+
+    /// Axis labels read as numbers, not float noise; the drawn mean is centred (no lag).
+    #[test]
+    fn ticks_and_the_centred_mean() {
+        let t = |v: f64| tick(&v);
+        assert_eq!(
+            [
+                t(0.6000000001),
+                t(0.35),
+                t(120.0),
+                t(0.0),
+                t(2.5e-4),
+                t(-1.5)
+            ],
+            ["0.6", "0.35", "120", "0", "2.5e-4", "-1.5"]
+        );
+        let line: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, i as f64)).collect();
+        let m = centred_mean(&line, 3);
+        assert_eq!(m[5], (5.0, 5.0));
+        assert_eq!(m[0], (0.0, 0.5));
+        assert_eq!(centred_mean(&line, 1), line);
     }
 }

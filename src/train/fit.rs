@@ -197,6 +197,7 @@ pub(super) fn fit(
             // Keep usable weights on disk after every epoch, and the curve beside them.
             save_tensors(&args.out, &weights::tensors(vm))?;
             history.push_val(done, v.loss);
+            history.val_measure = v.measure.to_string();
             draw(&history);
             last_val = Some(v);
         }

@@ -93,6 +93,8 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
 /// One validation pass: a loss, named metrics, and the line logged for it.
 pub struct Val {
     pub loss: f64,
+    /// What `loss` measures ("MSE", "1 − IoU"): the training curve names its series by it.
+    pub measure: &'static str,
     pub metrics: BTreeMap<String, f64>,
     pub line: String,
 }
