@@ -180,9 +180,6 @@ pub(super) fn fit(
                 started.elapsed().as_secs_f64()
             );
         }
-        if done % tc.checkpoint_every.max(1) == 0 || done == total || done == stop_at {
-            save_ckpt(&opt, &history)?;
-        }
         if done % spe == 0 || done == total {
             let v = (job.validate)()?;
             let line = format!(
@@ -200,6 +197,10 @@ pub(super) fn fit(
             history.val_measure = v.measure.to_string();
             draw(&history);
             last_val = Some(v);
+        }
+        // After the epoch's validation, so that the history it carries holds it.
+        if done % tc.checkpoint_every.max(1) == 0 || done == total || done == stop_at {
+            save_ckpt(&opt, &history)?;
         }
     }
     if let Some(b) = &bar {
