@@ -144,9 +144,11 @@ fn faces_eval_compares_with_pca_and_draws_a_montage() {
     assert!(pca > 0.0, "{r}");
     assert!((r["pca_ratio"].as_f64().unwrap() - mse / pca).abs() < 1e-9);
     let m = read(&montage);
-    // 4 rows of 75-pixel tiles (25×3) with 4-pixel gaps; 10 columns.
+    // 4 rows of 75-pixel tiles (25×3) with 4-pixel gaps; 10 columns behind a column of row
+    // labels ("input", "noisy", "output", "PCA").
     assert_eq!(m.height, 4 * (75 + 4) + 4);
-    assert_eq!(m.width, 10 * (75 + 4) + 4);
+    let strip = m.width - (10 * (75 + 4) + 4);
+    assert!((30..120).contains(&strip), "label column {strip} wide");
 }
 
 /// Segmentation: the label map holds only 0 and 1 and matches the sample's ground truth
@@ -230,7 +232,8 @@ fn emitting_a_kind_the_model_lacks_exits_2() {
 }
 
 /// `train` on a dense autoencoder: the loss falls, metadata is written, and --resume
-/// continues from the checkpoint to the same weights as an uninterrupted run.
+/// continues from the checkpoint to the same weights as an uninterrupted run, with the same
+/// loss history, moving average and a curve picture of the whole run.
 #[test]
 fn dense_ae_trains_and_resumes_identically() {
     let tmp = tempfile::tempdir().unwrap();
@@ -302,6 +305,25 @@ checkpoint_every = 10
     let tb = safetensors::SafeTensors::deserialize(&b).unwrap();
     for (name, t) in ta.tensors() {
         assert_eq!(t.data(), tb.tensor(&name).unwrap().data(), "{name} differs");
+    }
+    assert_eq!(resumed["final_train_loss"], r["final_train_loss"]);
+    let history = |name: &str| {
+        let b = std::fs::read(tmp.path().join(name)).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+    };
+    let (hf, hp) = (
+        history("full.safetensors.ckpt.json"),
+        history("part.safetensors.ckpt.json"),
+    );
+    assert_eq!(hf["train"].as_array().unwrap().len(), 40);
+    assert_eq!(hf["val"].as_array().unwrap().len(), 2, "{}", hf["val"]);
+    assert_eq!(
+        hf, hp,
+        "the resumed run's history is the uninterrupted one's"
+    );
+    for name in ["full.curve.png", "part.curve.png"] {
+        let img = image::open(tmp.path().join(name)).unwrap();
+        assert!(img.width() > 100 && img.height() > 100, "{name}");
     }
 }
 

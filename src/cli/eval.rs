@@ -41,7 +41,7 @@ pub struct EvalCmd {
     #[arg(long, value_delimiter = ',')]
     pub crop: Option<Vec<usize>>,
     /// Write a picture: a row of inputs, of corrupted inputs, of outputs, of PCA
-    /// reconstructions (where they apply).
+    /// reconstructions (where they apply), each named at its left.
     #[arg(long)]
     pub montage: Option<PathBuf>,
     #[arg(long)]

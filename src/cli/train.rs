@@ -27,7 +27,7 @@ pub struct TrainCmd {
     #[arg(long, value_parser = count(10_000_000))]
     pub steps_per_epoch: Option<usize>,
     /// Where to write the weights (safetensors); metadata goes to OUT.json, the
-    /// checkpoint to OUT.ckpt.
+    /// checkpoint to OUT.ckpt, the loss curve to OUT (extension replaced).curve.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]

@@ -100,7 +100,7 @@ pub(super) fn evaluate_denoise(
     let n = images.len() as f64;
     let mean = |f: fn(&ImageScore) -> f64| images.iter().map(f).sum::<f64>() / n;
     if let Some(m) = &args.montage {
-        write_montage(m, &montage_rows, 3)?;
+        write_montage(m, &montage_rows, &["clean", noise.row_label(), "output"])?;
     }
     Ok(EvalReport {
         pipeline: cfg.name.clone(),

@@ -13,6 +13,7 @@ pub mod montage;
 mod reconstruct;
 pub mod score;
 mod segment;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +75,15 @@ impl Noise {
             Noise::Mask { p } => {
                 corrupt::mask(plane, p, rng);
             }
+        }
+    }
+
+    /// The montage's name for a row of frames with this corruption applied.
+    fn row_label(&self) -> &'static str {
+        match self {
+            Noise::None => "input",
+            Noise::Gaussian { .. } | Noise::SaltPepper { .. } => "noisy",
+            Noise::Mask { .. } => "masked",
         }
     }
 }

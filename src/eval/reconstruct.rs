@@ -226,7 +226,7 @@ pub(super) fn evaluate_reconstruct(
                 tiles.push((3, tile_of(&r, w, h)));
             }
         }
-        write_montage(m, &tiles, 4)?;
+        write_montage(m, &tiles, &["input", noise.row_label(), "output", "PCA"])?;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(EvalReport {

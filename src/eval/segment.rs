@@ -43,7 +43,7 @@ pub(super) fn evaluate_segment(
         },
     )?;
     if let Some(m) = &args.montage {
-        write_montage(m, &tiles, 3)?;
+        write_montage(m, &tiles, &["input", "true mask", "output"])?;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(EvalReport {

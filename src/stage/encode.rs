@@ -4,7 +4,8 @@
 //! What each kind writes, for an input of 8 or 16 bits per channel:
 //! - `denoised`, `reconstruction`: PNG at the input's depth (grey, grey+alpha, RGB or RGBA as
 //!   the input; a reconstruction is grey), on the input's intensity scale.
-//! - `overlay`: RGB PNG at the input's depth, drawn on the input as decoded.
+//! - `overlay`: RGB PNG at the input's depth, drawn on the input contrast-stretched (its
+//!   0.5th–99.5th brightness percentiles span black to white), so a dim frame is visible.
 //! - `segmentation`: 8-bit grey PNG whatever the input: a label map of class indices.
 //! - `latent`: f32 values (`.npy`, a JSON record on streams).
 

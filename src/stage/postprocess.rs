@@ -10,7 +10,7 @@ use super::normalise::Prepared;
 use super::tiling::merge;
 use crate::config::PostprocessConfig;
 use crate::error::{Error, Result};
-use crate::frame::Planes;
+use crate::frame::{stretch_percentiles, Planes};
 
 /// A frame's results after the model.
 #[derive(Debug)]
@@ -68,9 +68,13 @@ pub fn labels(prob: &[f32]) -> Vec<u8> {
 const TINT: [f32; 3] = [1.0, 0.15, 0.1];
 const TINT_ALPHA: f32 = 0.45;
 
+/// Low and high percentiles of the input's brightness that an overlay shows as black and
+/// white (a viewer's auto-contrast: a few outliers saturate, the rest spans the range).
+const DISPLAY_PERCENTILES: [f32; 2] = [0.5, 99.5];
+
 /// The input with its foreground tinted and the outline of each region drawn solid, at the
-/// input's bit depth (drawn on the input as decoded, not as stretched for the model, so its
-/// intensities stay comparable with the input's).
+/// input's bit depth. The input is contrast-stretched first ([`display_levels`]): a dim 16-bit
+/// micrograph (levels 0–232 of 65535) would otherwise be a black picture with red on it.
 pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
     let (w, h) = (input.width, input.height);
     let grey;
@@ -80,7 +84,15 @@ pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
         grey = input.planes[0].clone();
         [&grey, &grey, &grey]
     };
-    let mut out: Vec<Vec<f32>> = rgb.iter().map(|p| (*p).clone()).collect();
+    let (offset, gain) = display_levels(input);
+    let mut out: Vec<Vec<f32>> = rgb
+        .iter()
+        .map(|p| {
+            p.iter()
+                .map(|&v| ((v - offset) * gain).clamp(0.0, 1.0))
+                .collect()
+        })
+        .collect();
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
@@ -109,6 +121,21 @@ pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
         planes: out,
         alpha: None,
         depth: input.depth,
+    }
+}
+
+/// The map `(offset, gain)` that shows `input` with contrast: its brightness's
+/// [`DISPLAY_PERCENTILES`] go to 0 and 1, one map for all channels so colours keep their
+/// balance. A flat frame (nothing to stretch) is shown as it is.
+fn display_levels(input: &Planes) -> (f32, f32) {
+    let mut luma = input.luma();
+    let [lo, hi] = DISPLAY_PERCENTILES;
+    let (offset, gain) = stretch_percentiles(&mut luma, lo, hi);
+    // Below one 16-bit level between the percentiles there is no picture to bring out.
+    if gain > 65535.0 {
+        (0.0, 1.0)
+    } else {
+        (offset, gain)
     }
 }
 
@@ -185,5 +212,44 @@ mod tests {
         assert_eq!(o.planes[0][5], TINT[0]);
         assert_eq!(o.planes[1][0], 0.5);
         assert_eq!(labels(&[0.2, 0.7, 0.5]), vec![0, 1, 0]);
+    }
+
+    /// A dim 16-bit micrograph (levels 0–232 of 65535) is drawn stretched: its background
+    /// spans grey to white instead of being near-black, the tint and outline still show, and
+    /// the overlay stays 16-bit.
+    #[test]
+    fn overlay_of_a_dark_16_bit_frame_is_stretched() {
+        let (w, h) = (32, 32);
+        // A pattern of levels 0–232 (on the 0–1 scale the decoder gives), its middle square
+        // labelled foreground.
+        let level = |x: usize, y: usize| ((x * 7 + y * 3) % 233) as f32 / 65535.0;
+        let data: Vec<f32> = (0..w * h).map(|i| level(i % w, i / w)).collect();
+        let mut input = Planes::grey(w, h, data);
+        input.depth = BitDepth::Sixteen;
+        let fg = |x: usize, y: usize| (12..20).contains(&x) && (12..20).contains(&y);
+        let l: Vec<u8> = (0..w * h).map(|i| u8::from(fg(i % w, i / w))).collect();
+        let o = overlay(&input, &l);
+        assert_eq!(o.depth, BitDepth::Sixteen);
+        let bg: Vec<f32> = (0..w * h)
+            .filter(|&i| !fg(i % w, i / w))
+            .map(|i| o.planes[1][i])
+            .collect();
+        let mean = bg.iter().sum::<f32>() / bg.len() as f32;
+        let max = bg.iter().fold(0f32, |m, &v| m.max(v));
+        assert!(mean > 0.3, "background still dark: mean {mean}");
+        assert!(max > 0.95, "the brightest background is not white: {max}");
+        // On the unstretched frame the mean would have been ~0.0018: the test can fail.
+        let raw_mean = input.planes[0].iter().sum::<f32>() / (w * h) as f32;
+        assert!(raw_mean < 0.01, "{raw_mean}");
+        let edge = 12 * w + 12;
+        assert_eq!(
+            [o.planes[0][edge], o.planes[1][edge], o.planes[2][edge]],
+            TINT
+        );
+        let inside = 15 * w + 15;
+        assert!(
+            o.planes[0][inside] > o.planes[1][inside] + 0.2,
+            "tinted red"
+        );
     }
 }

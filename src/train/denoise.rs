@@ -123,6 +123,7 @@ pub(super) fn denoise_job<'a>(
             if val_imgs.is_empty() {
                 return Ok(Val {
                     loss: f64::NAN,
+                    measure: "MSE",
                     metrics: BTreeMap::new(),
                     line: "no validation images".into(),
                 });
@@ -139,6 +140,7 @@ pub(super) fn denoise_job<'a>(
             };
             Ok(Val {
                 loss: v.loss,
+                measure: "MSE",
                 metrics: BTreeMap::from([
                     ("sigma".to_string(), tc.val_sigma as f64),
                     (

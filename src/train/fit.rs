@@ -1,10 +1,12 @@
 //! The loop every task shares: AdamW with warm-up and cosine decay, a progress bar or log
 //! lines, a [`Checkpoint`] every `checkpoint_every` steps (and at a stop), validation every
-//! epoch, and the weights and `<out>.json` report at the end.
+//! epoch, and the weights and `<out>.json` report at the end. After every epoch and at the end
+//! the loss curve is drawn beside the weights ([`super::curve`]).
 //!
 //! `--resume` loads the checkpoint and continues at its step; since the data of step `k` is
 //! drawn from an RNG seeded by `(seed, k)`, the resumed run continues exactly as the
-//! uninterrupted one would have.
+//! uninterrupted one would have; the checkpoint carries the loss history, so the resumed run's
+//! curve and moving average continue the interrupted run's.
 
 use std::path::Path;
 use std::time::Instant;
@@ -14,6 +16,7 @@ use candle_nn::VarMap;
 use rand::SeedableRng;
 
 use super::adamw::{AdamW, AdamWParams};
+use super::curve::{curve_path, smooth, write_curve, History};
 use super::{checkpoint_path, Job, TrainArgs, TrainReport, Val};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
@@ -79,8 +82,10 @@ pub(super) fn fit(
         },
     )?;
     let ckpt = checkpoint_path(&args.out);
+    let mut history = History::default();
+    let mut ema_loss = f64::NAN;
     if args.resume && ckpt.is_file() {
-        let mut c = Checkpoint::<()>::load(&ckpt, &args.device)?;
+        let mut c = Checkpoint::<History>::load(&ckpt, &args.device)?;
         c.upgrade(&cfg.model.arch)?;
         let o = c
             .optimizer
@@ -88,6 +93,11 @@ pub(super) fn fit(
         weights::set_vars(vm, &c.weights, &ckpt.display().to_string())?;
         let step = o.step as usize;
         opt.load_state(&o.moments, step)?;
+        // Metadata is written after the tensors: if a crash fell between them it is older
+        // than the weights (the steps between are unknown), never newer than the step.
+        history = c.meta.unwrap_or_default();
+        history.truncate(step);
+        ema_loss = history.ema();
         tracing::info!("resumed from {} at step {step}", ckpt.display());
     } else {
         if args.resume {
@@ -111,18 +121,29 @@ pub(super) fn fit(
     } else {
         None
     };
-    let save_ckpt = |opt: &AdamW| -> Result<()> {
-        Checkpoint::<()> {
+    let save_ckpt = |opt: &AdamW, history: &History| -> Result<()> {
+        Checkpoint {
             weights: weights::tensors(vm),
             optimizer: Some(OptimizerState {
                 step: opt.step as u64,
                 moments: opt.state(),
             }),
-            meta: None,
+            meta: Some(history.clone()),
         }
         .save(&ckpt)
     };
-    let mut ema_loss = f64::NAN;
+    let curve = curve_path(&args.out);
+    let title = format!(
+        "{}: training loss ({})",
+        cfg.name,
+        format!("{:?}", tc.loss).to_lowercase()
+    );
+    // The picture is for people: a failure to draw it is reported, never fatal to training.
+    let draw = |history: &History| {
+        if let Err(e) = write_curve(&curve, history, &title) {
+            tracing::warn!("training curve not written: {e}");
+        }
+    };
     let warmup = 50.min(total / 10 + 1);
     let mut last_val: Option<Val> = None;
     let stop_at = args.stop_after.unwrap_or(total).min(total);
@@ -140,18 +161,16 @@ pub(super) fn fit(
         let loss = (job.step_loss)(&mut rng)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;
-        let l = loss.to_scalar::<f32>()? as f64;
+        let l32 = loss.to_scalar::<f32>()?;
+        let l = f64::from(l32);
         if !l.is_finite() {
             return Err(Error::Other(format!(
                 "training diverged at step {step} (loss {l}); lower train.lr"
             )));
         }
-        ema_loss = if ema_loss.is_nan() {
-            l
-        } else {
-            0.98 * ema_loss + 0.02 * l
-        };
+        ema_loss = smooth(ema_loss, l);
         let done = opt.step;
+        history.push_train(done, l32);
         if let Some(b) = &bar {
             b.set_position(done as u64);
             b.set_message(format!("loss {ema_loss:.4e}"));
@@ -160,9 +179,6 @@ pub(super) fn fit(
                 "step {done}/{total} loss {ema_loss:.4e} lr {lr:.2e} {:.1}s",
                 started.elapsed().as_secs_f64()
             );
-        }
-        if done % tc.checkpoint_every.max(1) == 0 || done == total || done == stop_at {
-            save_ckpt(&opt)?;
         }
         if done % spe == 0 || done == total {
             let v = (job.validate)()?;
@@ -175,15 +191,24 @@ pub(super) fn fit(
                 Some(b) => b.println(line),
                 None => tracing::info!("{line}"),
             }
-            // Keep usable weights on disk after every epoch.
+            // Keep usable weights on disk after every epoch, and the curve beside them.
             save_tensors(&args.out, &weights::tensors(vm))?;
+            history.push_val(done, v.loss);
+            history.val_measure = v.measure.to_string();
+            draw(&history);
             last_val = Some(v);
+        }
+        // After the epoch's validation, so that the history it carries holds it.
+        if done % tc.checkpoint_every.max(1) == 0 || done == total || done == stop_at {
+            save_ckpt(&opt, &history)?;
         }
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     save_tensors(&args.out, &weights::tensors(vm))?;
+    draw(&history);
+    tracing::info!("training curve: {}", curve.display());
     let v = match last_val {
         Some(v) => v,
         None => (job.validate)()?,

@@ -8,9 +8,11 @@
 //! comes from [`crate::data`], the validation scores from [`crate::eval::score`].
 //!
 //! Checkpoints are [`crate::model::checkpoint::Checkpoint`]s: the weights, the AdamW moments and
-//! the step, written atomically every `checkpoint_every` steps.
+//! the step, written atomically every `checkpoint_every` steps, with the loss history as their
+//! metadata; [`curve`] draws that history as `<out>.curve.png` beside the weights.
 
 pub mod adamw;
+pub mod curve;
 pub mod denoise;
 mod fit;
 pub mod loss;
@@ -91,6 +93,8 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
 /// One validation pass: a loss, named metrics, and the line logged for it.
 pub struct Val {
     pub loss: f64,
+    /// What `loss` measures ("MSE", "1 − IoU"): the training curve names its series by it.
+    pub measure: &'static str,
     pub metrics: BTreeMap<String, f64>,
     pub line: String,
 }

@@ -104,6 +104,7 @@ pub(super) fn reconstruct_job<'a>(
             }
             Ok(Val {
                 loss: r.mse,
+                measure: "MSE",
                 metrics,
                 line,
             })

@@ -62,6 +62,7 @@ pub(super) fn segment_job<'a>(
             let m = tally.overlap;
             Ok(Val {
                 loss: 1.0 - m.iou(),
+                measure: "1 − IoU",
                 metrics: BTreeMap::from([
                     ("iou".to_string(), m.iou()),
                     ("dice".to_string(), m.dice()),
