@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh machine, then runs them.
 # tests/redis.rs starts its own redis-server processes on free loopback ports, so the only
-# thing to bring is the redis-server binary (Debian's package). Extra arguments go to
+# thing to bring is the redis-server binary (Debian's package); tests/video_ffmpeg.rs pipes
+# video through ffmpeg and ffprobe (Debian's ffmpeg package). Extra arguments go to
 # `cargo test` (e.g. `scripts/test.sh --lib` or `scripts/test.sh --test cli`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# Installs Debian package $1 when command $2 is missing.
+need() {
+    command -v "$2" >/dev/null 2>&1 && return
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "installing redis-server (Debian package) for tests/redis.rs" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-fi
+    echo "installing $1 (Debian package) for the tests" >&2
+    if [ -z "${APT_UPDATED:-}" ]; then
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
+need redis-server redis-server
+need ffmpeg ffmpeg
 redis-server --version >&2
+ffmpeg -version | sed -n 1p >&2
 
 cargo test "$@"

@@ -25,12 +25,16 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Decodes PNG, JPEG, PNM, TIFF or WebP bytes (format sniffed from the content) within `limits`.
+/// Decodes PNG, JPEG, PNM, TIFF or WebP bytes, or a one-frame YUV4MPEG2 record (format sniffed
+/// from the content) within `limits`.
 pub fn decode(bytes: &[u8], limits: DecodeLimits, what: &str) -> Result<Planes> {
     let err = |message: String| Error::Decode {
         what: what.to_string(),
         message,
     };
+    if super::y4m::planes::is_y4m(bytes) {
+        return super::y4m::planes::decode(bytes, limits.max_pixels).map_err(err);
+    }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;

@@ -11,6 +11,7 @@
 
 use super::tiling::{split, TilePlan, Unit};
 use crate::config::{ColourMode, NormaliseConfig, Stretch};
+use crate::frame::y4m::Yuv;
 use crate::frame::{percentile, resize_plane, stretch_percentiles, BitDepth, Planes};
 use crate::model::Task;
 
@@ -30,6 +31,8 @@ pub struct Prepared {
     /// Per entry of `planes`, the stretch to undo on the model's output: present when one was
     /// applied and the output is an image of the frame (not a segmentation's probability).
     pub levels: Option<Vec<Levels>>,
+    /// The YUV layout of a frame decoded from YUV4MPEG2 (its chroma planes are smaller).
+    pub yuv: Option<Yuv>,
 }
 
 /// The linear map a stretch applied to a plane: the model saw `(v - offset) * gain`.
@@ -104,12 +107,16 @@ pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
     let luma = (grey && planes.is_colour()).then(|| planes.luma());
     // The frame itself is kept only when an output draws on it (no copy otherwise).
     let input = opts.keep_input.then(|| planes.clone());
+    let sizes: Vec<(usize, usize)> = (0..planes.planes.len())
+        .map(|i| planes.plane_size(i))
+        .collect();
     let Planes {
         width: w,
         height: h,
         planes: chans,
         alpha,
         depth,
+        yuv,
     } = planes;
     let mut chans = luma.map(|l| vec![l]).unwrap_or(chans);
     let applied: Vec<Option<Levels>> = chans
@@ -143,16 +150,23 @@ pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
             input,
             depth,
             levels,
+            // One grey plane at the model's size: no longer the stream's layout.
+            yuv: None,
         };
     }
     Prepared {
         width: w,
         height: h,
-        planes: chans.iter().map(|p| split(p, w, h, &opts.plan)).collect(),
+        planes: chans
+            .iter()
+            .zip(&sizes)
+            .map(|(p, &(pw, ph))| split(p, pw, ph, &opts.plan))
+            .collect(),
         alpha,
         input,
         depth,
         levels,
+        yuv,
     }
 }
 
@@ -225,6 +239,7 @@ mod tests {
             planes: vec![vec![0.2; 1200], vec![0.4; 1200], vec![0.6; 1200]],
             alpha: None,
             depth: BitDepth::Eight,
+            yuv: None,
         };
         let opts = NormaliseOpts {
             fixed_size: Some((25, 20)),

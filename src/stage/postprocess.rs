@@ -35,7 +35,11 @@ pub fn assemble(
     for (i, units) in prepared.planes.iter().enumerate() {
         let outs = &outputs[at..at + units.len()];
         at += units.len();
-        let mut p = merge(units, outs, prepared.width, prepared.height);
+        let (pw, ph) = match &prepared.yuv {
+            Some(y) => y.format.plane_size(i, prepared.width, prepared.height),
+            None => (prepared.width, prepared.height),
+        };
+        let mut p = merge(units, outs, pw, ph);
         // Undone before clipping: a stretched frame's bright pixels are above 1 as the model
         // sees them and within [0, 1] again on the input's scale.
         if let Some(l) = prepared.levels.as_ref().and_then(|l| l.get(i)) {
@@ -53,6 +57,7 @@ pub fn assemble(
             planes,
             alpha: prepared.alpha,
             depth: prepared.depth,
+            yuv: prepared.yuv,
         },
         code,
         input: prepared.input,
@@ -72,6 +77,14 @@ const TINT_ALPHA: f32 = 0.45;
 /// input's bit depth (drawn on the input as decoded, not as stretched for the model, so its
 /// intensities stay comparable with the input's).
 pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
+    // Drawn in RGB: a YUV frame's chroma planes are not at the labels' size.
+    let converted;
+    let input = if input.yuv.is_some() {
+        converted = crate::frame::y4m::planes::to_rgb(input);
+        &converted
+    } else {
+        input
+    };
     let (w, h) = (input.width, input.height);
     let grey;
     let rgb: [&Vec<f32>; 3] = if input.is_colour() {
@@ -109,6 +122,7 @@ pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
         planes: out,
         alpha: None,
         depth: input.depth,
+        yuv: None,
     }
 }
 
@@ -159,6 +173,7 @@ mod tests {
                 offset: 0.001,
                 gain: 100.0,
             }]),
+            yuv: None,
         };
         let f = assemble(
             prepared,
