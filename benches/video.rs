@@ -8,7 +8,8 @@
 //! does; σ 25 added to R, G and B before the conversion, as a camera's sensor noise), and how
 //! much frame-by-frame denoising of a static scene flickers, with and without `--temporal`.
 //!
-//! `cargo bench --bench video -- [--pipeline NAME] [--size WxH] [--frames N] [IMAGE…]`
+//! `cargo bench --bench video -- [--pipeline NAME] [--size WxH] [--frames N] [--flicker-only]
+//! [IMAGE…]`
 //! (default: samples/clean/flower-colour.png; docs/video.md used the validation photos).
 
 use std::path::{Path, PathBuf};
@@ -155,6 +156,7 @@ fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let (mut pipeline, mut size, mut frames, mut images) =
         ("denoise-fast".to_string(), (192, 192), 8usize, Vec::new());
+    let mut flicker_only = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--pipeline" => pipeline = args.next().expect("a pipeline"),
@@ -164,6 +166,7 @@ fn main() {
                 size = (w.parse().unwrap(), h.parse().unwrap());
             }
             "--frames" => frames = args.next().expect("N").parse().unwrap(),
+            "--flicker-only" => flicker_only = true,
             _ => images.push(PathBuf::from(a)),
         }
     }
@@ -184,7 +187,7 @@ fn main() {
         .iter()
         .filter_map(|p| clean_frame(p, w, h, 0).map(|f| (p.clone(), f)))
         .collect();
-    for (i, (path, clean)) in clean_frames.iter().enumerate() {
+    for (i, (path, clean)) in clean_frames.iter().enumerate().filter(|_| !flicker_only) {
         let name = path.file_name().unwrap().to_string_lossy();
         for in_rgb in [false, true] {
             let noise = if in_rgb {
@@ -229,8 +232,8 @@ fn main() {
         );
     }
 
-    // Flicker: a static scene, fresh noise on every frame; then the same scene panning 2
-    // pixels a frame, where a temporal filter that ghosts would lose PSNR.
+    // Flicker: a static scene, fresh noise on every frame; then the same scene panning 2 and
+    // 7 pixels a frame, where a temporal filter that ghosts would lose PSNR.
     let Some((path, clean)) = clean_frames.first() else {
         return;
     };
@@ -242,10 +245,17 @@ fn main() {
             / fs.len() as f64
     };
     let still: Vec<Planes> = vec![clean.clone(); frames];
-    let pan: Vec<Planes> = (0..frames)
-        .filter_map(|t| clean_frame(path, w, h, 2 * t))
-        .collect();
-    for (scene, clean) in [("static", still), ("panning", pan)] {
+    let pan = |step: usize| -> Vec<Planes> {
+        (0..frames)
+            .filter_map(|t| clean_frame(path, w, h, step * t))
+            .collect()
+    };
+    let scenes = [
+        ("static", still),
+        ("panning 2 px/frame", pan(2)),
+        ("panning 7 px/frame (beyond the search)", pan(7)),
+    ];
+    for (scene, clean) in scenes {
         if clean.len() < 2 {
             continue;
         }

@@ -272,3 +272,78 @@ fn ten_bit_and_mono_streams_keep_their_layout() {
         }
     }
 }
+
+/// Mean absolute difference of luma between consecutive frames (0–255).
+fn flicker(s: &Stream) -> f64 {
+    let n = s.frames.len() - 1;
+    s.frames
+        .windows(2)
+        .map(|f| {
+            let (a, b) = (&f[0].1[..Y_BYTES], &f[1].1[..Y_BYTES]);
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| (x as f64 - y as f64).abs())
+                .sum::<f64>()
+                / Y_BYTES as f64
+        })
+        .sum::<f64>()
+        / n as f64
+}
+
+/// A still scene flickers less with `--temporal 3`, and is no further from the clean frame;
+/// the header and frame count are unchanged. `--temporal` without y4m is a usage error.
+#[test]
+fn temporal_smoothing_reduces_flicker_on_a_still_scene() {
+    let clean = clean_frame();
+    let input = noisy_stream(&clean, 6);
+    let plain = cut(
+        &common::ok(y4m_run("denoise-fast", input.clone())).stdout,
+        FRAME_BYTES,
+    );
+    let out = common::ok(run_with_stdin(
+        &[
+            "run",
+            "denoise-fast",
+            "-i",
+            "-",
+            "-o",
+            "-",
+            "--framing",
+            "y4m",
+            "--temporal",
+            "3",
+        ],
+        input,
+    ));
+    let smooth = cut(&out.stdout, FRAME_BYTES);
+    assert_eq!((smooth.header.as_str(), smooth.frames.len()), (HEADER, 6));
+    let luma = |s: &Stream| {
+        s.frames
+            .iter()
+            .map(|f| psnr(&f.1[..Y_BYTES], &clean[..Y_BYTES]))
+            .sum::<f64>()
+            / 6.0
+    };
+    let (f0, f1) = (flicker(&plain), flicker(&smooth));
+    let (p0, p1) = (luma(&plain), luma(&smooth));
+    eprintln!("flicker {f0:.2} -> {f1:.2}, luma PSNR {p0:.2} -> {p1:.2} dB");
+    assert!(f1 < f0 * 0.8, "flicker {f0:.2} -> {f1:.2}");
+    assert!(p1 >= p0, "PSNR {p0:.2} -> {p1:.2}");
+
+    let out = bin()
+        .args([
+            "run",
+            "denoise-fast",
+            "-i",
+            "-",
+            "-o",
+            "-",
+            "--temporal",
+            "2",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--temporal"));
+}
