@@ -347,3 +347,30 @@ fn temporal_smoothing_reduces_flicker_on_a_still_scene() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--temporal"));
 }
+
+/// `[normalise] colour = "rgb"`: the frames go through the model as RGB and come back in
+/// their layout, denoised.
+#[test]
+fn the_rgb_colour_path_comes_back_in_the_stream_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/denoise-fast.toml"),
+    )
+    .unwrap()
+    .replace("colour = \"per-channel\"", "colour = \"rgb\"");
+    assert!(toml.contains("colour = \"rgb\""));
+    let pipeline = dir.path().join("video-rgb.toml");
+    std::fs::write(&pipeline, toml).unwrap();
+    let clean = clean_frame();
+    let input = noisy_stream(&clean, 3);
+    let out = common::ok(y4m_run(pipeline.to_str().unwrap(), input.clone()));
+    let (got, sent) = (cut(&out.stdout, FRAME_BYTES), cut(&input, FRAME_BYTES));
+    assert_eq!((got.header.as_str(), got.frames.len()), (HEADER, 3));
+    for ((_, data), (_, noisy)) in got.frames.iter().zip(&sent.frames) {
+        let (before, after) = (
+            psnr(&noisy[..Y_BYTES], &clean[..Y_BYTES]),
+            psnr(&data[..Y_BYTES], &clean[..Y_BYTES]),
+        );
+        assert!(after >= before + 5.0, "luma {before:.2} -> {after:.2} dB");
+    }
+}

@@ -11,7 +11,7 @@
 
 use super::tiling::{split, TilePlan, Unit};
 use crate::config::{ColourMode, NormaliseConfig, Stretch};
-use crate::frame::y4m::Yuv;
+use crate::frame::y4m::{planes::to_rgb, Yuv};
 use crate::frame::{percentile, resize_plane, stretch_percentiles, BitDepth, Planes};
 use crate::model::Task;
 
@@ -33,6 +33,9 @@ pub struct Prepared {
     pub levels: Option<Vec<Levels>>,
     /// The YUV layout of a frame decoded from YUV4MPEG2 (its chroma planes are smaller).
     pub yuv: Option<Yuv>,
+    /// Set when a YUV frame was converted to RGB for the model (`colour = "rgb"`): the
+    /// layout post-process converts its output back to.
+    pub to_yuv: Option<Yuv>,
 }
 
 /// The linear map a stretch applied to a plane: the model saw `(v - offset) * gain`.
@@ -103,6 +106,13 @@ pub struct NormaliseOpts {
 }
 
 pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
+    // `colour = "rgb"`: a YUV frame reaches the model as RGB; post-process converts back.
+    let (planes, to_yuv) = match planes.yuv {
+        Some(y) if opts.cfg.colour == ColourMode::Rgb && opts.fixed_size.is_none() => {
+            (to_rgb(&planes), Some(y))
+        }
+        _ => (planes, None),
+    };
     let grey = opts.cfg.colour == ColourMode::Grey || opts.fixed_size.is_some();
     let luma = (grey && planes.is_colour()).then(|| planes.luma());
     // The frame itself is kept only when an output draws on it (no copy otherwise).
@@ -152,6 +162,7 @@ pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
             levels,
             // One grey plane at the model's size: no longer the stream's layout.
             yuv: None,
+            to_yuv: None,
         };
     }
     Prepared {
@@ -167,6 +178,7 @@ pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
         depth,
         levels,
         yuv,
+        to_yuv,
     }
 }
 
@@ -229,6 +241,46 @@ mod tests {
         let p = run(dim(232), &o);
         // `percentile` maps the low percentile to 0: an offset as well as a gain.
         assert!(p.levels.unwrap()[0].offset > 0.0);
+    }
+
+    /// `colour = "rgb"`: a 4:2:0 frame reaches the model as three full-size RGB planes, and
+    /// post-process brings the output back to 4:2:0.
+    #[test]
+    fn rgb_mode_converts_yuv_frames_and_back() {
+        use crate::frame::y4m::Format;
+        let (w, h) = (16, 8);
+        let smooth = |a: f32, b: f32, n: usize, cw: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| a + b * (i % cw) as f32 / cw as f32)
+                .collect()
+        };
+        let frame = Planes {
+            width: w,
+            height: h,
+            planes: vec![
+                smooth(0.3, 0.4, 128, 16),
+                smooth(0.45, 0.1, 32, 8),
+                smooth(0.55, -0.1, 32, 8),
+            ],
+            alpha: None,
+            depth: BitDepth::Eight,
+            yuv: Some(Yuv {
+                format: Format::parse("420mpeg2").unwrap(),
+                full_range: false,
+            }),
+        };
+        let mut o = opts(Task::Denoise);
+        o.cfg.colour = ColourMode::Rgb;
+        let p = run(frame.clone(), &o);
+        assert_eq!((p.planes.len(), p.yuv, p.to_yuv), (3, None, frame.yuv));
+        assert_eq!(p.planes[1][0].data.len(), w * h);
+        let outs: Vec<Vec<f32>> = p.planes.iter().map(|u| u[0].data.clone()).collect();
+        let back = crate::stage::postprocess::assemble(p, &outs, None, &Default::default());
+        assert_eq!(back.planes.yuv, frame.yuv);
+        let (got, want) = (back.planes.planes.concat(), frame.planes.concat());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 0.02, "sample {i}: {a} vs {b}");
+        }
     }
 
     #[test]

@@ -50,15 +50,20 @@ pub fn assemble(
         }
         planes.push(p);
     }
+    let mut planes = Planes {
+        width: prepared.width,
+        height: prepared.height,
+        planes,
+        alpha: prepared.alpha,
+        depth: prepared.depth,
+        yuv: prepared.yuv,
+    };
+    // `colour = "rgb"`: the model saw a YUV frame as RGB; back to the frame's layout.
+    if let Some(y) = prepared.to_yuv {
+        planes = crate::frame::y4m::planes::from_rgb(&planes, y);
+    }
     Finished {
-        planes: Planes {
-            width: prepared.width,
-            height: prepared.height,
-            planes,
-            alpha: prepared.alpha,
-            depth: prepared.depth,
-            yuv: prepared.yuv,
-        },
+        planes,
         code,
         input: prepared.input,
     }
@@ -174,6 +179,7 @@ mod tests {
                 gain: 100.0,
             }]),
             yuv: None,
+            to_yuv: None,
         };
         let f = assemble(
             prepared,

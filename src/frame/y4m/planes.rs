@@ -198,9 +198,11 @@ pub fn to_rgb(p: &Planes) -> Planes {
         out.planes = vec![y];
         return out;
     };
+    // Resampled as stored (0–1): the resize clamps to that range, so centred values (±0.5)
+    // would lose their negative half.
     let up = |c: &[f32]| -> Vec<f32> {
-        let c: Vec<f32> = c.iter().map(|v| (v - co) / cs).collect();
-        resize_plane(&c, cw, ch, w, h)
+        let c = resize_plane(c, cw, ch, w, h);
+        c.iter().map(|v| (v - co) / cs).collect()
     };
     let (cb, cr) = (up(&p.planes[1]), up(&p.planes[2]));
     let (kr, kb) = matrix(h);
@@ -249,8 +251,9 @@ pub fn from_rgb(p: &Planes, yuv: Yuv) -> Planes {
             } else {
                 vec![0.0; w * h]
             };
-            let small = resize_plane(&diff, w, h, cw, ch);
-            planes.push(small.iter().map(|v| v * cs + co).collect());
+            // Resampled as stored (0–1), as in `to_rgb`.
+            let full: Vec<f32> = diff.iter().map(|v| v * cs + co).collect();
+            planes.push(resize_plane(&full, w, h, cw, ch));
         }
     }
     Planes {
@@ -319,6 +322,31 @@ mod tests {
         assert!(e.contains("not 5"), "{e}");
         assert!(split_record(b"YUV4MPEG2 W2 H2\nFRAMX\n\0\0\0\0\0\0").is_err());
         assert!(split_record(b"YUV4MPEG2 W2 H2").is_err());
+    }
+
+    /// 4:2:0 → RGB → 4:2:0 keeps chroma on both sides of neutral (the resize clamps to 0–1,
+    /// so chroma is resampled as stored, not centred on 0).
+    #[test]
+    fn subsampled_chroma_survives_the_round_trip() {
+        let data: Vec<u8> = (0..64)
+            .map(|i| 60 + (i % 8) as u8 * 10)
+            .chain((0..16).map(|i| 100 + (i % 4) as u8 * 20))
+            .chain((0..16).map(|i| 160 - (i % 4) as u8 * 20))
+            .collect();
+        let p = decode(&record("YUV4MPEG2 W8 H8 C420", &data), 100).unwrap();
+        let back = from_rgb(&to_rgb(&p), p.yuv.unwrap());
+        for (a, b) in back.planes[1..]
+            .concat()
+            .iter()
+            .zip(&p.planes[1..].concat())
+        {
+            assert!(
+                (a - b).abs() < 12.0 / 255.0,
+                "{} vs {}",
+                a * 255.0,
+                b * 255.0
+            );
+        }
     }
 
     /// RGB → YUV → RGB comes back within rounding on smooth content, both matrices and ranges.
