@@ -319,6 +319,55 @@ mod tests {
         }
     }
 
+    /// A one-frame record of a 2x2 4:2:0 frame with every sample `v`, under `header`.
+    fn record(header: &str, params: &str, v: u8) -> Vec<u8> {
+        let mut r = format!("{header}\nFRAME{params}\n").into_bytes();
+        r.extend([v; 6]);
+        r
+    }
+
+    /// YUV4MPEG2: the stream's header once, frames in order with their FRAME parameters, a
+    /// failed frame written as it came in, every held frame released.
+    #[test]
+    fn y4m_keeps_the_header_order_and_failed_frames() {
+        let head = "YUV4MPEG2 W2 H2 F25:1 C420mpeg2 XCOMMENT=hi";
+        let video = Arc::new(Video::new());
+        video.start(y4m::Header::parse(head.as_bytes()).unwrap());
+        for seq in 0..3 {
+            video.hold(
+                seq,
+                record(head, if seq == 1 { " Ib" } else { "" }, 10 + seq as u8),
+            );
+        }
+        let made = |seq: u64| Output {
+            files: vec![(
+                OutputKind::Denoised,
+                Payload::Bytes(record("YUV4MPEG2 W2 H2 C420mpeg2", "", 100 + seq as u8)),
+            )],
+            ..output(seq)
+        };
+        let mut out = Vec::new();
+        let mut sink = StreamSink::y4m(&mut out, video.clone());
+        sink.write(made(2)).unwrap();
+        sink.skip(1).unwrap();
+        sink.write(made(0)).unwrap();
+        sink.finish().unwrap();
+        let mut want = format!("{head}\n").into_bytes();
+        for (params, v) in [("", 100u8), (" Ib", 11), ("", 102)] {
+            want.extend(format!("FRAME{params}\n").bytes());
+            want.extend([v; 6]);
+        }
+        assert_eq!(out, want);
+        assert_eq!(video.held(), 0);
+
+        // No frames: the header alone.
+        let video = Arc::new(Video::new());
+        video.start(y4m::Header::parse(head.as_bytes()).unwrap());
+        let mut out = Vec::new();
+        StreamSink::y4m(&mut out, video).finish().unwrap();
+        assert_eq!(out, format!("{head}\n").into_bytes());
+    }
+
     #[test]
     fn concat_takes_latents_alone_or_images_alone_but_not_mixed() {
         use OutputKind::*;
