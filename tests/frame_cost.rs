@@ -159,6 +159,7 @@ fn the_estimate_bounds_what_each_stage_allocates() {
         planes: (0..3).map(|c| noise(w * h, c)).collect(),
         alpha: alpha.then(|| vec![1.0; w * h]),
         depth: BitDepth::Eight,
+        yuv: None,
     };
     let cases: Vec<(&str, Planes)> = vec![
         ("rgb 8-bit, tiled", colour(1100, 700, false)),

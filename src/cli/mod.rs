@@ -9,6 +9,7 @@ pub mod eval;
 pub mod logging;
 pub mod run;
 pub mod train;
+pub mod video;
 pub mod web;
 
 use clap::ValueEnum;
@@ -16,18 +17,22 @@ use clap::ValueEnum;
 use aestream::config::{OutputKind, PipelineConfig};
 use aestream::frame::framing::Framing;
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FramingArg {
     /// PNG and binary PNM (P5/P6) files back to back.
     Concat,
     /// Each frame prefixed by its length, 4 bytes big-endian; any image format.
     Len,
+    /// YUV4MPEG2 video (ffmpeg's `-f yuv4mpegpipe`), stdin to stdout: the same header, frame
+    /// count and order come back.
+    Y4m,
 }
 
 impl From<FramingArg> for Framing {
+    /// The image framing; `y4m` has its own source and sink (`cli/video.rs`) and none.
     fn from(f: FramingArg) -> Self {
         match f {
-            FramingArg::Concat => Framing::Concat,
+            FramingArg::Concat | FramingArg::Y4m => Framing::Concat,
             FramingArg::Len => Framing::Length,
         }
     }

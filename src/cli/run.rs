@@ -26,7 +26,7 @@ use aestream::source::Source;
 use aestream::train::online::{self, Checkpoints};
 
 use super::endpoint::Endpoint;
-use super::{parse_kinds, with_ensemble, FramingArg};
+use super::{parse_kinds, video, with_ensemble, FramingArg};
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Framing of stdin and stdout streams.
     #[arg(long, value_enum, default_value = "concat")]
     framing: FramingArg,
+    /// With --framing y4m: average each denoised frame with up to N (1 to 8) earlier ones
+    /// where the scene is still: less flicker, no ghosts where it moves (docs/video.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=8))]
+    temporal: Option<u64>,
     /// Weights to use instead of the pipeline's.
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -375,7 +379,14 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let framing: Framing = a.framing.into();
     // `--http` without an input anywhere: the run serves requests only.
     let serve_only = a.http.is_some() && a.input.is_none();
-    if !serve_only {
+    let (mut video_source, mut video_sink) = (None, None);
+    if a.framing == FramingArg::Y4m && !serve_only {
+        video::check(a.input(), a.output(), &first, &kinds)?;
+        (video_source, video_sink) = video::pair(&first, a.temporal);
+    } else if serve_only {
+        video::check_temporal(a.temporal)?;
+    } else {
+        video::check_temporal(a.temporal)?;
         check_stream_kinds(a.output(), framing, &kinds)?;
     }
     if let (Endpoint::Folder(input), Endpoint::Folder(output)) = (a.input(), a.output()) {
@@ -402,10 +413,12 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let sink: Option<Box<dyn Sink>> = (!serve_only)
         .then(|| -> anyhow::Result<Box<dyn Sink>> {
             Ok(match a.output() {
-                Endpoint::Stdio => Box::new(StreamSink::new(
-                    std::io::BufWriter::new(std::io::stdout()),
-                    framing,
-                )),
+                Endpoint::Stdio => video_sink.take().unwrap_or_else(|| {
+                    Box::new(StreamSink::new(
+                        std::io::BufWriter::new(std::io::stdout()),
+                        framing,
+                    ))
+                }),
                 Endpoint::Redis(addr) => Box::new(RedisSink::new(
                     addr.clone(),
                     first.cfg.sink.maxlen,
@@ -433,11 +446,13 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
                     let cfg = RedisSourceConfig::new(addr.clone(), &q, max_file);
                     Box::new(RedisSource::new(cfg, telemetry.clone())?)
                 }
-                Endpoint::Stdio => Box::new(StreamSource::new(
-                    std::io::stdin(),
-                    framing,
-                    first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20) as usize,
-                )),
+                Endpoint::Stdio => video_source.take().unwrap_or_else(|| {
+                    Box::new(StreamSource::new(
+                        std::io::stdin(),
+                        framing,
+                        first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20) as usize,
+                    ))
+                }),
                 Endpoint::Folder(input) => {
                     let state = state_dir(&a);
                     let j = Arc::new(

@@ -13,6 +13,10 @@ pub enum ColourMode {
     PerChannel,
     /// Everything is turned grey; the output is grey.
     Grey,
+    /// As `PerChannel`, but a YUV4MPEG2 frame goes through the model as RGB (chroma
+    /// upsampled) and is converted back to its layout: better on camera-like noise, about
+    /// twice the model time (docs/video.md).
+    Rgb,
 }
 
 /// How a frame is padded up to the model's size multiple.

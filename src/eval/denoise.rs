@@ -72,6 +72,7 @@ pub(super) fn evaluate_denoise(
                     planes: p.to_vec(),
                     alpha: None,
                     depth: clean.depth,
+                    yuv: None,
                 }
                 .luma()
             };

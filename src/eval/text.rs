@@ -67,6 +67,7 @@ pub fn picture(
         planes: vec![plane(0), plane(1), plane(2)],
         alpha: None,
         depth: BitDepth::Eight,
+        yuv: None,
     })
 }
 

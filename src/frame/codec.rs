@@ -41,6 +41,22 @@ pub struct Header {
 
 /// Reads an image's header (format sniffed from the content) without decoding its pixels.
 pub fn header(bytes: &[u8], what: &str) -> Result<Header> {
+    if super::y4m::planes::is_y4m(bytes) {
+        // A video frame: every plane counted at the luma's size (an upper bound for 4:2:0).
+        let r = super::y4m::planes::split_record(bytes).map_err(|message| Error::Decode {
+            what: what.to_string(),
+            message,
+        })?;
+        let f = r.header.format();
+        let channels = f.plane_count() as u8;
+        return Ok(Header {
+            size: (r.header.width as u32, r.header.height as u32),
+            channels,
+            bytes_per_pixel: channels * f.sample_bytes() as u8,
+            colour: channels > 1,
+            alpha: false,
+        });
+    }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Decode {
@@ -69,12 +85,16 @@ fn header_of<R: std::io::BufRead + std::io::Seek>(
     })
 }
 
-/// Decodes PNG, JPEG, PNM, TIFF or WebP bytes (format sniffed from the content) within `limits`.
+/// Decodes PNG, JPEG, PNM, TIFF or WebP bytes, or a one-frame YUV4MPEG2 record (format sniffed
+/// from the content) within `limits`.
 pub fn decode(bytes: &[u8], limits: DecodeLimits, what: &str) -> Result<Planes> {
     let err = |message: String| Error::Decode {
         what: what.to_string(),
         message,
     };
+    if super::y4m::planes::is_y4m(bytes) {
+        return super::y4m::planes::decode(bytes, limits.max_pixels).map_err(err);
+    }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;

@@ -4,13 +4,15 @@
 //! from the source to the sink; [`Planes`] is the decoded image as float planes in [0, 1],
 //! which every stage after decode works on, with the bit depth it came in ([`BitDepth`]) so
 //! that it goes out at that depth. Beside them: the codecs ([`codec`]), which files
-//! are images ([`files`]), and how frames are cut out of a byte stream ([`framing`]).
+//! are images ([`files`]), how frames are cut out of a byte stream ([`framing`]), and raw
+//! video in YUV4MPEG2 ([`y4m`]).
 
 pub mod codec;
 pub mod entry;
 pub mod files;
 pub mod framing;
 pub mod names;
+pub mod y4m;
 
 use std::path::PathBuf;
 
@@ -119,6 +121,9 @@ pub struct Planes {
     pub alpha: Option<Vec<f32>>,
     /// The depth the frame was decoded from, and so the depth its images are written at.
     pub depth: BitDepth,
+    /// Set for a frame decoded from YUV4MPEG2: the planes are Y', Cb, Cr, the chroma ones at
+    /// their own size ([`Planes::plane_size`]), and it is written back as YUV4MPEG2.
+    pub yuv: Option<y4m::Yuv>,
 }
 
 /// Bits per channel of an image file. Decoding records it; encoding writes it back, so a
@@ -156,6 +161,15 @@ impl Planes {
             planes: vec![data],
             alpha: None,
             depth: BitDepth::Eight,
+            yuv: None,
+        }
+    }
+
+    /// The size of plane `i`: the frame's, except a YUV frame's subsampled chroma planes.
+    pub fn plane_size(&self, i: usize) -> (usize, usize) {
+        match &self.yuv {
+            Some(y) => y.format.plane_size(i, self.width, self.height),
+            None => (self.width, self.height),
         }
     }
 
@@ -168,9 +182,9 @@ impl Planes {
         self.planes.len() == 3
     }
 
-    /// The luma plane (the plane itself for grey images).
+    /// The luma plane (the plane itself for grey images, Y' for YUV ones).
     pub fn luma(&self) -> Vec<f32> {
-        if !self.is_colour() {
+        if !self.is_colour() || self.yuv.is_some() {
             return self.planes[0].clone();
         }
         let (r, g, b) = (&self.planes[0], &self.planes[1], &self.planes[2]);
@@ -207,6 +221,7 @@ impl Planes {
                 planes,
                 alpha: has_alpha.then_some(alpha),
                 depth,
+                yuv: None,
             }
         } else {
             let buf = img.to_luma_alpha16();
@@ -224,13 +239,17 @@ impl Planes {
                 planes: vec![plane],
                 alpha: has_alpha.then_some(alpha),
                 depth,
+                yuv: None,
             }
         }
     }
 
     /// Back to an image at the frame's [`BitDepth`]: grey, grey+alpha, RGB or RGBA, values
-    /// clipped to [0, 1].
+    /// clipped to [0, 1]. A YUV frame is converted to RGB first.
     pub fn to_dynamic(&self) -> DynamicImage {
+        if self.yuv.is_some() {
+            return y4m::planes::to_rgb(self).to_dynamic();
+        }
         let (w, h) = (self.width as u32, self.height as u32);
         let mut chans: Vec<&[f32]> = self.planes.iter().map(Vec::as_slice).collect();
         if let Some(a) = &self.alpha {
@@ -337,6 +356,7 @@ mod tests {
                     planes: (0..chans).map(|c| v(c).collect()).collect(),
                     alpha: alpha.then(|| v(5).collect()),
                     depth,
+                    yuv: None,
                 };
                 let back =
                     decode(&encode_png(&p, "t").unwrap(), DecodeLimits::default(), "t").unwrap();

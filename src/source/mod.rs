@@ -11,6 +11,7 @@ pub mod folder;
 pub mod http;
 pub mod redis;
 pub mod stdin;
+pub mod y4m;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

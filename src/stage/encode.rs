@@ -3,7 +3,8 @@
 //!
 //! What each kind writes, for an input of 8 or 16 bits per channel:
 //! - `denoised`, `reconstruction`: PNG at the input's depth (grey, grey+alpha, RGB or RGBA as
-//!   the input; a reconstruction is grey), on the input's intensity scale.
+//!   the input; a reconstruction is grey), on the input's intensity scale; for a frame that
+//!   came as YUV4MPEG2, a one-frame YUV4MPEG2 record in its layout and depth.
 //! - `overlay`: RGB PNG at the input's depth, drawn on the input contrast-stretched (its
 //!   0.5th–99.5th brightness percentiles span black to white), so a dim frame is visible.
 //! - `segmentation`: 8-bit grey PNG whatever the input: a label map of class indices.
@@ -12,7 +13,7 @@
 use super::postprocess::{labels, overlay, png_u8, Finished};
 use crate::config::OutputKind;
 use crate::error::{Error, Result};
-use crate::frame::encode_png;
+use crate::frame::{encode_png, y4m};
 
 /// A latent code: its shape per frame (e.g. `[30]`, or `[7, 7, 8]` for a feature map) and values.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +52,16 @@ pub enum Payload {
 pub fn encode(f: &Finished, kind: OutputKind, what: &str) -> Result<Payload> {
     let missing = |m: &str| Error::Other(format!("{what}: cannot emit {}: {m}", kind.name()));
     Ok(match kind {
+        // A frame that came as YUV4MPEG2 goes back as it came (the stdout sink of a
+        // `--framing y4m` run writes its planes under the stream's header).
+        OutputKind::Denoised | OutputKind::Reconstruction if f.planes.yuv.is_some() => {
+            Payload::Bytes(
+                y4m::planes::encode(&f.planes).map_err(|message| Error::Encode {
+                    what: what.to_string(),
+                    message,
+                })?,
+            )
+        }
         OutputKind::Denoised | OutputKind::Reconstruction => {
             Payload::Bytes(encode_png(&f.planes, what)?)
         }

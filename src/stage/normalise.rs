@@ -11,6 +11,7 @@
 
 use super::tiling::{split, TilePlan, Unit};
 use crate::config::{ColourMode, NormaliseConfig, Stretch};
+use crate::frame::y4m::{planes::to_rgb, Yuv};
 use crate::frame::{percentile, resize_plane, stretch_percentiles, BitDepth, Planes};
 use crate::model::Task;
 
@@ -30,6 +31,11 @@ pub struct Prepared {
     /// Per entry of `planes`, the stretch to undo on the model's output: present when one was
     /// applied and the output is an image of the frame (not a segmentation's probability).
     pub levels: Option<Vec<Levels>>,
+    /// The YUV layout of a frame decoded from YUV4MPEG2 (its chroma planes are smaller).
+    pub yuv: Option<Yuv>,
+    /// Set when a YUV frame was converted to RGB for the model (`colour = "rgb"`): the
+    /// layout post-process converts its output back to.
+    pub to_yuv: Option<Yuv>,
 }
 
 /// The linear map a stretch applied to a plane: the model saw `(v - offset) * gain`.
@@ -100,16 +106,27 @@ pub struct NormaliseOpts {
 }
 
 pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
+    // `colour = "rgb"`: a YUV frame reaches the model as RGB; post-process converts back.
+    let (planes, to_yuv) = match planes.yuv {
+        Some(y) if opts.cfg.colour == ColourMode::Rgb && opts.fixed_size.is_none() => {
+            (to_rgb(&planes), Some(y))
+        }
+        _ => (planes, None),
+    };
     let grey = opts.cfg.colour == ColourMode::Grey || opts.fixed_size.is_some();
     let luma = (grey && planes.is_colour()).then(|| planes.luma());
     // The frame itself is kept only when an output draws on it (no copy otherwise).
     let input = opts.keep_input.then(|| planes.clone());
+    let sizes: Vec<(usize, usize)> = (0..planes.planes.len())
+        .map(|i| planes.plane_size(i))
+        .collect();
     let Planes {
         width: w,
         height: h,
         planes: chans,
         alpha,
         depth,
+        yuv,
     } = planes;
     let mut chans = luma.map(|l| vec![l]).unwrap_or(chans);
     let applied: Vec<Option<Levels>> = chans
@@ -143,16 +160,25 @@ pub fn run(planes: Planes, opts: &NormaliseOpts) -> Prepared {
             input,
             depth,
             levels,
+            // One grey plane at the model's size: no longer the stream's layout.
+            yuv: None,
+            to_yuv: None,
         };
     }
     Prepared {
         width: w,
         height: h,
-        planes: chans.iter().map(|p| split(p, w, h, &opts.plan)).collect(),
+        planes: chans
+            .iter()
+            .zip(&sizes)
+            .map(|(p, &(pw, ph))| split(p, pw, ph, &opts.plan))
+            .collect(),
         alpha,
         input,
         depth,
         levels,
+        yuv,
+        to_yuv,
     }
 }
 
@@ -217,6 +243,46 @@ mod tests {
         assert!(p.levels.unwrap()[0].offset > 0.0);
     }
 
+    /// `colour = "rgb"`: a 4:2:0 frame reaches the model as three full-size RGB planes, and
+    /// post-process brings the output back to 4:2:0.
+    #[test]
+    fn rgb_mode_converts_yuv_frames_and_back() {
+        use crate::frame::y4m::Format;
+        let (w, h) = (16, 8);
+        let smooth = |a: f32, b: f32, n: usize, cw: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| a + b * (i % cw) as f32 / cw as f32)
+                .collect()
+        };
+        let frame = Planes {
+            width: w,
+            height: h,
+            planes: vec![
+                smooth(0.3, 0.4, 128, 16),
+                smooth(0.45, 0.1, 32, 8),
+                smooth(0.55, -0.1, 32, 8),
+            ],
+            alpha: None,
+            depth: BitDepth::Eight,
+            yuv: Some(Yuv {
+                format: Format::parse("420mpeg2").unwrap(),
+                full_range: false,
+            }),
+        };
+        let mut o = opts(Task::Denoise);
+        o.cfg.colour = ColourMode::Rgb;
+        let p = run(frame.clone(), &o);
+        assert_eq!((p.planes.len(), p.yuv, p.to_yuv), (3, None, frame.yuv));
+        assert_eq!(p.planes[1][0].data.len(), w * h);
+        let outs: Vec<Vec<f32>> = p.planes.iter().map(|u| u[0].data.clone()).collect();
+        let back = crate::stage::postprocess::assemble(p, &outs, None, &Default::default());
+        assert_eq!(back.planes.yuv, frame.yuv);
+        let (got, want) = (back.planes.planes.concat(), frame.planes.concat());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 0.02, "sample {i}: {a} vs {b}");
+        }
+    }
+
     #[test]
     fn fixed_size_models_get_one_grey_unit_of_their_size() {
         let planes = Planes {
@@ -225,6 +291,7 @@ mod tests {
             planes: vec![vec![0.2; 1200], vec![0.4; 1200], vec![0.6; 1200]],
             alpha: None,
             depth: BitDepth::Eight,
+            yuv: None,
         };
         let opts = NormaliseOpts {
             fixed_size: Some((25, 20)),

@@ -35,7 +35,11 @@ pub fn assemble(
     for (i, units) in prepared.planes.iter().enumerate() {
         let outs = &outputs[at..at + units.len()];
         at += units.len();
-        let mut p = merge(units, outs, prepared.width, prepared.height);
+        let (pw, ph) = match &prepared.yuv {
+            Some(y) => y.format.plane_size(i, prepared.width, prepared.height),
+            None => (prepared.width, prepared.height),
+        };
+        let mut p = merge(units, outs, pw, ph);
         // Undone before clipping: a stretched frame's bright pixels are above 1 as the model
         // sees them and within [0, 1] again on the input's scale.
         if let Some(l) = prepared.levels.as_ref().and_then(|l| l.get(i)) {
@@ -46,14 +50,20 @@ pub fn assemble(
         }
         planes.push(p);
     }
+    let mut planes = Planes {
+        width: prepared.width,
+        height: prepared.height,
+        planes,
+        alpha: prepared.alpha,
+        depth: prepared.depth,
+        yuv: prepared.yuv,
+    };
+    // `colour = "rgb"`: the model saw a YUV frame as RGB; back to the frame's layout.
+    if let Some(y) = prepared.to_yuv {
+        planes = crate::frame::y4m::planes::from_rgb(&planes, y);
+    }
     Finished {
-        planes: Planes {
-            width: prepared.width,
-            height: prepared.height,
-            planes,
-            alpha: prepared.alpha,
-            depth: prepared.depth,
-        },
+        planes,
         code,
         input: prepared.input,
     }
@@ -76,6 +86,14 @@ const DISPLAY_PERCENTILES: [f32; 2] = [0.5, 99.5];
 /// input's bit depth. The input is contrast-stretched first ([`display_levels`]): a dim 16-bit
 /// micrograph (levels 0–232 of 65535) would otherwise be a black picture with red on it.
 pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
+    // Drawn in RGB: a YUV frame's chroma planes are not at the labels' size.
+    let converted;
+    let input = if input.yuv.is_some() {
+        converted = crate::frame::y4m::planes::to_rgb(input);
+        &converted
+    } else {
+        input
+    };
     let (w, h) = (input.width, input.height);
     let grey;
     let rgb: [&Vec<f32>; 3] = if input.is_colour() {
@@ -121,6 +139,7 @@ pub fn overlay(input: &Planes, labels: &[u8]) -> Planes {
         planes: out,
         alpha: None,
         depth: input.depth,
+        yuv: None,
     }
 }
 
@@ -186,6 +205,8 @@ mod tests {
                 offset: 0.001,
                 gain: 100.0,
             }]),
+            yuv: None,
+            to_yuv: None,
         };
         let f = assemble(
             prepared,

@@ -216,6 +216,14 @@ fn percentiles(v: &mut [f64]) -> (usize, f64, f64, f64) {
 
 /// A small 8-bit PNG of `p` as a data URL (longest side [`THUMB`] pixels).
 fn thumbnail(p: &Planes) -> Option<String> {
+    // A video frame's chroma planes are at their own sizes: show it as RGB.
+    let rgb;
+    let p = if p.yuv.is_some() {
+        rgb = crate::frame::y4m::planes::to_rgb(p);
+        &rgb
+    } else {
+        p
+    };
     let (w, h) = (p.width, p.height);
     if w == 0 || h == 0 {
         return None;
@@ -236,6 +244,7 @@ fn thumbnail(p: &Planes) -> Option<String> {
         planes,
         alpha: None,
         depth: Default::default(),
+        yuv: None,
     };
     let png = encode_png(&small, "thumbnail").ok()?;
     Some(format!(
