@@ -17,13 +17,13 @@ use aestream::frame::framing::Framing;
 use aestream::runtime::{Stop, Telemetry};
 use aestream::serving::{self, service, Generation, ModelSlot, RunOptions};
 use aestream::sink::{folder::FolderSink, redis::RedisSink, stdout, stdout::StreamSink, Sink};
-use aestream::source::folder::{
-    FolderCompletion, FolderSource, FolderSourceConfig, InputFilter, Journal, Quarantine,
-};
+use aestream::source::folder::Quarantine;
 use aestream::source::redis::{RedisSource, RedisSourceConfig};
 use aestream::source::stdin::StreamSource;
 use aestream::source::Source;
 use aestream::train::online::{self, Checkpoints};
+
+mod folder;
 
 use super::endpoint::Endpoint;
 use super::{parse_kinds, video, with_ensemble, FramingArg};
@@ -453,61 +453,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
                         first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20) as usize,
                     ))
                 }),
-                Endpoint::Folder(input) => {
-                    let state = state_dir(&a);
-                    let j = Arc::new(
-                        Journal::open(&state, &first.cfg.name, &first.version.to_string())
-                            .with_context(|| format!("--state {}", state.display()))?,
-                    );
-                    if !j.is_empty() {
-                        tracing::info!(
-                            "{} inputs are already finished on record in {}; they are skipped",
-                            j.len(),
-                            j.path().display()
-                        );
-                    }
-                    let mut exclude = vec![state];
-                    if let Endpoint::Folder(out) = a.output() {
-                        exclude.push(out.clone());
-                    }
-                    if let Some(q) = &quarantine {
-                        exclude.push(q.dir().to_path_buf());
-                    }
-                    if let Some(d) = &a.done {
-                        std::fs::create_dir_all(d)
-                            .with_context(|| format!("--done {}", d.display()))?;
-                        exclude.push(d.clone());
-                    }
-                    let src_cfg = FolderSourceConfig {
-                        recursive: a.recursive,
-                        once: a.once,
-                        exclude,
-                        max_file_bytes: first.cfg.decode.max_alloc_mib.saturating_mul(1 << 20),
-                        quiet: Duration::from_millis(a.quiet_ms),
-                        poll: a.poll.map(|p| secs("--poll", p)).transpose()?,
-                        rescan: (a.rescan > 0.0)
-                            .then(|| secs("--rescan", a.rescan))
-                            .transpose()?,
-                        completion: FolderCompletion {
-                            journal: Some(j),
-                            done_dir: a.done.clone(),
-                            quarantine,
-                            retries: None,
-                        },
-                        max_attempts: first.cfg.source.max_deliveries.min(u32::MAX as u64) as u32,
-                        // Checked when the pipeline was loaded.
-                        filter: InputFilter::new(
-                            &first.cfg.source.include,
-                            &first.cfg.source.exclude,
-                        )
-                        .context("[source] include/exclude")?,
-                        ..FolderSourceConfig::new(input.clone())
-                    };
-                    Box::new(
-                        FolderSource::new(src_cfg)
-                            .with_context(|| format!("--input {}", input.display()))?,
-                    )
-                }
+                Endpoint::Folder(input) => folder::source(&a, &first, input, quarantine)?,
             })
         })
         .transpose()?;
