@@ -938,6 +938,20 @@ fn finetune_survives_kill_9_and_resumes_from_its_newest_checkpoint() {
     }
     let r = bin().arg("run").args(args).arg("--once").output().unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(outputs(&out).len(), 40 + 3 * 16);
+    // A file in progress at two of the kills (they come at random moments) is set aside by the
+    // crash rule (docs/operations.md, "A frame that ends the process"), with its note: it is
+    // accounted for, not lost. Every other input is done.
+    let set_aside = std::fs::read_dir(out.join(".failed"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path())
+                .is_ok_and(|n| n.contains("the process ended 2 times while this file"))
+        })
+        .count();
+    // At most one per kill after the first: a suspect runs alone.
+    assert!(set_aside <= 2, "{set_aside} set aside");
+    assert_eq!(outputs(&out).len() + set_aside, 40 + 3 * 16);
     assert!(temps(&out).is_empty());
 }

@@ -206,12 +206,17 @@ impl Journal {
         Ok(())
     }
 
-    /// What the marks say about `rel` with content `hash`.
+    /// What the marks say about `rel` with content `hash`, from earlier runs: its mark of this
+    /// run, while it is in flight, is no crash (a second take in this run must not count it).
     pub fn history(&self, rel: &Path, hash: &str) -> History {
-        self.marks
-            .lock()
-            .expect("journal lock")
-            .history(&key(rel), hash)
+        let k = key(rel);
+        let mut h = self.marks.lock().expect("journal lock").history(&k, hash);
+        let in_flight = self.in_flight.lock().expect("journal lock");
+        if in_flight.get(&k).is_some_and(|x| x == hash) && h.begun > h.ended {
+            h.begun -= 1;
+            h.begun_times.pop();
+        }
+        h
     }
 
     /// `rel` is about to be decoded (durable before returning).
@@ -514,6 +519,10 @@ mod tests {
         let j = Journal::open(dir.path(), "p", "v1")?;
         assert_eq!(j.history(a, "ha").crashes(), 2);
         assert!(j.history(a, "ha").verdict(5).is_some());
+        // Its own mark in this run is no crash while it is in flight.
+        j.begun(b, "hb")?;
+        assert_eq!(j.history(b, "hb").crashes(), 0);
+        j.ended(b)?;
         assert_eq!(j.history(b, "hb").crashes(), 0);
         assert_eq!(j.history(c, "hc"), Default::default());
         // A controlled end (a failed sink, the drain's hard exit) closes what is in flight.
