@@ -13,7 +13,6 @@ mod common;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -151,45 +150,6 @@ fn pipeline(dir: &Path) -> std::path::PathBuf {
     p
 }
 
-/// `aestream run PIPELINE --once` from `inp` to `out`, stderr in `log`; its log once it exits
-/// successfully (5 minutes bound a hang, not a speed).
-fn run_once(pipe: &Path, inp: &Path, out: &Path, log: &Path) -> String {
-    let mut cmd = common::bin();
-    cmd.arg("run")
-        .arg(pipe)
-        .args(["--once", "-i"])
-        .arg(inp)
-        .arg("-o")
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
-    // At most 8 GiB of address space: an over-committing run fails here instead of taking
-    // the machine's memory.
-    // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 8 << 30,
-                rlim_max: 8 << 30,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let text = || std::fs::read_to_string(log).unwrap_or_default();
-    let Some(st) = common::wait_exit(&mut child, Duration::from_secs(300)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the run did not end\n{}", text());
-    };
-    assert!(st.success(), "{st:?}\n{}", text());
-    text()
-}
-
 #[test]
 fn a_hostile_folder_is_done_within_memory_and_a_restart_does_nothing_twice() {
     let t = tempfile::tempdir().unwrap();
@@ -220,7 +180,7 @@ fn a_hostile_folder_is_done_within_memory_and_a_restart_does_nothing_twice() {
     // A file of the user's in the output folder, named like an output: never overwritten.
     std::fs::write(out.join("bomb.png"), b"mine").unwrap();
 
-    let log = run_once(&pipe, &inp, &out, &t.path().join("1.log"));
+    let log = common::run_once(&pipe, &inp, &out, &t.path().join("1.log"));
     for i in 0..3 {
         let name = format!("good-{i}.png");
         assert_eq!(common::read(&out.join(&name)).width, 48, "{name}\n{log}");
@@ -249,7 +209,7 @@ fn a_hostile_folder_is_done_within_memory_and_a_restart_does_nothing_twice() {
     let note = std::fs::read_to_string(q.join("bomb.gif.error.txt")).unwrap();
     assert!(note.contains("8000x8000") && note.contains("MiB"), "{note}");
 
-    let log = run_once(&pipe, &inp, &out, &t.path().join("2.log"));
+    let log = common::run_once(&pipe, &inp, &out, &t.path().join("2.log"));
     assert!(log.contains("done: 0 frames in"), "{log}");
     let peak = common::peak_rss_of_children();
     assert!(peak < 2 << 30, "peak RSS {} MiB", peak >> 20);

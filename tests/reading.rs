@@ -7,47 +7,7 @@
 mod common;
 
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-/// `aestream run … --once` on `inp`, its stderr in `log`; its exit status, or a panic with the
-/// log if it has not ended within 5 minutes (a read that blocks or never ends).
-fn run_once(inp: &Path, out: &Path, log: &Path) -> String {
-    let mut cmd = common::bin();
-    cmd.args(["run", "denoise-fast", "--once", "-i"])
-        .arg(inp)
-        .arg("-o")
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
-    // At most 8 GiB of address space: reading the /proc file whole (what aestream once did)
-    // ends in an allocation failure here instead of taking the whole machine's memory.
-    // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 8 << 30,
-                rlim_max: 8 << 30,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let text = || std::fs::read_to_string(log).unwrap_or_default();
-    let Some(st) = common::wait_exit(&mut child, Duration::from_secs(300)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the run did not end\n{}", text());
-    };
-    assert!(st.success(), "{st:?}\n{}", text());
-    text()
-}
+use std::process::Command;
 
 #[test]
 fn files_that_cannot_be_read_safely_are_quarantined_with_their_reason() {
@@ -65,7 +25,7 @@ fn files_that_cannot_be_read_safely_are_quarantined_with_their_reason() {
         .unwrap();
     assert!(fifo.success());
 
-    let log = run_once(&inp, &out, &t.path().join("1.log"));
+    let log = common::run_once("denoise-fast", &inp, &out, &t.path().join("1.log"));
     for i in 0..2 {
         let name = format!("good-{i}.png");
         assert_eq!(common::read(&out.join(&name)).width, 40, "{log}");
@@ -95,7 +55,7 @@ fn files_that_cannot_be_read_safely_are_quarantined_with_their_reason() {
     }
 
     // Nothing is done twice, nothing is tried again.
-    let log = run_once(&inp, &out, &t.path().join("2.log"));
+    let log = common::run_once("denoise-fast", &inp, &out, &t.path().join("2.log"));
     assert!(log.contains("done: 0 frames in"), "{log}");
     let peak = common::peak_rss_of_children();
     assert!(peak < 2 << 30, "peak RSS {} MiB", peak >> 20);

@@ -172,3 +172,48 @@ pub fn peak_rss_of_children() -> u64 {
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
     u.ru_maxrss as u64 * 1024
 }
+
+/// `aestream run PIPELINE --once -i INP -o OUT`, its stderr in `log`, under an 8 GiB
+/// address-space limit (a run that over-commits, or reads a never-ending file whole, fails
+/// on an allocation instead of taking the machine's memory). Returns the log; panics with it
+/// if the run fails or has not ended within 5 minutes (which bound a hang, not a speed).
+pub fn run_once(
+    pipeline: impl AsRef<std::ffi::OsStr>,
+    inp: &Path,
+    out: &Path,
+    log: &Path,
+) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = bin();
+    cmd.arg("run")
+        .arg(pipeline)
+        .args(["--once", "-i"])
+        .arg(inp)
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 8 << 30,
+                rlim_max: 8 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    let Some(st) = wait_exit(&mut child, Duration::from_secs(300)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the run did not end\n{}", text());
+    };
+    assert!(st.success(), "{st:?}\n{}", text());
+    text()
+}
