@@ -422,28 +422,21 @@ pub(super) fn infer_worker(
         drop(units);
         let (mut outputs, mut codes) = match result {
             Ok(Some((o, c))) => (o.into_iter(), c.into_iter()),
-            Ok(None) => {
+            // No outputs for the batch: each frame past its deadline (`Ok(None)`) or failed
+            // by the model is reported, and travels on as a gap.
+            missing => {
                 for (seq, id, _, ticket) in ready {
-                    if let Some(why) = ticket.expired() {
-                        ctx.expired(&id, why, "infer");
+                    match &missing {
+                        Err(e) => {
+                            ctx.fail(&id, format!("{id}: model failed: {e}"), Fate::Retry);
+                            tel.frame("infer", "failed");
+                        }
+                        Ok(_) => {
+                            if let Some(why) = ticket.expired() {
+                                ctx.expired(&id, why, "infer");
+                            }
+                        }
                     }
-                    let gap = Packet {
-                        seq,
-                        id,
-                        gen: gen.clone(),
-                        body: None,
-                        ticket: Ticket::default(),
-                    };
-                    if tx.send(gap).is_err() {
-                        return;
-                    }
-                }
-                continue;
-            }
-            Err(e) => {
-                for (seq, id, _, _) in ready {
-                    ctx.fail(&id, format!("{id}: model failed: {e}"), Fate::Retry);
-                    tel.frame("infer", "failed");
                     let gap = Packet {
                         seq,
                         id,

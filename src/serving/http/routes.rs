@@ -289,7 +289,7 @@ async fn infer_inner(app: &App, req: Request) -> Response {
         return error(code, why);
     }
     let submitted =
-        tokio::task::spawn_blocking(move || requests.submit(body.to_vec(), kinds)).await;
+        tokio::task::spawn_blocking(move || requests.submit(Vec::from(body), kinds)).await;
     let mut ticket = match submitted {
         Ok(Ok(t)) => t,
         Ok(Err(Refused::Busy)) => {
