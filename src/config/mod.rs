@@ -39,7 +39,7 @@ pub use normalise::{ColourMode, NormaliseConfig, PadMode, Stretch};
 pub use output::{OutputConfig, OutputKind};
 pub use postprocess::PostprocessConfig;
 pub use queue::{default_include, QueueKind, QueueSinkConfig, QueueSourceConfig};
-pub use train::{Loss, TrainConfig};
+pub use train::{Loss, PretrainTarget, TrainConfig, WeightsDtype};
 
 use crate::error::{Error, Result};
 use crate::model::{Arch, Model};
@@ -265,6 +265,17 @@ impl PipelineConfig {
                 ),
             ));
         }
+        if self.train.pretrain_steps > 0 {
+            let fits = matches!(arch, Arch::DenseAe { net, .. } if !net.bypass);
+            if !fits || self.train.pca_init {
+                return Err(Invalid::new(
+                    "train.pretrain_steps",
+                    self.train.pretrain_steps,
+                    "layer-wise pretraining builds a dense-ae's stack of layers alone: it needs \
+                     arch = \"dense-ae\" with `model.bypass = false`, and no `train.pca_init`",
+                ));
+            }
+        }
         if self.infer.sure_blend && !matches!(arch, Arch::UnetDenoiser(_)) {
             return Err(Invalid::new(
                 "infer.sure_blend",
@@ -473,6 +484,20 @@ mod tests {
         );
     }
 
+    /// Layer-wise pretraining builds a plain stack: a bypassed network (which `faces` is, with
+    /// `pca_init`) or another architecture is refused, naming the key.
+    #[test]
+    fn pretraining_needs_a_plain_dense_stack() {
+        let with = |p: &str| error_of(p, "[train]", "[train]\npretrain_steps = 10");
+        for pipeline in ["faces", "conv-ae", "denoise"] {
+            let err = with(pipeline);
+            assert!(
+                err.contains("x.toml") && err.contains("train.pretrain_steps"),
+                "{pipeline}: {err}"
+            );
+        }
+    }
+
     /// An unknown key is reported on its own line.
     #[test]
     fn toml_errors_name_the_line() {
@@ -558,6 +583,13 @@ mod tests {
             ("train", "val_fraction = 1.0", "train.val_fraction"),
             ("train", "mask_min = 0.5\nmask_max = 0.2", "train.mask_max"),
             ("train", "patch = 65536", "train.patch"),
+            ("train", "pretrain_noise = 0.95", "train.pretrain_noise"),
+            ("train", "pretrain_lr = 0.0", "train.pretrain_lr"),
+            (
+                "train",
+                "pretrain_steps = 100000000",
+                "train.pretrain_steps",
+            ),
             ("finetune", "buffer = 1000000000", "finetune.buffer"),
             ("finetune", "threads = 100000", "finetune.threads"),
             ("finetune", "min_frames = 1000", "finetune.min_frames"),

@@ -55,6 +55,20 @@ pub struct TrainConfig {
     pub region: Option<[usize; 4]>,
     /// `dense-ae` with `bypass`: start from a PCA of the (augmented) training frames.
     pub pca_init: bool,
+    /// `dense-ae` without `bypass`: AdamW steps of layer-wise pretraining per encoder layer
+    /// (with its mirrored decoder layer) before the whole network is trained; 0 = none. See
+    /// `train::pretrain`.
+    pub pretrain_steps: usize,
+    /// Pretraining: the fraction of each layer's inputs set to zero (masking noise of a
+    /// denoising autoencoder).
+    pub pretrain_noise: f32,
+    /// Pretraining: what each layer pair learns to reconstruct.
+    pub pretrain_target: PretrainTarget,
+    /// Pretraining's learning rate (default: `lr`).
+    pub pretrain_lr: Option<f64>,
+    /// How the weights file is stored: `f32`, or `f16` (half the size; converted back to the
+    /// computing type when loaded). Checkpoints stay f32.
+    pub weights_dtype: WeightsDtype,
     /// Inpainting: each training patch loses a fraction of its pixels drawn uniformly from
     /// `[mask_min, mask_max]`; validation uses `val_mask`.
     pub mask_min: f32,
@@ -88,6 +102,11 @@ impl Default for TrainConfig {
             per_class_train: 0,
             region: None,
             pca_init: false,
+            pretrain_steps: 0,
+            pretrain_noise: 0.2,
+            pretrain_target: PretrainTarget::Layer,
+            pretrain_lr: None,
+            weights_dtype: WeightsDtype::F32,
             mask_min: 0.0,
             mask_max: 0.0,
             val_mask: 0.3,
@@ -100,6 +119,36 @@ impl Default for TrainConfig {
 pub enum Loss {
     Mse,
     Bce,
+}
+
+/// What a layer pair learns to reconstruct in layer-wise pretraining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PretrainTarget {
+    /// Its own input, the output of the layers below (stacked denoising autoencoders).
+    #[default]
+    Layer,
+    /// The frames themselves, its reconstruction passed on through the decoder layers
+    /// already pretrained (fixed).
+    Input,
+}
+
+/// The type a trained weights file is stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl WeightsDtype {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            WeightsDtype::F32 => candle_core::DType::F32,
+            WeightsDtype::F16 => candle_core::DType::F16,
+        }
+    }
 }
 
 impl TrainConfig {
@@ -149,6 +198,11 @@ impl TrainConfig {
             1.0,
         )?;
         within("train.val_mask", self.val_mask, 0.0, 1.0)?;
+        within("train.pretrain_steps", self.pretrain_steps, 0, 10_000_000)?;
+        within("train.pretrain_noise", self.pretrain_noise, 0.0, 0.9)?;
+        if let Some(lr) = self.pretrain_lr {
+            within("train.pretrain_lr", lr, f64::MIN_POSITIVE, 10.0)?;
+        }
         if let Some(r) = self.region {
             if r[2] == 0 || r[3] == 0 || r.iter().any(|&v| v > 1 << 20) {
                 return Err(Invalid::new(

@@ -119,6 +119,7 @@ pub(super) fn evaluate_reconstruct(
         / n as f64;
     // PCA with as many components as the code has values.
     let mut pca_recons = None;
+    let mut pca_components = code_len;
     let (mut pca_mse, mut pca_fit) = (None, None);
     if let Some(fit_path) = &args.pca_fit {
         let (test_part, train_part) = load_labelled(fit_path, cfg)?;
@@ -135,14 +136,13 @@ pub(super) fn evaluate_reconstruct(
                 v
             })
             .collect();
-        let pca = crate::eval::analysis::Pca::fit(&rows, code_len.min(rows.len() - 1)).ok_or_else(
-            || {
-                Error::Other(format!(
-                    "{}: too few frames to fit a PCA",
-                    fit_path.display()
-                ))
-            },
-        )?;
+        pca_components = code_len.min(rows.len().saturating_sub(1));
+        let pca = crate::eval::analysis::Pca::fit(&rows, pca_components).ok_or_else(|| {
+            Error::Other(format!(
+                "{}: too few frames to fit a PCA",
+                fit_path.display()
+            ))
+        })?;
         let recons: Vec<Vec<f32>> = noisy.iter().map(|x| pca.reconstruct(x)).collect();
         let m = clean
             .iter()
@@ -159,7 +159,7 @@ pub(super) fn evaluate_reconstruct(
             "{} ({} frames, {} components)",
             fit_path.display(),
             rows.len(),
-            code_len.min(rows.len() - 1)
+            pca_components
         ));
         pca_recons = Some(recons);
     }
@@ -226,7 +226,24 @@ pub(super) fn evaluate_reconstruct(
                 tiles.push((3, tile_of(&r, w, h)));
             }
         }
-        write_montage(m, &tiles, &["input", noise.row_label(), "output", "PCA"])?;
+        if pca_recons.is_none() {
+            tracing::warn!(
+                "{}: no PCA row (give --pca-fit with frames like those the model trained on)",
+                m.display()
+            );
+        }
+        // As the lecture's figure: the frames, the model's reconstructions (named by the
+        // pipeline), and PCA's with the same number of values per frame.
+        let pca_label = format!("PCA-{pca_components}");
+        let original = match noise {
+            Noise::None => "original",
+            _ => "clean",
+        };
+        write_montage(
+            m,
+            &tiles,
+            &[original, noise.row_label(), &cfg.name, &pca_label],
+        )?;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(EvalReport {

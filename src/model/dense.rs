@@ -102,16 +102,36 @@ impl DenseAe {
         &self.cfg
     }
 
+    /// Layers of weights in each half (`layers.len() − 1`).
+    pub fn depth(&self) -> usize {
+        self.enc.len()
+    }
+
     /// `x`: `[b, input_len]` → code `[b, code_len]`.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
-        let last = self.enc.len() - 1;
-        for (i, l) in self.enc.iter().enumerate() {
-            h = apply(l, &h, if i < last { Act::Relu } else { Act::Identity })?;
+        for i in 0..self.depth() {
+            h = self.encode_layer(i, &h)?;
         }
         if let Some(b) = &self.enc_bypass {
             h = (h + apply(b, x, Act::Identity)?)?;
         }
+        self.code_activation(&h)
+    }
+
+    /// Encoder layer `i` alone: ReLU, except the code layer's pre-activation (the last).
+    pub fn encode_layer(&self, i: usize, h: &Tensor) -> Result<Tensor> {
+        let act = if i + 1 < self.depth() {
+            Act::Relu
+        } else {
+            Act::Identity
+        };
+        apply(self.layer(&self.enc, i)?, h, act)
+    }
+
+    /// What the code layer does to its pre-activation: ReLU and top-k where asked.
+    pub fn code_activation(&self, h: &Tensor) -> Result<Tensor> {
+        let mut h = h.clone();
         if self.cfg.code == CodeActivation::Relu {
             h = h.relu()?;
         }
@@ -124,14 +144,30 @@ impl DenseAe {
     /// Code → the decoder's last pre-activation (logits for a sigmoid output).
     pub fn decode_raw(&self, code: &Tensor) -> Result<Tensor> {
         let mut h = code.clone();
-        let last = self.dec.len() - 1;
-        for (i, l) in self.dec.iter().enumerate() {
-            h = apply(l, &h, if i < last { Act::Relu } else { Act::Identity })?;
+        for j in 0..self.depth() {
+            h = self.decode_layer(j, &h)?;
         }
         if let Some(b) = &self.dec_bypass {
             h = (h + apply(b, code, Act::Identity)?)?;
         }
         Ok(h)
+    }
+
+    /// Decoder layer `j` alone (it mirrors encoder layer `depth − 1 − j`): ReLU, except the
+    /// output layer's pre-activation (the last).
+    pub fn decode_layer(&self, j: usize, h: &Tensor) -> Result<Tensor> {
+        let act = if j + 1 < self.depth() {
+            Act::Relu
+        } else {
+            Act::Identity
+        };
+        apply(self.layer(&self.dec, j)?, h, act)
+    }
+
+    fn layer<'a>(&self, half: &'a [Linear], i: usize) -> Result<&'a Linear> {
+        half.get(i).ok_or_else(|| {
+            candle_core::Error::Msg(format!("dense-ae: no layer {i} of {}", half.len()))
+        })
     }
 
     pub fn activate(&self, raw: &Tensor) -> Result<Tensor> {

@@ -163,5 +163,6 @@ pub(super) fn denoise_job<'a>(
         data: args.data.display().to_string(),
         train_names,
         val_names,
+        pretrain: Vec::new(),
     })
 }

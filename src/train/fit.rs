@@ -8,17 +8,18 @@
 //! uninterrupted one would have; the checkpoint carries the loss history, so the resumed run's
 //! curve and moving average continue the interrupted run's.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 
 use super::adamw::{AdamW, AdamWParams};
 use super::curve::{curve_path, smooth, write_curve, History};
 use super::{checkpoint_path, Job, TrainArgs, TrainReport, Val};
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, WeightsDtype};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{save_tensors, Checkpoint, OptimizerState};
 use crate::model::{weights, Arch};
@@ -38,7 +39,8 @@ fn warm_start(vm: &VarMap, arch: &Arch, path: &Path, device: &Device) -> Result<
     for (k, v) in d.iter() {
         match state.get(k) {
             Some(t) if t.dims() == v.dims() => {
-                v.set(t)?;
+                // The file may store another type (`train.weights_dtype = "f16"`).
+                v.set(&t.to_dtype(v.dtype())?)?;
                 copied += 1;
             }
             _ => fresh.push(k.clone()),
@@ -58,6 +60,27 @@ fn warm_start(vm: &VarMap, arch: &Arch, path: &Path, device: &Device) -> Result<
         fresh.join(", ")
     );
     Ok(())
+}
+
+/// The weights as the weights file stores them (`train.weights_dtype`); loading converts them
+/// back to the type the model computes in.
+fn stored(vm: &VarMap, dtype: WeightsDtype) -> Result<HashMap<String, Tensor>> {
+    weights::tensors(vm)
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(dtype.dtype())?)))
+        .collect()
+}
+
+/// The learning rate of step `step` of `total`: a linear warm-up over the first 50 steps (a
+/// tenth of a short run), then a cosine decay to 2 % of `base`.
+pub(super) fn lr_at(base: f64, step: usize, total: usize) -> f64 {
+    let warmup = 50.min(total / 10 + 1);
+    if step < warmup {
+        base * (step + 1) as f64 / warmup as f64
+    } else {
+        let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+        base * (0.02 + 0.98 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+    }
 }
 
 /// The shared loop: AdamW with warm-up and cosine decay, progress, checkpoints, validation
@@ -144,17 +167,11 @@ pub(super) fn fit(
             tracing::warn!("training curve not written: {e}");
         }
     };
-    let warmup = 50.min(total / 10 + 1);
     let mut last_val: Option<Val> = None;
     let stop_at = args.stop_after.unwrap_or(total).min(total);
     while opt.step < stop_at {
         let step = opt.step;
-        let lr = if step < warmup {
-            tc.lr * (step + 1) as f64 / warmup as f64
-        } else {
-            let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
-            tc.lr * (0.02 + 0.98 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
-        };
+        let lr = lr_at(tc.lr, step, total);
         opt.set_lr(lr);
         let mut rng =
             rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003) ^ step as u64);
@@ -192,7 +209,7 @@ pub(super) fn fit(
                 None => tracing::info!("{line}"),
             }
             // Keep usable weights on disk after every epoch, and the curve beside them.
-            save_tensors(&args.out, &weights::tensors(vm))?;
+            save_tensors(&args.out, &stored(vm, tc.weights_dtype)?)?;
             history.push_val(done, v.loss);
             history.val_measure = v.measure.to_string();
             draw(&history);
@@ -206,7 +223,7 @@ pub(super) fn fit(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    save_tensors(&args.out, &weights::tensors(vm))?;
+    save_tensors(&args.out, &stored(vm, tc.weights_dtype)?)?;
     draw(&history);
     tracing::info!("training curve: {}", curve.display());
     let v = match last_val {
@@ -231,7 +248,9 @@ pub(super) fn fit(
         final_train_loss: ema_loss,
         val_loss: v.loss,
         val: v.metrics,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: started.elapsed().as_secs_f64()
+            + job.pretrain.iter().map(|l| l.seconds).sum::<f64>(),
+        pretrain: job.pretrain,
         command: args.command.clone(),
     };
     let mut meta = args.out.as_os_str().to_owned();

@@ -3,7 +3,8 @@
 //!
 //! The parts: [`fit`] is the loop every task shares (optimizer schedule, checkpoints,
 //! `--resume`); [`denoise`], [`reconstruct`] and [`segment`] supply each task's batches and
-//! validation; [`loss`] the losses; [`adamw`] and [`init`] the optimizer and the seeded
+//! validation; [`pretrain`] the layer-wise pretraining of a dense autoencoder; [`loss`] the
+//! losses; [`adamw`] and [`init`] the optimizer and the seeded
 //! initialisation; [`online`] the fine-tuner that trains beside a running pipeline. The data
 //! comes from [`crate::data`], the validation scores from [`crate::eval::score`].
 //!
@@ -17,6 +18,7 @@ pub mod denoise;
 mod fit;
 pub mod loss;
 pub mod online;
+pub mod pretrain;
 mod reconstruct;
 mod segment;
 
@@ -79,6 +81,10 @@ pub struct TrainReport {
     pub val_loss: f64,
     /// Validation metrics of the final weights (PSNR, MSE, sparsity, k-NN accuracy, IoU, …).
     pub val: BTreeMap<String, f64>,
+    /// Layer-wise pretraining, one entry per layer pair (absent when there was none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pretrain: Vec<pretrain::LayerPretrain>,
+    /// Wall time, pretraining included.
     pub seconds: f64,
     pub command: String,
 }
@@ -109,6 +115,8 @@ pub(crate) struct Job<'a> {
     data: String,
     train_names: Vec<String>,
     val_names: Vec<String>,
+    /// What layer-wise pretraining did before the loop (empty: none).
+    pretrain: Vec<pretrain::LayerPretrain>,
 }
 
 /// Trains the pipeline's model and writes `args.out` (+ `.json` metadata, + `.ckpt`).

@@ -1,6 +1,7 @@
 //! Training the autoencoders: whole frames resized to the model's size (augmented if asked)
 //! are reconstructed, with an L1 penalty on the code when `train.l1` > 0; a bypassed dense
-//! autoencoder may start as PCA (`train.pca_init`). Validation: reconstruction MSE, sparsity
+//! autoencoder may start as PCA (`train.pca_init`), a plain one from layer-wise pretraining
+//! (`train.pretrain_steps`, [`super::pretrain`]). Validation: reconstruction MSE, sparsity
 //! and the 5-NN accuracy of the codes, scored as `eval` scores them.
 
 use std::collections::BTreeMap;
@@ -8,9 +9,11 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::loss::loss_of;
+use super::pretrain;
 use super::{Job, TrainArgs, Val};
 use crate::config::PipelineConfig;
 use crate::data::dataset;
@@ -65,19 +68,24 @@ pub(super) fn reconstruct_job<'a>(
     };
     let train_plain = Arc::new(train_plain);
     let train_plain2 = train_plain.clone();
+    // A batch of training frames (augmented if asked), drawn with the step's RNG.
+    let draw = move |rng: &mut StdRng| -> candle_core::Result<Tensor> {
+        let frames: Vec<Vec<f32>> = (0..tc.batch)
+            .map(|_| {
+                let i = rng.random_range(0..train_s.len());
+                if augment {
+                    dataset::augmented(&train_s[i], size, tc, rng)
+                } else {
+                    train_plain[i].clone()
+                }
+            })
+            .collect();
+        stack(&frames.iter().collect::<Vec<_>>(), &dev)
+    };
+    let pretrained = pretrain_stack(cfg, args, net, vm, &draw)?;
     Ok(Job {
         step_loss: Box::new(move |rng| {
-            let frames: Vec<Vec<f32>> = (0..tc.batch)
-                .map(|_| {
-                    let i = rng.random_range(0..train_s.len());
-                    if augment {
-                        dataset::augmented(&train_s[i], size, tc, rng)
-                    } else {
-                        train_plain[i].clone()
-                    }
-                })
-                .collect();
-            let x = stack(&frames.iter().collect::<Vec<_>>(), &dev)?;
+            let x = draw(rng)?;
             let o = net.forward_raw(&x)?;
             let mut loss = loss_of(net, tc.loss, &o.raw, &x)?;
             if tc.l1 > 0.0 {
@@ -112,7 +120,50 @@ pub(super) fn reconstruct_job<'a>(
         data: args.data.display().to_string(),
         train_names,
         val_names,
+        pretrain: pretrained,
     })
+}
+
+/// Layer-wise pretraining (`train.pretrain_steps`) of a dense autoencoder, unless the run
+/// starts from other weights (`--resume` from a checkpoint, `--init`), which replace it.
+fn pretrain_stack(
+    cfg: &PipelineConfig,
+    args: &TrainArgs,
+    net: &Net,
+    vm: &VarMap,
+    draw: &pretrain::Draw,
+) -> Result<Vec<pretrain::LayerPretrain>> {
+    let tc = &cfg.train;
+    if tc.pretrain_steps == 0 {
+        return Ok(Vec::new());
+    }
+    if args.resume && super::checkpoint_path(&args.out).is_file() {
+        tracing::info!("layer-wise pretraining skipped: resuming from the checkpoint");
+        return Ok(Vec::new());
+    }
+    if let Some(init) = &args.init {
+        tracing::info!(
+            "layer-wise pretraining skipped: starting from {}",
+            init.display()
+        );
+        return Ok(Vec::new());
+    }
+    let Net::Dense(dense) = net else {
+        // The configuration refuses pretraining for any other network.
+        return Err(Error::Config {
+            origin: cfg.origin.clone(),
+            message: "key `train.pretrain_steps`: needs a dense-ae".into(),
+        });
+    };
+    let p = pretrain::Pretrain {
+        steps: tc.pretrain_steps,
+        noise: tc.pretrain_noise,
+        target: tc.pretrain_target,
+        lr: tc.pretrain_lr.unwrap_or(tc.lr),
+        weight_decay: tc.weight_decay,
+        seed: args.seed,
+    };
+    pretrain::pretrain(dense, vm, draw, &p)
 }
 
 /// Starts a bypassed dense autoencoder as PCA: the linear paths get the principal directions

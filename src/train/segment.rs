@@ -73,5 +73,6 @@ pub(super) fn segment_job<'a>(
         data: args.data.display().to_string(),
         train_names: names.clone(),
         val_names: names,
+        pretrain: Vec::new(),
     })
 }
