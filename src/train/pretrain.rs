@@ -1,6 +1,7 @@
 //! Layer-wise pretraining of a dense autoencoder (`train.pretrain_steps`), before the whole
 //! stack is fine-tuned: the recipe of Hinton & Salakhutdinov's deep autoencoder (2006), with
-//! stacked denoising autoencoders (Vincent et al., 2010) in place of their RBMs.
+//! stacked autoencoders (Bengio et al., 2007), denoising ones with `pretrain_noise` (Vincent et
+//! al., 2010), in place of their RBMs.
 //!
 //! Encoder layer `i` and its mirror, decoder layer `depth − 1 − i`, are trained first as a
 //! shallow autoencoder of their own: the frames go through the layers already pretrained below
@@ -12,12 +13,14 @@
 //! activation at the bottom), so the pretrained weights drop into the stack unchanged, the
 //! mirrored decoder included.
 //!
-//! Why: a deep autoencoder trained from a random start on a few hundred faces finds poor
-//! solutions (the gradients reaching the lower layers are tiny and noisy) and memorises the
-//! persons it saw. Each shallow, denoising problem is easy and is solved well on its own; it
-//! makes a layer keep what is needed to restore its input from a damaged copy — the input's
-//! dominant, shared structure — rather than what tells one training face from another. The
-//! stack then starts near a good reconstruction, and fine-tuning adjusts it as a whole.
+//! Why: each shallow problem is easy and is solved well on its own, so the deep network starts
+//! near a reconstruction of its input instead of from noise, and fine-tuning only adjusts the
+//! stack as a whole. With sigmoid units and plain gradient descent (the paper's setting) that
+//! was what made deep autoencoders trainable at all. With ReLU units, a scaled initialisation
+//! and AdamW it matters less: on `faces-deep` it makes the training persons fit faster, while
+//! new persons are reconstructed as well as from a random start, and masking noise made both
+//! worse (docs/experiments.md). `pretrain_target = "input"` is the other classic variant: each
+//! pair reconstructs the frames themselves, through the decoder layers pretrained before it.
 
 use std::time::Instant;
 
