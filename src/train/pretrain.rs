@@ -233,8 +233,11 @@ mod tests {
         Tensor::from_vec(v, (32, 16), &Device::Cpu)
     }
 
+    /// Every variable's name and values, sorted by name.
+    type Weights = Vec<(String, Vec<f32>)>;
+
     /// A 16-12-8-3 autoencoder pretrained with `seed`: its report and its weights.
-    fn run(seed: u64) -> Result<(Vec<LayerPretrain>, Vec<(String, Vec<f32>)>)> {
+    fn run(seed: u64) -> Result<(Vec<LayerPretrain>, Weights)> {
         let vm = VarMap::new();
         let vb = seeded_builder(&vm, seed, DType::F32, &Device::Cpu);
         let net = DenseAe::new(
@@ -256,7 +259,7 @@ mod tests {
             seed,
         };
         let report = pretrain(&net, &vm, &draw, &p)?;
-        let mut w: Vec<(String, Vec<f32>)> = weights::tensors(&vm)
+        let mut w: Weights = weights::tensors(&vm)
             .into_iter()
             .map(|(k, t)| Ok((k, t.flatten_all()?.to_vec1::<f32>()?)))
             .collect::<Result<_>>()?;
