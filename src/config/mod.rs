@@ -507,6 +507,30 @@ mod tests {
         }
     }
 
+    /// Keys a pipeline does not set are left out of its settings (hashed into its model's
+    /// version), so adding the pretraining and storage keys changed no other pipeline's
+    /// version; `faces-deep`, which sets them, has them.
+    #[test]
+    fn unset_training_keys_stay_out_of_the_settings_hash() {
+        let json =
+            |name: &str| serde_json::to_string(&PipelineConfig::load(name).unwrap()).unwrap();
+        for name in ["faces", "digits-sparse", "denoise"] {
+            let j = json(name);
+            assert!(
+                !j.contains("pretrain") && !j.contains("weights_dtype"),
+                "{name}: {j}"
+            );
+        }
+        let deep = json("faces-deep");
+        for key in [
+            "\"pretrain_steps\":1000",
+            "\"pretrain_noise\":0.0",
+            "\"weights_dtype\":\"f16\"",
+        ] {
+            assert!(deep.contains(key), "{key}: {deep}");
+        }
+    }
+
     /// An unknown key is reported on its own line.
     #[test]
     fn toml_errors_name_the_line() {

@@ -55,19 +55,26 @@ pub struct TrainConfig {
     pub region: Option<[usize; 4]>,
     /// `dense-ae` with `bypass`: start from a PCA of the (augmented) training frames.
     pub pca_init: bool,
+    // The keys below are left out of the settings hash (a model's version) at their
+    // defaults, so the versions of pipelines that do not set them stay what they were.
     /// `dense-ae` without `bypass`: AdamW steps of layer-wise pretraining per encoder layer
     /// (with its mirrored decoder layer) before the whole network is trained; 0 = none. See
     /// `train::pretrain`.
+    #[serde(skip_serializing_if = "is_default")]
     pub pretrain_steps: usize,
     /// Pretraining: the fraction of each layer's inputs set to zero (masking noise of a
     /// denoising autoencoder).
+    #[serde(skip_serializing_if = "is_default_noise")]
     pub pretrain_noise: f32,
     /// Pretraining: what each layer pair learns to reconstruct.
+    #[serde(skip_serializing_if = "is_default")]
     pub pretrain_target: PretrainTarget,
     /// Pretraining's learning rate (default: `lr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pretrain_lr: Option<f64>,
     /// How the weights file is stored: `f32`, or `f16` (half the size; converted back to the
     /// computing type when loaded). Checkpoints stay f32.
+    #[serde(skip_serializing_if = "is_default")]
     pub weights_dtype: WeightsDtype,
     /// Inpainting: each training patch loses a fraction of its pixels drawn uniformly from
     /// `[mask_min, mask_max]`; validation uses `val_mask`.
@@ -103,7 +110,7 @@ impl Default for TrainConfig {
             region: None,
             pca_init: false,
             pretrain_steps: 0,
-            pretrain_noise: 0.2,
+            pretrain_noise: DEFAULT_PRETRAIN_NOISE,
             pretrain_target: PretrainTarget::Layer,
             pretrain_lr: None,
             weights_dtype: WeightsDtype::F32,
@@ -119,6 +126,16 @@ impl Default for TrainConfig {
 pub enum Loss {
     Mse,
     Bce,
+}
+
+const DEFAULT_PRETRAIN_NOISE: f32 = 0.2;
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn is_default_noise(v: &f32) -> bool {
+    *v == DEFAULT_PRETRAIN_NOISE
 }
 
 /// What a layer pair learns to reconstruct in layer-wise pretraining.
