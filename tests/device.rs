@@ -199,6 +199,7 @@ fn f16_scores_within_0_05_db_of_f32() {
         labels: None,
         knn_fit: None,
         masks: None,
+        instances: None,
         crop: None,
         montage: None,
     };

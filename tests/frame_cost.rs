@@ -124,7 +124,7 @@ fn measure(cfg: &PipelineConfig, model: &dyn Model, planes: Planes) -> (Cost, Co
     });
     drop(outs);
     let (_, enc) = peak_above(base, || {
-        encode::encode(&finished, OutputKind::Denoised, "t").unwrap()
+        encode::encode(&finished, OutputKind::Denoised, &cfg.instances, "t").unwrap()
     });
     let measured = Cost {
         decode: dec,
@@ -213,5 +213,62 @@ fn the_estimate_bounds_what_each_stage_allocates() {
             }
         }
     }
+    wrong.extend(objects_within_the_estimate());
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Cutting a segmentation into objects (`--emit instances`) allocates within the encode
+/// stage's estimate for a segmenter: on a frame all foreground (one plateau, the longest
+/// walk), on a grid of touching squares (thousands of objects) and on scattered specks.
+/// Returns what went over.
+fn objects_within_the_estimate() -> Vec<String> {
+    let cfg = PipelineConfig::load("segment-nuclei").unwrap();
+    let (w, h) = (700, 500);
+    let shape = Shape {
+        plan: TilePlan::for_pipeline(&cfg, 4),
+        fixed_size: None,
+        keep_input: false,
+    };
+    let header = header(
+        &encode_png(&Planes::grey(w, h, vec![0.0; w * h]), "t").unwrap(),
+        "t",
+    );
+    let est = estimate(&header.unwrap(), 0, &cfg, &shape).encode;
+    let squares: Vec<f32> = (0..w * h)
+        .map(|i| f32::from(((i % w) / 6 + (i / w) / 6) % 2 == 0 || (i % w) % 6 == 0))
+        .collect();
+    let cases = [
+        ("all foreground", vec![1.0; w * h]),
+        ("touching squares", squares),
+        (
+            "specks",
+            noise(w * h, 3)
+                .iter()
+                .map(|&v| f32::from(v > 0.6))
+                .collect(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, prob) in cases {
+        let finished = postprocess::Finished {
+            planes: Planes::grey(w, h, prob),
+            code: None,
+            input: None,
+        };
+        let base = LIVE.load(Ordering::SeqCst);
+        let (_, got) = peak_above(base, || {
+            encode::encode(&finished, OutputKind::Instances, &cfg.instances, "t").unwrap()
+        });
+        println!(
+            "objects, {name}: measured {:.1} MiB, encode estimated {:.1} MiB",
+            got as f64 / (1 << 20) as f64,
+            est as f64 / (1 << 20) as f64
+        );
+        if got > est {
+            wrong.push(format!(
+                "objects, {name}: allocated {got} bytes, estimated {est}"
+            ));
+        }
+    }
+    wrong
 }

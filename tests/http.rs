@@ -225,6 +225,41 @@ fn requests_are_answered_and_bad_ones_get_clear_errors() {
     drop(d);
 }
 
+/// A segmenter answers `?emit=instances` with a 16-bit label map, and several kinds at once
+/// as one JSON document, each image base64-encoded.
+#[test]
+fn nuclei_requests_get_objects_and_probability() {
+    let _t = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let (d, port) = serve(dir.path(), "segment-nuclei", &[]);
+    let frame = std::fs::read(samples().join("nuclei/images/right-top.png")).unwrap();
+    let a = request(port, "POST", "/v1/infer?emit=instances", &frame);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.header("content-type").as_deref(), Some("image/png"));
+    let labels = image::load_from_memory(&a.body).unwrap();
+    assert_eq!(labels.color(), image::ColorType::L16);
+    let most = labels.to_luma16().pixels().map(|p| p.0[0]).max().unwrap();
+    assert!(most > 20, "{most} objects");
+
+    let a = request(port, "POST", "/v1/infer?emit=instances,probability", &frame);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let j = a.json();
+    for kind in ["instances", "probability"] {
+        use base64::Engine;
+        let b64 = j["outputs"][kind]["base64"].as_str().expect(kind);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let img = image::load_from_memory(&png).unwrap();
+        assert_eq!(
+            (img.color(), img.width()),
+            (image::ColorType::L16, 256),
+            "{kind}"
+        );
+    }
+    drop(d);
+}
+
 /// Over `max_pending`, a request gets 503 with Retry-After at once; when the pipeline has
 /// room again, requests succeed.
 #[test]

@@ -151,26 +151,25 @@ fn faces_eval_compares_with_pca_and_draws_a_montage() {
     assert!((30..120).contains(&strip), "label column {strip} wide");
 }
 
+/// `aestream run segment-nuclei --once --emit KINDS -i INPUT -o OUTPUT`, which must succeed.
+fn segment(input: &Path, output: &Path, kinds: &str) {
+    ok(bin()
+        .args(["run", "segment-nuclei", "--once", "--emit", kinds])
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .unwrap());
+}
+
 /// Segmentation: the label map holds only 0 and 1 and matches the sample's ground truth
 /// (a region the model never trained on); the overlay is a colour image of the input's size.
 #[test]
 fn nuclei_are_segmented_into_a_label_map_and_overlay() {
     let out = tempfile::tempdir().unwrap();
     let nuc = samples().join("nuclei");
-    ok(bin()
-        .args([
-            "run",
-            "segment-nuclei",
-            "--once",
-            "--emit",
-            "segmentation,overlay",
-        ])
-        .arg("--input")
-        .arg(nuc.join("images"))
-        .arg("--output")
-        .arg(out.path())
-        .output()
-        .unwrap());
+    segment(&nuc.join("images"), out.path(), "segmentation,overlay");
     let labels = image::open(out.path().join("segmentation/right-top.png"))
         .unwrap()
         .to_luma8();
@@ -199,6 +198,104 @@ fn nuclei_are_segmented_into_a_label_map_and_overlay() {
     ]);
     assert!((r["iou"].as_f64().unwrap() - o.iou()).abs() < 1e-3, "{r}");
     assert!(r["dice"].as_f64().unwrap() > r["iou"].as_f64().unwrap());
+}
+
+/// A 16-bit grey PNG's samples, or a panic naming what it was instead.
+fn sixteen(p: &Path) -> image::ImageBuffer<image::Luma<u16>, Vec<u16>> {
+    match image::open(p).unwrap() {
+        image::DynamicImage::ImageLuma16(i) => i,
+        other => panic!(
+            "{}: expected 16-bit grey, got {:?}",
+            p.display(),
+            other.color()
+        ),
+    }
+}
+
+/// Objects: `--emit instances,probability` writes a 16-bit label map (0 background, nuclei
+/// numbered 1..N with none missing) and a 16-bit probability map that agree with each other;
+/// the objects match the sample's true nuclei, and `eval --instances` scores the same objects.
+#[test]
+fn nuclei_are_cut_into_objects_beside_their_probability() {
+    let out = tempfile::tempdir().unwrap();
+    let nuc = samples().join("nuclei");
+    segment(&nuc.join("images"), out.path(), "instances,probability");
+    let inst = sixteen(&out.path().join("instances/right-top.png"));
+    let prob = sixteen(&out.path().join("probability/right-top.png"));
+    assert_eq!(
+        (inst.dimensions(), prob.dimensions()),
+        ((256, 256), (256, 256))
+    );
+    let mut ids: Vec<u16> = inst.pixels().map(|p| p.0[0]).filter(|&l| l != 0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let n = ids.len() as u16;
+    assert_eq!(
+        ids,
+        (1..=n).collect::<Vec<_>>(),
+        "labels 1..N, none missing"
+    );
+    assert!((25..=40).contains(&n), "{n} nuclei; the sample holds 33");
+    // Every labelled pixel is foreground at the pipeline's threshold (0.7); the map is a
+    // probability, not a mask.
+    for (l, p) in inst.pixels().zip(prob.pixels()) {
+        if l.0[0] != 0 {
+            assert!(p.0[0] > 45_800, "labelled at probability {}", p.0[0]);
+        }
+    }
+    let mut levels: Vec<u16> = prob.pixels().map(|p| p.0[0]).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    assert!(levels.len() > 100, "{} levels", levels.len());
+
+    let truth = sixteen(&nuc.join("labels/right-top.png"));
+    let wide = |m: &image::ImageBuffer<image::Luma<u16>, Vec<u16>>| -> Vec<u32> {
+        m.pixels().map(|p| u32::from(p.0[0])).collect()
+    };
+    let t =
+        aestream::eval::instances::match_instances(&wide(&inst), &wide(&truth), 256, |_, _| true);
+    assert_eq!(t.truth, 33);
+    let f1 = t.scores().f1;
+    assert!(f1 > 0.9, "object F1 {f1}: {t:?}");
+    let r = eval_json(&[
+        "segment-nuclei",
+        "--data",
+        nuc.join("images").to_str().unwrap(),
+        "--masks",
+        nuc.join("masks").to_str().unwrap(),
+        "--instances",
+        nuc.join("labels").to_str().unwrap(),
+    ]);
+    let o = &r["instances"];
+    assert_eq!(
+        (&o["predicted"], &o["truth"], &o["matched"]),
+        (&t.predicted.into(), &t.truth.into(), &t.matched.into()),
+        "{r}"
+    );
+    assert!((o["f1"].as_f64().unwrap() - f1).abs() < 1e-9, "{r}");
+}
+
+/// Frames with nothing in them (black, or one constant level, 8 or 16 bits) give an empty
+/// label map: zero objects, and the run does not fail.
+#[test]
+fn blank_frames_hold_no_objects() {
+    let t = tempfile::tempdir().unwrap();
+    let (inp, out) = (t.path().join("in"), t.path().join("out"));
+    std::fs::create_dir(&inp).unwrap();
+    image::GrayImage::new(64, 48)
+        .save(inp.join("black.png"))
+        .unwrap();
+    image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(40, 40, image::Luma([1000u16]))
+        .save(inp.join("flat.png"))
+        .unwrap();
+    image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(33, 17, image::Luma([u16::MAX]))
+        .save(inp.join("white.png"))
+        .unwrap();
+    segment(&inp, &out, "instances");
+    for name in ["black.png", "flat.png", "white.png"] {
+        let m = sixteen(&out.join(name));
+        assert!(m.pixels().all(|p| p.0[0] == 0), "{name} holds objects");
+    }
 }
 
 /// The conv autoencoder reconstructs Fashion-MNIST frames it never saw.
@@ -507,8 +604,10 @@ fn sure_blend_gives_back_texture_and_leaves_smooth_photos() {
         "noise_sigma = 0.0",
         "noise_sigma = 40.0",
     ));
+    // The stage-2 weights keep more of the foliage themselves (plain 28.14 dB, was 28.01), so
+    // the blend has less to give back than it had (+0.39 dB, was +0.59).
     assert!(
-        blend["china.png"] > plain["china.png"] + 0.4,
+        blend["china.png"] > plain["china.png"] + 0.25,
         "china: blend {:.2} dB vs plain {:.2} dB",
         blend["china.png"],
         plain["china.png"]

@@ -127,6 +127,24 @@ fn run_stdin(args: &[&str], input: Vec<u8>) -> std::process::Output {
 
 const FACES: [&str; 3] = ["s31-1.png", "s34-1.png", "s40-1.png"];
 
+/// A `--framing len` stream cut into its records, every one whole.
+fn length_records(mut rest: &[u8]) -> Vec<&[u8]> {
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        assert!(rest.len() >= 4, "a torn length prefix");
+        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        assert!(
+            rest.len() >= 4 + n,
+            "record {} claims {n} bytes, {} left",
+            records.len(),
+            rest.len() - 4
+        );
+        records.push(&rest[4..4 + n]);
+        rest = &rest[4 + n..];
+    }
+    records
+}
+
 /// `--framing len` with latent codes and reconstructions: the stream parses record by
 /// record, every record length-prefixed; a latent is JSON (first byte `{`), an image a PNG,
 /// and each frame's records come in `--emit` order.
@@ -152,20 +170,7 @@ fn length_framing_frames_latents_and_images_alike() {
         ],
         stream,
     ));
-    let mut rest = &out.stdout[..];
-    let mut records = Vec::new();
-    while !rest.is_empty() {
-        assert!(rest.len() >= 4, "a torn length prefix");
-        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-        assert!(
-            rest.len() >= 4 + n,
-            "record {} claims {n} bytes, {} left",
-            records.len(),
-            rest.len() - 4
-        );
-        records.push(&rest[4..4 + n]);
-        rest = &rest[4 + n..];
-    }
+    let records = length_records(&out.stdout);
     assert_eq!(records.len(), 2 * FACES.len());
     for (i, pair) in records.chunks(2).enumerate() {
         assert_eq!(pair[0].first(), Some(&b'{'), "frame {i}: latent first");
@@ -179,6 +184,43 @@ fn length_framing_frames_latents_and_images_alike() {
         let rec = image::load_from_memory(pair[1]).unwrap();
         assert_eq!((rec.width(), rec.height()), (25, 25));
     }
+}
+
+/// Objects and probability on stdout: a nuclei frame on stdin gives, length-prefixed and in
+/// `--emit` order, a 16-bit label map and a 16-bit probability map of its size.
+#[test]
+fn objects_and_probability_go_to_stdout() {
+    let frame = std::fs::read(samples().join("nuclei/images/right-top.png")).unwrap();
+    let mut stream = (frame.len() as u32).to_be_bytes().to_vec();
+    stream.extend(frame);
+    let out = ok(run_stdin(
+        &[
+            "segment-nuclei",
+            "-i",
+            "-",
+            "-o",
+            "-",
+            "--framing",
+            "len",
+            "--emit",
+            "instances,probability",
+        ],
+        stream,
+    ));
+    let images: Vec<DynamicImage> = length_records(&out.stdout)
+        .into_iter()
+        .map(|r| image::load_from_memory(r).unwrap())
+        .collect();
+    assert_eq!(images.len(), 2);
+    for img in &images {
+        assert_eq!(img.color(), image::ColorType::L16);
+        assert_eq!((img.width(), img.height()), (256, 256));
+    }
+    let labels = images[0].to_luma16();
+    let most = labels.pixels().map(|p| p.0[0]).max().unwrap();
+    assert!(most > 20, "{most} objects");
+    let prob = images[1].to_luma16();
+    assert!(prob.pixels().any(|p| p.0[0] > 60_000) && prob.pixels().any(|p| p.0[0] < 5_000));
 }
 
 /// Back-to-back (`concat`) stdout cannot carry latent JSON lines between PNG images: refused

@@ -531,6 +531,45 @@ fn folder_outputs_are_named_by_frame_and_sigterm_acks_what_it_holds() {
     assert_eq!((img.width as u32, img.height as u32), sent[7].1);
 }
 
+/// A segmenter on a stream: a nuclei frame sent inline comes back with its objects and its
+/// probability, each a 16-bit PNG under the kind's name.
+#[test]
+fn nuclei_results_carry_objects_and_probability() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let out = srv.url("results");
+    let mut w = worker(
+        "segment-nuclei",
+        &srv,
+        "w",
+        &out,
+        t.path().join("w.log"),
+        &["--emit", "instances,probability"],
+    );
+    let mut con = srv.con();
+    let frame = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/nuclei/images/right-top.png"),
+    )
+    .unwrap();
+    add_inline(&mut con, "nuclei", &frame);
+    let got = all_results(&mut con, 1, Duration::from_secs(120));
+    assert_eq!(got.len(), 1);
+    for kind in ["instances", "probability"] {
+        let img = image::load_from_memory(&field(&got[0], kind)).unwrap();
+        assert_eq!(
+            (img.color(), img.width(), img.height()),
+            (image::ColorType::L16, 256, 256),
+            "{kind}"
+        );
+    }
+    let labels = image::load_from_memory(&field(&got[0], "instances")).unwrap();
+    let most = labels.to_luma16().pixels().map(|p| p.0[0]).max().unwrap();
+    assert!(most > 20, "{most} objects");
+    signal(&w.child, "TERM");
+    let st = wait_exit(&mut w.child, Duration::from_secs(30)).expect("exits");
+    assert!(st.success(), "{st:?}\n{}", w.log());
+}
+
 #[test]
 fn a_redis_address_without_a_stream_is_refused_clearly() {
     let t = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! `aestream eval`: corrupts clean frames, runs the model and scores it — PSNR/SSIM for
 //! denoisers, reconstruction MSE against PCA, sparsity and k-NN accuracy for autoencoders,
-//! IoU/Dice for segmentation — as a summary line or one JSON object.
+//! IoU/Dice (and object F1 with `--instances`) for segmentation — as a summary line or one
+//! JSON object.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -37,6 +38,10 @@ pub struct EvalCmd {
     /// Segmentation: ground-truth mask file, or folder of masks named as the images.
     #[arg(long)]
     pub masks: Option<PathBuf>,
+    /// Segmentation: true object label maps (grey, each object one value, 0 = background):
+    /// a file, or a folder named as the images. Adds object precision, recall and F1.
+    #[arg(long)]
+    pub instances: Option<PathBuf>,
     /// Score only this region of each frame: X,Y,WIDTH,HEIGHT.
     #[arg(long, value_delimiter = ',')]
     pub crop: Option<Vec<usize>>,
@@ -96,6 +101,7 @@ pub fn run(a: EvalCmd) -> anyhow::Result<()> {
         labels: a.labels,
         knn_fit: a.knn_fit,
         masks: a.masks,
+        instances: a.instances,
         crop,
         montage: a.montage,
     };
@@ -135,5 +141,11 @@ fn print_summary(r: &aestream::eval::EvalReport) {
             "{} frames: IoU {:.4}, Dice {:.4}, pixel accuracy {:.4}",
             r.frames, s.iou, s.dice, s.pixel_accuracy
         );
+        if let Some(o) = &s.instances {
+            println!(
+                "objects: F1 {:.4}, precision {:.4}, recall {:.4} ({} of {} true found, {} predicted)",
+                o.f1, o.precision, o.recall, o.matched, o.truth, o.predicted
+            );
+        }
     }
 }

@@ -69,7 +69,8 @@ pub struct RunArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Outputs to write, overriding the pipeline's `output.kinds`: denoised,
-    /// reconstruction, latent, segmentation, overlay (as the model allows).
+    /// reconstruction, latent, segmentation, overlay, instances, probability (as the model
+    /// allows).
     #[arg(long, value_delimiter = ',')]
     emit: Option<Vec<String>>,
     /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).

@@ -16,6 +16,7 @@ mod decode;
 mod finetune;
 mod http;
 mod infer;
+mod instances;
 mod model;
 mod normalise;
 mod output;
@@ -34,6 +35,7 @@ pub use decode::DecodeConfig;
 pub use finetune::{FinetuneConfig, FinetuneTarget};
 pub use http::HttpConfig;
 pub use infer::InferConfig;
+pub use instances::InstancesConfig;
 pub use model::{ModelConfig, ModelSection};
 pub use normalise::{ColourMode, NormaliseConfig, PadMode, Stretch};
 pub use output::{OutputConfig, OutputKind};
@@ -166,6 +168,10 @@ pub struct PipelineConfig {
     pub infer: InferConfig,
     #[serde(default)]
     pub postprocess: PostprocessConfig,
+    /// Segmentation: how the foreground is cut into objects (`--emit instances`). Absent from
+    /// the settings hash when default, so other pipelines' versions stay as they were.
+    #[serde(default, skip_serializing_if = "InstancesConfig::is_default")]
+    pub instances: InstancesConfig,
     #[serde(default)]
     pub output: OutputConfig,
     #[serde(default)]
@@ -254,6 +260,7 @@ impl PipelineConfig {
         let multiple = arch.size_multiple();
         self.infer.validate()?;
         self.output.validate()?;
+        self.instances.validate()?;
         self.channels.validate()?;
         self.http.validate()?;
         self.budget.validate()?;

@@ -1,5 +1,5 @@
 //! `[output]`: which results a pipeline writes — the cleaned frame, a reconstruction, the
-//! latent code, a label map or an overlay. Which of them a model can make depends on its task
+//! latent code, a label map, an overlay, an object (instance) label map or the probability. Which of them a model can make depends on its task
 //! (a rule across sections, checked in `PipelineConfig::validate`).
 
 use serde::{Deserialize, Serialize};
@@ -21,15 +21,21 @@ pub enum OutputKind {
     Segmentation,
     /// The input with the segmentation drawn over it.
     Overlay,
+    /// 16-bit PNG label map of objects: 0 background, each object one value of 1..N.
+    Instances,
+    /// 16-bit PNG of the foreground probability: 0..65535 for 0..1.
+    Probability,
 }
 
 impl OutputKind {
-    pub const ALL: [OutputKind; 5] = [
+    pub const ALL: [OutputKind; 7] = [
         OutputKind::Denoised,
         OutputKind::Reconstruction,
         OutputKind::Latent,
         OutputKind::Segmentation,
         OutputKind::Overlay,
+        OutputKind::Instances,
+        OutputKind::Probability,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +45,8 @@ impl OutputKind {
             OutputKind::Latent => "latent",
             OutputKind::Segmentation => "segmentation",
             OutputKind::Overlay => "overlay",
+            OutputKind::Instances => "instances",
+            OutputKind::Probability => "probability",
         }
     }
 
@@ -54,7 +62,12 @@ impl OutputKind {
         match task {
             Task::Denoise => &[OutputKind::Denoised],
             Task::Reconstruct => &[OutputKind::Reconstruction, OutputKind::Latent],
-            Task::Segment => &[OutputKind::Segmentation, OutputKind::Overlay],
+            Task::Segment => &[
+                OutputKind::Segmentation,
+                OutputKind::Overlay,
+                OutputKind::Instances,
+                OutputKind::Probability,
+            ],
         }
     }
 }

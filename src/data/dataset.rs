@@ -11,7 +11,9 @@ use rand::Rng;
 
 use crate::config::{NormaliseConfig, Stretch, TrainConfig};
 use crate::error::{Error, Result};
-use crate::frame::{list_images_recursive, read_image, resize_plane, stretch_percentiles};
+use crate::frame::{
+    list_images_recursive, read_image, resize_plane, stretch_percentiles, BitDepth, Planes,
+};
 
 /// One grey frame at its own size, with its class label where the data has labels.
 #[derive(Debug, Clone)]
@@ -273,38 +275,50 @@ pub struct Pair {
     pub mask: Vec<f32>,
 }
 
-/// Loads image/mask pairs: `data` and `masks` both files, or folders with the same file names.
-/// Images get the pipeline's normalisation (grey, percentile stretch) as frames would.
-pub fn load_pairs(data: &Path, masks: &Path, norm: &NormaliseConfig) -> Result<Vec<Pair>> {
+/// The files paired with `data`'s images: `data` and `other` both files, or folders with the
+/// same relative file names. One order for every kind of pairing (masks, object labels).
+fn paired_paths(data: &Path, other: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
     let pairs: Vec<(PathBuf, PathBuf)> = if data.is_file() {
-        vec![(data.to_path_buf(), masks.to_path_buf())]
+        vec![(data.to_path_buf(), other.to_path_buf())]
     } else {
         list_images_recursive(data, &[])?
             .into_iter()
             .map(|f| {
                 let rel = f.strip_prefix(data).unwrap_or(&f).to_path_buf();
-                (f, masks.join(rel))
+                (f, other.join(rel))
             })
             .collect()
     };
     if pairs.is_empty() {
         return Err(Error::Other(format!("{}: no images found", data.display())));
     }
-    pairs
+    Ok(pairs)
+}
+
+/// `other`, read as the companion of the `w × h` image `img`: an error naming both when the
+/// sizes differ.
+fn companion(img: &Path, other: &Path, w: usize, h: usize) -> Result<Planes> {
+    let o = read_image(other, Default::default())?;
+    if (o.width, o.height) != (w, h) {
+        return Err(Error::Other(format!(
+            "{}: is {}×{}, its image {} is {w}×{h}",
+            other.display(),
+            o.width,
+            o.height,
+            img.display()
+        )));
+    }
+    Ok(o)
+}
+
+/// Loads image/mask pairs: `data` and `masks` both files, or folders with the same file names.
+/// Images get the pipeline's normalisation (grey, percentile stretch) as frames would.
+pub fn load_pairs(data: &Path, masks: &Path, norm: &NormaliseConfig) -> Result<Vec<Pair>> {
+    paired_paths(data, masks)?
         .into_iter()
         .map(|(img, m)| {
             let p = read_image(&img, Default::default())?;
-            let mk = read_image(&m, Default::default())?;
-            if (p.width, p.height) != (mk.width, mk.height) {
-                return Err(Error::Other(format!(
-                    "{}: mask is {}×{}, image {}×{}",
-                    m.display(),
-                    mk.width,
-                    mk.height,
-                    p.width,
-                    p.height
-                )));
-            }
+            let mk = companion(&img, &m, p.width, p.height)?;
             let mut image = p.luma();
             if norm.stretch == Stretch::Percentile {
                 stretch_percentiles(&mut image, norm.percentiles[0], norm.percentiles[1]);
@@ -316,6 +330,34 @@ pub fn load_pairs(data: &Path, masks: &Path, norm: &NormaliseConfig) -> Result<V
                 image,
                 mask: mk.luma().iter().map(|&v| f32::from(v > 0.0)).collect(),
             })
+        })
+        .collect()
+}
+
+/// Object label maps for the `pairs` that [`load_pairs`] made of `data`, in their order:
+/// `labels` a file, or a folder of files named as the images. A label image is grey, 8 or 16
+/// bits, each object one value (0 = background), as `--emit instances` writes them.
+pub fn load_instance_labels(data: &Path, labels: &Path, pairs: &[Pair]) -> Result<Vec<Vec<u32>>> {
+    paired_paths(data, labels)?
+        .into_iter()
+        .zip(pairs)
+        .map(|((img, l), pair)| {
+            let map = companion(&img, &l, pair.w, pair.h)?;
+            if map.is_colour() {
+                return Err(Error::Other(format!(
+                    "{}: an object label map must be grey (one value per object), not colour",
+                    l.display()
+                )));
+            }
+            // Decoding spreads 8-bit values over 16 bits (× 257); undone to get the ids back.
+            let per_id = match map.depth {
+                BitDepth::Eight => 257.0,
+                BitDepth::Sixteen => 1.0,
+            };
+            Ok(map.planes[0]
+                .iter()
+                .map(|&v| ((v * 65535.0).round() / per_id).round() as u32)
+                .collect())
         })
         .collect()
 }

@@ -9,6 +9,7 @@
 
 pub mod analysis;
 mod denoise;
+pub mod instances;
 pub mod montage;
 mod reconstruct;
 pub mod score;
@@ -161,6 +162,9 @@ pub struct SegmentScores {
     pub pixel_accuracy: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crop: Option<[usize; 4]>,
+    /// With `--instances`: objects matched one-to-one at IoU > 0.5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<instances::InstanceScores>,
 }
 
 pub struct EvalArgs {
@@ -178,6 +182,8 @@ pub struct EvalArgs {
     /// labelled CSV data).
     pub knn_fit: Option<PathBuf>,
     pub masks: Option<PathBuf>,
+    /// Segmentation: object label maps (a file, or a folder named as the images).
+    pub instances: Option<PathBuf>,
     pub crop: Option<[usize; 4]>,
     pub montage: Option<PathBuf>,
 }

@@ -1,8 +1,10 @@
 //! Evaluating a segmentation net: IoU, Dice and pixel accuracy of the thresholded foreground
-//! against the masks, optionally within a crop.
+//! against the masks, optionally within a crop; with object label maps (`--instances`), the
+//! objects `--emit instances` would write matched against the true ones ([`super::instances`]).
 
 use std::time::Instant;
 
+use super::instances::{match_instances, InstanceTally};
 use super::montage::{tile_of, write_montage, MONTAGE_COLUMNS};
 use super::score::score_segmentation;
 use super::{EvalArgs, EvalReport, Noise, SegmentScores};
@@ -10,6 +12,7 @@ use crate::config::PipelineConfig;
 use crate::data::dataset;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::stage::instances;
 use crate::stage::tiling::TilePlan;
 
 pub(super) fn evaluate_segment(
@@ -23,16 +26,30 @@ pub(super) fn evaluate_segment(
     })?;
     let started = Instant::now();
     let pairs = dataset::load_pairs(&args.data, masks, &cfg.normalise)?;
+    let truths = match &args.instances {
+        Some(l) => Some(dataset::load_instance_labels(&args.data, l, &pairs)?),
+        None => None,
+    };
     let spec = model.spec();
     let plan = TilePlan::for_pipeline(cfg, spec.size_multiple);
     let mut tiles = Vec::new();
+    let include = |x, y| dataset::in_region(args.crop, x, y);
+    // Objects of each frame, cut as the pipeline's `--emit instances` cuts them.
+    let (mut objects, mut at) = (Ok(InstanceTally::default()), 0);
     let tally = score_segmentation(
         model,
         &pairs,
         &plan,
         (&cfg.infer).into(),
-        |x, y| dataset::in_region(args.crop, x, y),
+        include,
         |pair, prob| {
+            if let (Some(truths), Ok(tally)) = (&truths, &mut objects) {
+                match instances::label(prob, pair.w, pair.h, &cfg.instances) {
+                    Ok(p) => tally.add(match_instances(&p.labels, &truths[at], pair.w, include)),
+                    Err(e) => objects = Err(e),
+                }
+            }
+            at += 1;
             if tiles.len() < 3 * MONTAGE_COLUMNS {
                 let img: Vec<f32> = pair.image.iter().map(|v| v.clamp(0.0, 1.0)).collect();
                 tiles.push((0, tile_of(&img, pair.w, pair.h)));
@@ -42,6 +59,7 @@ pub(super) fn evaluate_segment(
             }
         },
     )?;
+    let objects = objects?;
     if let Some(m) = &args.montage {
         write_montage(m, &tiles, &["input", "true mask", "output"])?;
     }
@@ -61,6 +79,7 @@ pub(super) fn evaluate_segment(
             dice: tally.overlap.dice(),
             pixel_accuracy: tally.correct as f64 / tally.pixels.max(1) as f64,
             crop: args.crop,
+            instances: truths.is_some().then(|| objects.scores()),
         }),
     })
 }

@@ -275,21 +275,45 @@ impl Drain {
     }
 }
 
-/// A frame's deadline: its own time limit from when it started, and the run's drain.
+/// A frame's deadline: its own time limit, and the run's drain.
+///
+/// The limit counts only the time the frame is in a stage's hands, not the time it waits in a
+/// queue behind other frames: a watched folder of many large frames on a slow model queues
+/// each for longer than any one takes, and the limit is there to stop a frame that is too
+/// costly itself, not to punish backpressure. Stages [`resume`](Self::resume) the clock when
+/// they take a frame and [`pause`](Self::pause) it when they hand it on.
 #[derive(Debug, Clone)]
 pub struct Deadline {
-    at: Instant,
     limit: Duration,
+    /// Time spent in stages before the current one.
+    spent: Duration,
+    /// When the current stage took the frame; `None` while it waits in a queue.
+    since: Option<Instant>,
     drain: Arc<Drain>,
 }
 
 impl Deadline {
-    /// A deadline `limit` after now (by the drain's clock).
+    /// A deadline of `limit` of working time, running from now (by the drain's clock).
     pub fn starting_now(limit: Duration, drain: &Arc<Drain>) -> Self {
         Self {
-            at: drain.clock.now() + limit,
             limit,
+            spent: Duration::ZERO,
+            since: Some(drain.clock.now()),
             drain: drain.clone(),
+        }
+    }
+
+    /// The frame is handed on to a queue: its clock stops.
+    pub fn pause(&mut self) {
+        if let Some(s) = self.since.take() {
+            self.spent += self.drain.clock.now().saturating_duration_since(s);
+        }
+    }
+
+    /// A stage took the frame: its clock runs again.
+    pub fn resume(&mut self) {
+        if self.since.is_none() {
+            self.since = Some(self.drain.clock.now());
         }
     }
 
@@ -298,7 +322,10 @@ impl Deadline {
         if self.drain.over() {
             return Some(Expired::Drain(self.drain.within));
         }
-        (self.drain.clock.now() >= self.at).then_some(Expired::Deadline(self.limit))
+        let running = self.since.map_or(Duration::ZERO, |s| {
+            self.drain.clock.now().saturating_duration_since(s)
+        });
+        (self.spent + running >= self.limit).then_some(Expired::Deadline(self.limit))
     }
 }
 
@@ -400,5 +427,31 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         assert_eq!(d.expired(), Some(Expired::Drain(Duration::from_secs(30))));
         assert!(d.expired().unwrap().to_string().contains("drain_timeout_s"));
+    }
+
+    /// Time waiting in a queue does not count against a frame's own limit; time in stages
+    /// adds up across them.
+    #[test]
+    fn a_deadline_counts_working_time_only() {
+        let clock = Arc::new(ManualClock::new());
+        let drain = Drain::new(Stop::new(), clock.clone(), Duration::from_secs(30));
+        let mut d = Deadline::starting_now(Duration::from_secs(60), &drain);
+        clock.advance(Duration::from_secs(40));
+        d.pause();
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(d.expired(), None, "an hour in a queue");
+        d.resume();
+        d.resume(); // a second resume does not restart the clock
+        clock.advance(Duration::from_secs(19));
+        assert_eq!(d.expired(), None);
+        d.pause();
+        d.pause();
+        assert_eq!(d.expired(), None);
+        d.resume();
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            d.expired(),
+            Some(Expired::Deadline(Duration::from_secs(60)))
+        );
     }
 }

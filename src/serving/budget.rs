@@ -7,7 +7,8 @@
 //! budget is spent), and starts its [`Deadline`]. The [`Ticket`] (lease and deadline) travels
 //! with the frame in its packet, and is dropped, giving the memory back, when the frame is
 //! written or fails. Every stage looks at the deadline before each step ([`Ctx::expire`]), and
-//! the model between forward passes.
+//! the model between forward passes; the deadline's clock runs only while a stage holds the
+//! frame, not while it waits in a queue.
 
 use std::sync::atomic::Ordering;
 
@@ -37,6 +38,20 @@ impl Ticket {
     /// Whether the frame's time is up, and why.
     pub fn expired(&self) -> Option<Expired> {
         self.deadline.as_ref().and_then(Deadline::expired)
+    }
+
+    /// A stage took the frame: its deadline's clock runs (see [`Deadline`]).
+    pub fn resume(&mut self) {
+        if let Some(d) = &mut self.deadline {
+            d.resume();
+        }
+    }
+
+    /// The frame goes into a queue: its deadline's clock stops.
+    pub fn pause(&mut self) {
+        if let Some(d) = &mut self.deadline {
+            d.pause();
+        }
     }
 }
 

@@ -288,7 +288,7 @@ pub fn run(
         out_tx,
         &ctx,
         false,
-        move |_, id, _, finished: Finished| {
+        move |_, id, gen, finished: Finished| {
             // A request names its own kinds (checked against the model when it came in).
             let asked = match (id, &requests) {
                 (FrameId::Request { n }, Some(r)) => r.kinds(*n),
@@ -298,7 +298,10 @@ pub fn run(
                 .as_deref()
                 .unwrap_or(&enc_kinds)
                 .iter()
-                .map(|&k| Ok((k, encode::encode(&finished, k, &id.to_string())?)))
+                .map(|&k| {
+                    let what = id.to_string();
+                    Ok((k, encode::encode(&finished, k, &gen.cfg.instances, &what)?))
+                })
                 .collect()
         },
     )?);

@@ -173,6 +173,7 @@ where
             let (rx, tx, ctx, f) = (rx.clone(), tx.clone(), ctx.clone(), f.clone());
             spawn(format!("{name}-{i}"), move || {
                 for mut p in rx.iter() {
+                    p.ticket.resume();
                     if deferrable && ctx.defer(&p.id, p.body.is_some()) {
                         p.body = None;
                     }
@@ -193,7 +194,9 @@ where
                     }
                     // A gap gives its memory back at once.
                     let ticket = if body.is_some() {
-                        p.ticket
+                        let mut t = p.ticket;
+                        t.pause();
+                        t
                     } else {
                         Ticket::default()
                     };
@@ -312,7 +315,11 @@ pub(super) fn decode_worker(
             }
         };
         let ticket = match (&body, deadline) {
-            (Some(_), Some(d)) => Ticket::new(lease, d),
+            (Some(_), Some(d)) => {
+                let mut t = Ticket::new(lease, d);
+                t.pause();
+                t
+            }
             _ => Ticket::default(),
         };
         let out = Packet {
@@ -376,6 +383,7 @@ pub(super) fn infer_worker(
         // Which plane (of the whole batch) each unit is a tile of.
         let mut planes = Vec::new();
         for mut p in batch {
+            p.ticket.resume();
             if ctx.defer(&p.id, p.body.is_some()) {
                 p.body = None;
             }
@@ -451,7 +459,8 @@ pub(super) fn infer_worker(
                 continue;
             }
         };
-        for (seq, id, prep, ticket) in ready {
+        for (seq, id, prep, mut ticket) in ready {
+            ticket.pause();
             let n = prep.unit_count();
             let outs: Vec<Vec<f32>> = outputs.by_ref().take(n).collect();
             // A frame's code is its first unit's (fixed-size models have exactly one unit).

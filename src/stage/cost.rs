@@ -15,6 +15,7 @@
 
 use crate::config::{ColourMode, PipelineConfig};
 use crate::frame::Header;
+use crate::model::Task;
 use crate::stage::tiling::{unit_pixels, TilePlan};
 
 /// Bytes a frame holds at the peak of each stage.
@@ -54,6 +55,12 @@ pub struct Shape {
 }
 
 const F32: u64 = 4;
+/// Cutting a segmentation into objects (`stage::instances`), beside the probability plane:
+/// masks, distances (f64 while imageproc computes them), the reconstruction, marker labels, the
+/// plateau walk's stacks, the flood's queue (16 bytes per foreground pixel), then the 16-bit
+/// map and its PNG. At most this many bytes per pixel, as `tests/frame_cost.rs` measures on a
+/// frame all foreground (one plateau, the longest walk) and on scattered objects.
+const INSTANCES_PER_PIXEL: u64 = 40;
 /// The codecs' own working memory beside the pixels (row filters, deflate windows, growing
 /// output buffers): measured at under 2 MiB for the PNG decoder and encoder.
 const CODEC_WORK: u64 = 2 << 20;
@@ -126,7 +133,14 @@ pub fn estimate(h: &Header, raw: u64, cfg: &PipelineConfig, shape: &Shape) -> Co
     let out_px = merged / F32;
     let depth = if h.bytes_per_pixel > h.channels { 2 } else { 1 };
     let interleaved = (out_px + m(alpha)).saturating_mul(depth);
+    // A segmenter may be asked for objects (HTTP requests choose their kinds): counted always.
+    let objects = if cfg.model.arch.task() == Task::Segment {
+        m(INSTANCES_PER_PIXEL)
+    } else {
+        0
+    };
     let encode = merged
+        .saturating_add(objects)
         .saturating_add(alpha_plane)
         .saturating_add(CODEC_WORK)
         .saturating_add(interleaved.saturating_mul(4))

@@ -8,10 +8,14 @@
 //! - `overlay`: RGB PNG at the input's depth, drawn on the input contrast-stretched (its
 //!   0.5th–99.5th brightness percentiles span black to white), so a dim frame is visible.
 //! - `segmentation`: 8-bit grey PNG whatever the input: a label map of class indices.
+//! - `instances`: 16-bit grey PNG whatever the input: 0 background, objects 1..N
+//!   ([`super::instances`], as `[instances]` says).
+//! - `probability`: 16-bit grey PNG of the foreground probability, 0..65535 for 0..1.
 //! - `latent`: f32 values (`.npy`, a JSON record on streams).
 
-use super::postprocess::{labels, overlay, png_u8, Finished};
-use crate::config::OutputKind;
+use super::instances;
+use super::postprocess::{labels, overlay, png_u16, png_u8, probability_u16, Finished};
+use crate::config::{InstancesConfig, OutputKind};
 use crate::error::{Error, Result};
 use crate::frame::{encode_png, y4m};
 
@@ -48,8 +52,13 @@ pub enum Payload {
     Code(Code),
 }
 
-/// Encodes one output kind of a finished frame.
-pub fn encode(f: &Finished, kind: OutputKind, what: &str) -> Result<Payload> {
+/// Encodes one output kind of a finished frame (`objects`: how `instances` are cut).
+pub fn encode(
+    f: &Finished,
+    kind: OutputKind,
+    objects: &InstancesConfig,
+    what: &str,
+) -> Result<Payload> {
     let missing = |m: &str| Error::Other(format!("{what}: cannot emit {}: {m}", kind.name()));
     Ok(match kind {
         // A frame that came as YUV4MPEG2 goes back as it came (the stdout sink of a
@@ -78,6 +87,16 @@ pub fn encode(f: &Finished, kind: OutputKind, what: &str) -> Result<Payload> {
             let input = f.input.as_ref().ok_or_else(|| missing("no input kept"))?;
             let l = labels(&f.planes.planes[0]);
             Payload::Bytes(encode_png(&overlay(input, &l), what)?)
+        }
+        OutputKind::Instances => {
+            let (w, h) = (f.planes.width, f.planes.height);
+            let inst = instances::label(&f.planes.planes[0], w, h, objects)
+                .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+            Payload::Bytes(instances::png(&inst, what)?)
+        }
+        OutputKind::Probability => {
+            let (w, h) = (f.planes.width, f.planes.height);
+            Payload::Bytes(png_u16(w, h, probability_u16(&f.planes.planes[0]), what)?)
         }
     })
 }

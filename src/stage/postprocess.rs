@@ -161,9 +161,26 @@ fn display_levels(input: &Planes) -> (f32, f32) {
 pub(super) fn png_u8(w: usize, h: usize, data: Vec<u8>, what: &str) -> Result<Vec<u8>> {
     let img = image::GrayImage::from_raw(w as u32, h as u32, data)
         .ok_or_else(|| Error::Other(format!("{what}: label map of the wrong size")))?;
+    png_of(image::DynamicImage::ImageLuma8(img), what)
+}
+
+/// A 16-bit grey PNG: an object label map, or a probability on 0..65535.
+pub(super) fn png_u16(w: usize, h: usize, data: Vec<u16>, what: &str) -> Result<Vec<u8>> {
+    let img = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w as u32, h as u32, data)
+        .ok_or_else(|| Error::Other(format!("{what}: 16-bit map of the wrong size")))?;
+    png_of(image::DynamicImage::ImageLuma16(img), what)
+}
+
+/// The foreground probability on 0..65535 (clamped to [0, 1] first; NaN is 0).
+pub fn probability_u16(prob: &[f32]) -> Vec<u16> {
+    prob.iter()
+        .map(|&p| (p.clamp(0.0, 1.0) * 65535.0).round() as u16)
+        .collect()
+}
+
+fn png_of(img: image::DynamicImage, what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    image::DynamicImage::ImageLuma8(img)
-        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
         .map_err(|e| Error::Encode {
             what: what.to_string(),
             message: e.to_string(),
@@ -233,6 +250,12 @@ mod tests {
         assert_eq!(o.planes[0][5], TINT[0]);
         assert_eq!(o.planes[1][0], 0.5);
         assert_eq!(labels(&[0.2, 0.7, 0.5]), vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn probability_maps_onto_16_bits() {
+        let p = [0.0, 0.5, 1.0, -0.2, 1.7, f32::NAN];
+        assert_eq!(probability_u16(&p), vec![0, 32768, 65535, 0, 65535, 0]);
     }
 
     /// A dim 16-bit micrograph (levels 0–232 of 65535) is drawn stretched: its background
