@@ -62,9 +62,9 @@ pub struct TrainConfig {
     /// `train::pretrain`.
     #[serde(skip_serializing_if = "is_default")]
     pub pretrain_steps: usize,
-    /// Pretraining: the fraction of each layer's inputs set to zero (masking noise of a
-    /// denoising autoencoder).
-    #[serde(skip_serializing_if = "is_default_noise")]
+    /// Pretraining: the fraction of each layer's inputs set to zero (masking noise: stacked
+    /// denoising autoencoders); 0 = plain stacked autoencoders.
+    #[serde(skip_serializing_if = "is_default")]
     pub pretrain_noise: f32,
     /// Pretraining: what each layer pair learns to reconstruct.
     #[serde(skip_serializing_if = "is_default")]
@@ -110,7 +110,7 @@ impl Default for TrainConfig {
             region: None,
             pca_init: false,
             pretrain_steps: 0,
-            pretrain_noise: DEFAULT_PRETRAIN_NOISE,
+            pretrain_noise: 0.0,
             pretrain_target: PretrainTarget::Layer,
             pretrain_lr: None,
             weights_dtype: WeightsDtype::F32,
@@ -128,14 +128,8 @@ pub enum Loss {
     Bce,
 }
 
-const DEFAULT_PRETRAIN_NOISE: f32 = 0.2;
-
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
-}
-
-fn is_default_noise(v: &f32) -> bool {
-    *v == DEFAULT_PRETRAIN_NOISE
 }
 
 /// What a layer pair learns to reconstruct in layer-wise pretraining.
