@@ -38,6 +38,17 @@ pub fn set_threads(threads: usize) -> Result<usize, rayon::ThreadPoolBuildError>
     Ok(rayon::current_num_threads())
 }
 
+/// CPU time (user + system) this process has used so far, over all its threads, in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 /// The process's peak resident memory (VmHWM) in MiB; NaN where /proc does not say.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
