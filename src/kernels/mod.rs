@@ -12,6 +12,9 @@
 pub mod adamw;
 pub mod conv;
 pub mod linear;
+mod workspace;
+
+pub(crate) use workspace::with_scratch;
 
 /// A read-only matrix operand of [`gemm`]: row-major with row stride `ld`, or, when `t` is
 /// set, stored transposed (its transpose is row-major with row stride `ld`).

@@ -9,20 +9,25 @@
 //! last layer of an autoencoder) is a direct multiply-accumulate over shifted rows instead:
 //! its im2col would be `c·kh·kw` times the input's size for a gemm with one row.
 //!
-//! Files: `gather` (im2col / col2im, the data movement), `ops` (the convolution custom ops and
-//! their backward), `thin` (the one-output-channel case without im2col); this file holds the
-//! geometry, the fused activation and the entry points, which pick the custom ops on CPU f32
-//! and candle's own ops elsewhere.
+//! Files: `gather` (im2col / col2im, the data movement), `ops` (the convolution custom ops),
+//! `backward` (their backward passes, fused per image), `thin` (the one-output-channel case
+//! without im2col); this file holds the geometry, the fused activation and the entry points,
+//! which pick the custom ops on CPU f32 and candle's own ops elsewhere.
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+mod backward;
 mod gather;
 mod ops;
 mod thin;
 
 pub use gather::{Col2Im, Im2Col};
 use ops::{Conv2dOp, ConvTranspose2dOp};
+
+/// Floats of one block's im2col matrix (2 MiB): it stays in cache between the gather and the
+/// gemm that reads it, and bounds the scratch a large frame needs.
+const BLOCK_FLOATS: usize = 1 << 19;
 
 /// The geometry of one convolution: its input planes, kernel and output size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,23 @@ impl Geom {
 
     fn plane(&self) -> usize {
         self.h * self.w
+    }
+
+    /// Output rows per block: as many as keep a block's im2col matrix within
+    /// [`BLOCK_FLOATS`], at least one. A small image is one block.
+    fn block_rows(&self) -> usize {
+        (BLOCK_FLOATS / (self.rows() * self.ow).max(1)).clamp(1, self.oh.max(1))
+    }
+
+    /// Columns (output pixels) of the largest block.
+    fn block_cols(&self) -> usize {
+        self.block_rows() * self.ow
+    }
+
+    /// The blocks of output rows the ops work through, in order.
+    fn blocks(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (n, oh) = (self.block_rows(), self.oh);
+        (0..oh).step_by(n).map(move |y| y..(y + n).min(oh))
     }
 
     /// Output columns `[lo, hi)` whose input column `ox·stride + kx − pad` lies inside the row.
@@ -357,6 +379,14 @@ mod tests {
                 pad: 1,
                 ..case(9, 3, 4, (6, 6), (3, 3))
             },
+            // Over one block of im2col columns (see `Geom::blocks`), as a convolution and as
+            // a transposed one, at stride 2.
+            Case {
+                stride: 2,
+                pad: 1,
+                op: 1,
+                ..case(1, 32, 16, (96, 96), (3, 3))
+            },
         ]
     }
 
@@ -435,14 +465,20 @@ mod tests {
         agrees_with_candle(true, Act::Relu)
     }
 
-    /// Central finite differences of `sum(y · r)` in f64 against the analytic gradients, on an
-    /// 8×9 input (odd and even strided sizes).
-    fn check_fd(f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>, b: usize) -> Result<()> {
+    type Dims4 = (usize, usize, usize, usize);
+
+    /// Central finite differences of `sum(f(x, k, bias) · r)` in f64 against the analytic
+    /// gradients of x (shape `xs`), k (`ks`) and bias (`nb` values), at a few elements each.
+    fn check_fd(
+        f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+        xs: Dims4,
+        ks: Dims4,
+        nb: usize,
+    ) -> Result<()> {
         let dev = Device::Cpu;
-        let (c, cout) = (3, 2);
-        let x = Var::randn(0f32, 1., (b, c, 8, 9), &dev)?;
-        let k = Var::randn(0f32, 1., (cout, c, 3, 3), &dev)?;
-        let bias = Var::randn(0f32, 1., cout, &dev)?;
+        let x = Var::randn(0f32, 1., xs, &dev)?;
+        let k = Var::randn(0f32, 1., ks, &dev)?;
+        let bias = Var::randn(0f32, 1., nb, &dev)?;
         let y = f(x.as_tensor(), k.as_tensor(), bias.as_tensor())?;
         let r = Tensor::randn(0f32, 1., y.shape(), &dev)?;
         let grads = (&y * &r)?.sum_all()?.backward()?;
@@ -458,8 +494,9 @@ mod tests {
                 .to_vec1::<f32>()?;
             let base = v.flatten_all()?.to_vec1::<f32>()?;
             for i in (0..base.len()).step_by(base.len() / 7 + 1) {
-                // The loss is linear in each argument, so a large step loses no accuracy.
-                let eps = 0.25f32;
+                // The loss is linear in each argument, so a large step loses no accuracy (and
+                // keeps the f32 rounding of a large output small beside the difference).
+                let eps = 1.0f32;
                 let at = |d: f32| -> Result<f64> {
                     let mut p = base.clone();
                     p[i] += d;
@@ -482,25 +519,59 @@ mod tests {
 
     #[test]
     fn conv2d_gradients_match_finite_differences() -> Result<()> {
-        check_fd(&|x, k, b| conv2d(x, k, Some(b), 2, 1), 2)?;
+        // An 8×9 input: odd and even strided sizes.
+        check_fd(
+            &|x, k, b| conv2d(x, k, Some(b), 2, 1),
+            (2, 3, 8, 9),
+            (2, 3, 3, 3),
+            2,
+        )?;
         // Thin: one output channel.
         check_fd(
-            &|x, k, b| conv2d(x, &k.narrow(0, 0, 1)?, Some(&b.narrow(0, 0, 1)?), 1, 1),
-            2,
+            &|x, k, b| conv2d(x, k, Some(b), 1, 1),
+            (2, 3, 8, 9),
+            (1, 3, 3, 3),
+            1,
         )
     }
 
     #[test]
     fn conv_transpose2d_gradients_match_finite_differences() -> Result<()> {
-        // k is [2, 3, 3, 3] here: as a transposed kernel, cin 2 → cout 3, so x gets 2 channels.
+        // k [2, 3, 3, 3]: a transposed kernel from 2 channels to 3.
         check_fd(
-            &|x, k, b| {
-                let x = x.narrow(1, 0, 2)?;
-                let b = Tensor::cat(&[b, &b.narrow(0, 0, 1)?], 0)?;
-                conv_transpose2d(&x, k, Some(&b), 2, 1, 1)
-            },
-            2,
+            &|x, k, b| conv_transpose2d(x, k, Some(b), 2, 1, 1),
+            (2, 2, 8, 9),
+            (2, 3, 3, 3),
+            3,
         )
+    }
+
+    /// Frames whose im2col matrix is larger than one block go through the ops in blocks of
+    /// output rows; their gradients, too, match finite differences (both threading paths:
+    /// one image, threads inside; three images, one per task).
+    #[test]
+    fn blocked_gradients_match_finite_differences() -> Result<()> {
+        for b in [1, 3] {
+            // conv: 16·9 im2col rows × 64·64 pixels is over one block.
+            let g = Geom::new(16, (64, 64), (3, 3), 1, 1)?;
+            assert!(g.blocks().count() > 1);
+            check_fd(
+                &|x, k, bias| conv2d(x, k, Some(bias), 1, 1),
+                (b, 16, 64, 64),
+                (2, 16, 3, 3),
+                2,
+            )?;
+            // transposed, 2 → 16 channels at stride 2: its adjoint geometry is over one block.
+            let g = Geom::new(16, (128, 128), (3, 3), 2, 1)?;
+            assert!(g.blocks().count() > 1 && (g.oh, g.ow) == (64, 64));
+            check_fd(
+                &|x, k, bias| conv_transpose2d(x, k, Some(bias), 2, 1, 1),
+                (b, 2, 64, 64),
+                (2, 16, 3, 3),
+                16,
+            )?;
+        }
+        Ok(())
     }
 
     /// Off the CPU-f32 path (f64 here; any tensor on a GPU likewise) the entry points run
