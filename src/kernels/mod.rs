@@ -13,6 +13,7 @@ pub mod adamw;
 pub mod conv;
 pub mod linear;
 mod workspace;
+mod xwt;
 
 pub(crate) use workspace::with_scratch;
 
