@@ -133,9 +133,9 @@ mod tests {
         Ok(())
     }
 
-    /// The gradients of x, w and b against central finite differences of `sum(y · r)` in
-    /// f64, through both forward paths (the dot-product kernel takes the small batch, the gemm
-    /// crate the one too large for it).
+    /// The gradients of x, w and b against f64 finite differences, through both forward
+    /// paths (the dot-product kernel takes the small batch, the gemm crate the one too large
+    /// for it).
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
@@ -143,41 +143,8 @@ mod tests {
             let x = Var::randn(0f32, 1., (n, k), &dev)?;
             let w = Var::randn(0f32, 1., (m, k), &dev)?;
             let b = Var::randn(0f32, 1., m, &dev)?;
-            let r = Tensor::randn(0f32, 1., (n, m), &dev)?;
-            let r64 = r.to_dtype(DType::F64)?;
-            let f = |x: &Tensor, w: &Tensor, b: &Tensor| linear_act(x, w, b, Act::Identity);
-            let grads = (f(&x, &w, &b)? * &r)?.sum_all()?.backward()?;
-            for (vi, v) in [&x, &w, &b].into_iter().enumerate() {
-                let g = grads
-                    .get(v)
-                    .expect("grad")
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let base = v.flatten_all()?.to_vec1::<f32>()?;
-                for i in (0..base.len()).step_by(base.len() / 5 + 1) {
-                    // Linear in each argument: a large step loses nothing.
-                    let at = |d: f32| -> Result<f64> {
-                        let mut p = base.clone();
-                        p[i] += d;
-                        let p = Tensor::from_vec(p, v.shape(), &dev)?;
-                        let mut args = [
-                            x.as_tensor().clone(),
-                            w.as_tensor().clone(),
-                            b.as_tensor().clone(),
-                        ];
-                        args[vi] = p;
-                        let y = f(&args[0], &args[1], &args[2])?.to_dtype(DType::F64)?;
-                        (y * &r64)?.sum_all()?.to_scalar::<f64>()
-                    };
-                    let fd = (at(1.0)? - at(-1.0)?) / 2.0;
-                    let err = (fd - g[i] as f64).abs() / fd.abs().max(1.0);
-                    assert!(
-                        err < 1e-3,
-                        "{n}×{k}→{m} var {vi} elem {i}: fd {fd} vs {}",
-                        g[i]
-                    );
-                }
-            }
+            let f = |a: &[Tensor]| linear_act(&a[0], &a[1], &a[2], Act::Identity);
+            crate::kernels::fd::check_grads(&f, &[&x, &w, &b], 5)?;
         }
         Ok(())
     }

@@ -11,6 +11,8 @@
 
 pub mod adamw;
 pub mod conv;
+#[cfg(test)]
+mod fd;
 pub mod linear;
 mod workspace;
 mod xwt;

@@ -467,8 +467,8 @@ mod tests {
 
     type Dims4 = (usize, usize, usize, usize);
 
-    /// Central finite differences of `sum(f(x, k, bias) · r)` in f64 against the analytic
-    /// gradients of x (shape `xs`), k (`ks`) and bias (`nb` values), at a few elements each.
+    /// `f(x, k, bias)`'s gradients against f64 finite differences, for x of shape `xs`, k of
+    /// `ks` and `nb` bias values.
     fn check_fd(
         f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
         xs: Dims4,
@@ -479,42 +479,8 @@ mod tests {
         let x = Var::randn(0f32, 1., xs, &dev)?;
         let k = Var::randn(0f32, 1., ks, &dev)?;
         let bias = Var::randn(0f32, 1., nb, &dev)?;
-        let y = f(x.as_tensor(), k.as_tensor(), bias.as_tensor())?;
-        let r = Tensor::randn(0f32, 1., y.shape(), &dev)?;
-        let grads = (&y * &r)?.sum_all()?.backward()?;
-        let loss = |x: &Tensor, k: &Tensor, bias: &Tensor| -> Result<f64> {
-            let y = f(x, k, bias)?.to_dtype(DType::F64)?;
-            (y * r.to_dtype(DType::F64)?)?.sum_all()?.to_scalar::<f64>()
-        };
-        for (vi, v) in [&x, &k, &bias].into_iter().enumerate() {
-            let g = grads
-                .get(v)
-                .expect("grad")
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let base = v.flatten_all()?.to_vec1::<f32>()?;
-            for i in (0..base.len()).step_by(base.len() / 7 + 1) {
-                // The loss is linear in each argument, so a large step loses no accuracy (and
-                // keeps the f32 rounding of a large output small beside the difference).
-                let eps = 1.0f32;
-                let at = |d: f32| -> Result<f64> {
-                    let mut p = base.clone();
-                    p[i] += d;
-                    let p = Tensor::from_vec(p, v.shape(), &dev)?;
-                    let mut args = [
-                        x.as_tensor().clone(),
-                        k.as_tensor().clone(),
-                        bias.as_tensor().clone(),
-                    ];
-                    args[vi] = p;
-                    loss(&args[0], &args[1], &args[2])
-                };
-                let fd = (at(eps)? - at(-eps)?) / (2.0 * eps as f64);
-                let err = (fd - g[i] as f64).abs() / fd.abs().max(1.0);
-                assert!(err < 1e-3, "var {vi} elem {i}: fd {fd} vs grad {}", g[i]);
-            }
-        }
-        Ok(())
+        let g = |a: &[Tensor]| f(&a[0], &a[1], &a[2]);
+        crate::kernels::fd::check_grads(&g, &[&x, &k, &bias], 7)
     }
 
     #[test]
