@@ -21,6 +21,15 @@ use super::conv::Act;
 /// every block of weight rows streams past them.
 const MAX_X: usize = 1 << 17;
 
+/// What is done with each dot product before it is stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Epilogue<'a> {
+    /// `y = act(dot + bias[j])`.
+    Bias(&'a [f32], Act),
+    /// `y += dot`.
+    Accumulate,
+}
+
 /// `y[n×m] = act(x[n×k] · w[m×k]ᵀ + bias[m])` on `threads` rayon threads, if this CPU has a
 /// kernel for it and the batch is small enough; false (and `y` untouched) otherwise.
 #[allow(clippy::too_many_arguments)]
@@ -33,22 +42,80 @@ pub(crate) fn xwt(
     y: &mut [f32],
     threads: usize,
 ) -> bool {
-    assert!(x.len() >= n * k && w.len() >= m * k && bias.len() >= m && y.len() >= n * m);
+    let ops = (Rows::new(x, k), Rows::new(w, k));
+    dot_rows((n, m, k), ops, (y, m), Epilogue::Bias(bias, act), threads)
+}
+
+/// Rows of a row-major matrix operand, contiguous along the shared dimension: `data` with
+/// row stride `ld`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub(crate) fn new(data: &'a [f32], ld: usize) -> Self {
+        Self { data, ld }
+    }
+
+    /// Whether `rows` rows of `k` values fit.
+    fn holds(&self, rows: usize, k: usize) -> bool {
+        rows == 0 || (k <= self.ld && (rows - 1) * self.ld + k <= self.data.len())
+    }
+}
+
+/// `y[i, j] (op)= x[i, :] · w[j, :]` for `i < n`, `j < m` over `k` values (`y` row-major
+/// with row stride `ldy`, `op` the epilogue), on `threads` rayon threads, if this CPU has a
+/// kernel for it and `x` is small enough to stay in L2; false (and `y` untouched) otherwise.
+pub(crate) fn dot_rows(
+    (n, m, k): (usize, usize, usize),
+    (x, w): (Rows, Rows),
+    (y, ldy): (&mut [f32], usize),
+    epi: Epilogue,
+    threads: usize,
+) -> bool {
+    assert!(
+        x.holds(n, k) && w.holds(m, k),
+        "dot_rows: operand too small"
+    );
+    assert!(
+        n == 0 || (m <= ldy && (n - 1) * ldy + m <= y.len()),
+        "dot_rows: y too small"
+    );
+    if let Epilogue::Bias(b, _) = epi {
+        assert!(b.len() >= m, "dot_rows: bias too short");
+    }
     let Some(isa) = Isa::detect() else {
         return false;
     };
     if n * k > MAX_X || n == 0 || m == 0 || k == 0 {
         return false;
     }
-    let relu = act == Act::Relu;
+    let (bias, relu) = match epi {
+        Epilogue::Bias(b, act) => (Some(b), act == Act::Relu),
+        Epilogue::Accumulate => (None, false),
+    };
     // Chunks of whole 4-row blocks of W, a few per thread so rayon can balance them.
     let chunk = m.div_ceil(threads.max(1) * 4).next_multiple_of(4).max(4);
     let out = SendPtr(y.as_mut_ptr());
     let run = |j0: usize| {
         let j1 = (j0 + chunk).min(m);
-        // SAFETY: the assert above bounds every index of x, w, bias and y the kernels touch;
+        let args = Args {
+            x: x.data.as_ptr(),
+            ldx: x.ld,
+            w: w.data.as_ptr(),
+            ldw: w.ld,
+            y: out.get(),
+            ldy,
+            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+            relu,
+            n,
+            k,
+        };
+        // SAFETY: the asserts above bound every index of x, w, bias and y the kernels touch;
         // `isa` was detected on this CPU; each task writes only the columns j0..j1 of y.
-        unsafe { isa.run((n, k, m), x, w, bias, out.get(), (j0, j1), relu) }
+        unsafe { isa.run(&args, (j0, j1)) }
     };
     if threads > 1 && m > chunk {
         (0..m)
@@ -60,6 +127,20 @@ pub(crate) fn xwt(
         (0..m).step_by(chunk).for_each(run);
     }
     true
+}
+
+/// The operands of one kernel call (see [`dot_rows`]); `bias` null to accumulate into `y`.
+struct Args {
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    y: *mut f32,
+    ldy: usize,
+    bias: *const f32,
+    relu: bool,
+    n: usize,
+    k: usize,
 }
 
 /// A raw output pointer the tasks share; each writes its own columns.
@@ -100,28 +181,17 @@ impl Isa {
         None
     }
 
-    /// Columns `j0..j1` of `y` (row stride m).
+    /// Columns `j0..j1` of `y`.
     ///
     /// # Safety
-    /// The CPU has this instruction set; `x`, `w`, `bias` and `y` hold `n×k`, `m×k`, `m` and
-    /// `n×m` values; no other thread writes columns `j0..j1` of `y` meanwhile.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run(
-        self,
-        (n, k, m): (usize, usize, usize),
-        x: &[f32],
-        w: &[f32],
-        bias: &[f32],
-        y: *mut f32,
-        (j0, j1): (usize, usize),
-        relu: bool,
-    ) {
-        let (x, w, bias) = (x.as_ptr(), w.as_ptr(), bias.as_ptr());
+    /// The CPU has this instruction set; `args` points at operands of the sizes it states;
+    /// no other thread writes columns `j0..j1` of `y` meanwhile.
+    unsafe fn run(self, args: &Args, cols: (usize, usize)) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => avx512::columns(x, w, bias, y, (n, k, m), (j0, j1), relu),
+            Isa::Avx512 => avx512::columns(args, cols),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::columns(x, w, bias, y, (n, k, m), (j0, j1), relu),
+            Isa::Avx2 => avx2::columns(args, cols),
         }
     }
 }
@@ -132,31 +202,33 @@ impl Isa {
 macro_rules! kernel {
     ($feat:literal, $v:ty, $w:literal, $rx:literal, $rw:literal, $zero:expr,
      $load:ident, $load_tail:ident, $fma:ident, $sum:ident) => {
-        /// Columns `j0..j1` of `y = act(x · wᵀ + bias)`: blocks of weight rows outermost
-        /// (each read from memory once), the batch's rows streaming past each.
+        /// Columns `j0..j1` of `y (op)= x · wᵀ`: blocks of `w`'s rows outermost (each read
+        /// from memory once), the rows of `x` streaming past each.
         #[target_feature(enable = $feat)]
-        pub(super) unsafe fn columns(
-            x: *const f32,
-            w: *const f32,
-            bias: *const f32,
-            y: *mut f32,
-            (n, k, m): (usize, usize, usize),
-            (j0, j1): (usize, usize),
-            relu: bool,
-        ) {
+        pub(super) unsafe fn columns(a: &super::Args, (j0, j1): (usize, usize)) {
             let mut j = j0;
             while j < j1 {
                 let rw = (j1 - j).min($rw);
                 let mut i = 0;
-                while i < n {
-                    let rx = (n - i).min($rx);
-                    let (xb, wb) = (x.add(i * k), w.add(j * k));
+                while i < a.n {
+                    let rx = (a.n - i).min($rx);
+                    let (xb, wb) = (a.x.add(i * a.ldx), a.w.add(j * a.ldw));
                     let mut out = [[0f32; $rw]; $rx];
-                    dispatch(rx, rw, xb, wb, k, &mut out);
-                    for a in 0..rx {
-                        for b in 0..rw {
-                            let v = out[a][b] + *bias.add(j + b);
-                            *y.add((i + a) * m + j + b) = if relu { v.max(0.0) } else { v };
+                    dispatch(rx, rw, (xb, a.ldx), (wb, a.ldw), a.k, &mut out);
+                    for r in 0..rx {
+                        let dst = a.y.add((i + r) * a.ldy + j);
+                        for c in 0..rw {
+                            let v = out[r][c];
+                            *dst.add(c) = if a.bias.is_null() {
+                                *dst.add(c) + v
+                            } else {
+                                let v = v + *a.bias.add(j + c);
+                                if a.relu {
+                                    v.max(0.0)
+                                } else {
+                                    v
+                                }
+                            };
                         }
                     }
                     i += rx;
@@ -170,8 +242,8 @@ macro_rules! kernel {
         unsafe fn dispatch(
             rx: usize,
             rw: usize,
-            x: *const f32,
-            w: *const f32,
+            x: (*const f32, usize),
+            w: (*const f32, usize),
             k: usize,
             out: &mut [[f32; $rw]; $rx],
         ) {
@@ -197,13 +269,13 @@ macro_rules! kernel {
             }
         }
 
-        /// `out[a][b] = x[a, :] · w[b, :]` for `RX` rows of x and `RW` rows of w (row stride
-        /// `k` both), `$w` columns at a time in `RX·RW` vector accumulators.
+        /// `out[a][b] = x[a, :] · w[b, :]` for `RX` rows of x and `RW` rows of w (each with
+        /// its row stride), `$w` columns at a time in `RX·RW` vector accumulators.
         #[target_feature(enable = $feat)]
         #[inline]
         unsafe fn block<const RX: usize, const RW: usize>(
-            x: *const f32,
-            w: *const f32,
+            (x, ldx): (*const f32, usize),
+            (w, ldw): (*const f32, usize),
             k: usize,
             out: &mut [[f32; $rw]; $rx],
         ) {
@@ -212,10 +284,10 @@ macro_rules! kernel {
             while p + $w <= k {
                 let mut wv: [$v; RW] = [$zero; RW];
                 for b in 0..RW {
-                    wv[b] = $load(w.add(b * k + p));
+                    wv[b] = $load(w.add(b * ldw + p));
                 }
                 for a in 0..RX {
-                    let xv = $load(x.add(a * k + p));
+                    let xv = $load(x.add(a * ldx + p));
                     for b in 0..RW {
                         acc[a][b] = $fma(xv, wv[b], acc[a][b]);
                     }
@@ -226,10 +298,10 @@ macro_rules! kernel {
                 let rem = k - p;
                 let mut wv: [$v; RW] = [$zero; RW];
                 for b in 0..RW {
-                    wv[b] = $load_tail(w.add(b * k + p), rem);
+                    wv[b] = $load_tail(w.add(b * ldw + p), rem);
                 }
                 for a in 0..RX {
-                    let xv = $load_tail(x.add(a * k + p), rem);
+                    let xv = $load_tail(x.add(a * ldx + p), rem);
                     for b in 0..RW {
                         acc[a][b] = $fma(xv, wv[b], acc[a][b]);
                     }
@@ -340,26 +412,29 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// The instruction sets this CPU has a kernel for.
+    fn isas() -> Vec<Isa> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx2);
+            }
+        }
+        v
+    }
+
     /// Every instruction set this CPU has, over shapes with every kind of tail (rows of x and
-    /// of W not multiples of the block, lengths not multiples of a vector), against f64 sums.
+    /// of w not multiples of the block, lengths not multiples of a vector), with padded row
+    /// strides, for both epilogues, against f64 sums.
     #[test]
     fn matches_f64_dot_products() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(16);
-        let isas: Vec<Isa> = {
-            let mut v = Vec::new();
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    v.push(Isa::Avx512);
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    v.push(Isa::Avx2);
-                }
-            }
-            v
-        };
         for &(n, m, k) in &[
             (1, 1, 1),
             (3, 5, 7),
@@ -369,44 +444,77 @@ mod tests {
             (2, 7, 8),
             (64, 30, 500),
         ] {
-            let x: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let bias: Vec<f32> = (0..m).map(|_| rng.random_range(-1.0..1.0)).collect();
-            for relu in [false, true] {
-                let want: Vec<f64> = (0..n * m)
-                    .map(|o| {
-                        let (i, j) = (o / m, o % m);
-                        let d: f64 = (0..k)
-                            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                            .sum::<f64>()
-                            + bias[j] as f64;
-                        if relu {
-                            d.max(0.0)
-                        } else {
-                            d
+            let (ldx, ldw, ldy) = (k + 3, k + 1, m + 2);
+            let mut val = |len: usize| -> Vec<f32> {
+                (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+            };
+            let (x, w, bias, y0) = (val(n * ldx), val(m * ldw), val(m), val(n * ldy));
+            let dot = |i: usize, j: usize| -> f64 {
+                (0..k)
+                    .map(|p| x[i * ldx + p] as f64 * w[j * ldw + p] as f64)
+                    .sum()
+            };
+            for relu in [None, Some(false), Some(true)] {
+                let want = |i: usize, j: usize| -> f64 {
+                    match relu {
+                        None => y0[i * ldy + j] as f64 + dot(i, j),
+                        Some(r) => {
+                            let v = dot(i, j) + bias[j] as f64;
+                            if r {
+                                v.max(0.0)
+                            } else {
+                                v
+                            }
                         }
-                    })
-                    .collect();
-                for &isa in &isas {
-                    let mut y = vec![f32::NAN; n * m];
-                    // SAFETY: sizes as documented; one thread writes all columns; `isa` was
-                    // detected above.
-                    unsafe { isa.run((n, k, m), &x, &w, &bias, y.as_mut_ptr(), (0, m), relu) };
-                    for (o, (got, want)) in y.iter().zip(&want).enumerate() {
-                        let err = (*got as f64 - want).abs();
-                        assert!(
-                            err < 1e-4 * (k as f64).sqrt(),
-                            "{isa:?} {n}×{m}×{k} [{o}]: {got} vs {want}"
-                        );
                     }
+                };
+                let check = |y: &[f32], what: &str| {
+                    for i in 0..n {
+                        for j in 0..m {
+                            let (got, want) = (y[i * ldy + j] as f64, want(i, j));
+                            let tol = 1e-4 * (k as f64).sqrt();
+                            assert!(
+                                (got - want).abs() < tol,
+                                "{what} {n}×{m}×{k} [{i},{j}]: {got} vs {want}"
+                            );
+                        }
+                        // Padding past column m is never written.
+                        for j in m..ldy {
+                            assert_eq!(y[i * ldy + j], y0[i * ldy + j], "{what}: pad written");
+                        }
+                    }
+                };
+                let epi = match relu {
+                    None => Epilogue::Accumulate,
+                    Some(r) => Epilogue::Bias(&bias, if r { Act::Relu } else { Act::Identity }),
+                };
+                for isa in isas() {
+                    let mut y = y0.clone();
+                    let args = Args {
+                        x: x.as_ptr(),
+                        ldx,
+                        w: w.as_ptr(),
+                        ldw,
+                        y: y.as_mut_ptr(),
+                        ldy,
+                        bias: match epi {
+                            Epilogue::Bias(b, _) => b.as_ptr(),
+                            Epilogue::Accumulate => std::ptr::null(),
+                        },
+                        relu: relu == Some(true),
+                        n,
+                        k,
+                    };
+                    // SAFETY: the operands have the sizes `args` states; one thread writes all
+                    // columns; `isa` was detected on this CPU.
+                    unsafe { isa.run(&args, (0, m)) };
+                    check(&y, &format!("{isa:?}"));
                 }
-                // The public entry, with threads, agrees too (where it takes the shape).
-                let mut y = vec![f32::NAN; n * m];
-                let act = if relu { Act::Relu } else { Act::Identity };
-                if xwt((n, m, k), &x, &w, &bias, act, &mut y, 2) {
-                    for (got, want) in y.iter().zip(&want) {
-                        assert!((*got as f64 - want).abs() < 1e-4 * (k as f64).sqrt());
-                    }
+                // The public entry, with threads, agrees too.
+                let mut y = y0.clone();
+                let ops = (Rows::new(&x, ldx), Rows::new(&w, ldw));
+                if dot_rows((n, m, k), ops, (&mut y, ldy), epi, 2) {
+                    check(&y, "dot_rows");
                 }
             }
         }

@@ -10,7 +10,8 @@ use candle_core::{bail, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::gather::{col2im_block, im2col_block};
-use super::{f32_slice, Act, Geom};
+use super::{f32_slice, relu_mask, Act, Geom};
+use crate::kernels::xwt::{dot_rows, Epilogue, Rows};
 use crate::kernels::{gemm, threads, with_scratch, Mat};
 
 /// Which of a convolution's three inputs need a gradient.
@@ -127,21 +128,11 @@ fn sum(v: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `dst = act'(y) · grad`: the gradient at the activation's input. (Indexed over slices of
-/// one length, so the select compiles to vector compares and masks; a three-way zip compiled
-/// to a scalar loop with a branch per element.)
+/// `dst = act'(y) · grad`: the gradient at the activation's input.
 fn mask(act: Act, dst: &mut [f32], grad: &[f32], y: &[f32]) {
-    let n = dst.len();
-    let (grad, y) = (&grad[..n], &y[..n]);
     match act {
-        Act::Identity => dst.copy_from_slice(grad),
-        Act::Relu =>
-        {
-            #[allow(clippy::needless_range_loop)]
-            for i in 0..n {
-                dst[i] = if y[i] > 0.0 { grad[i] } else { 0.0 };
-            }
-        }
+        Act::Identity => dst.copy_from_slice(&grad[..dst.len()]),
+        Act::Relu => relu_mask(dst, grad, y),
     }
 }
 
@@ -166,6 +157,32 @@ fn tensors(
         .then(|| Tensor::from_vec(acc.gb, n, dev))
         .transpose()?;
     Ok((gx, gw, gb))
+}
+
+/// `gw[a×r] += left[a×n] · colsᵀ` (`cols` is `[r, n]`, `left` has row stride `ld`): a weight
+/// gradient, summed over a block's `n` pixels. Both operands are contiguous along the pixels,
+/// so it runs on the unpacked dot-product kernel ([`dot_rows`]), where the gemm crate spent
+/// as long packing the two operands as multiplying them (perf, conv-ae-ref training); the
+/// gemm crate where that kernel declines.
+fn add_weight_grad(
+    gw: &mut [f32],
+    (a, r, n): (usize, usize, usize),
+    (left, ld): (&[f32], usize),
+    cols: &[f32],
+    nt: usize,
+) {
+    let ops = (Rows::new(left, ld), Rows::new(cols, n));
+    if !dot_rows((a, r, n), ops, (gw, r), Epilogue::Accumulate, nt) {
+        gemm(
+            (a, r, n),
+            gw,
+            r,
+            true,
+            Mat::new(left, ld),
+            Mat::t(cols, n),
+            nt,
+        );
+    }
 }
 
 /// The values of a conv op's input, weight, output and output gradient, as its backward
@@ -232,12 +249,12 @@ pub(super) fn conv2d_backward(
                         mask(act, d, &gi[at.clone()], &yi[at]);
                         acc.gb[c] += sum(d);
                     }
-                    let dy = Mat::new(dy, n);
                     if need.w {
                         im2col_block(xi, &g, blk.clone(), cols, nt > 1);
-                        let colst = Mat::t(&cols[..rows * n], n);
-                        gemm((cout, rows, n), &mut acc.gw, rows, true, dy, colst, nt);
+                        let c = &cols[..rows * n];
+                        add_weight_grad(&mut acc.gw, (cout, rows, n), (dy, n), c, nt);
                     }
+                    let dy = Mat::new(dy, n);
                     if let Some(gxi) = gxi.as_deref_mut() {
                         gemm((rows, n, cout), cols, n, false, Mat::t(v.w, rows), dy, nt);
                         col2im_block(&cols[..rows * n], &g, blk, gxi, nt > 1);
@@ -285,16 +302,8 @@ pub(super) fn conv_transpose2d_backward(
                         gemm((cin, n, rows), dst, l, false, Mat::new(v.w, rows), cm, nt);
                     }
                     if need.w {
-                        let xb = Mat::new(&xi[c0..], l);
-                        gemm(
-                            (cin, rows, n),
-                            &mut acc.gw,
-                            rows,
-                            true,
-                            xb,
-                            Mat::t(c, n),
-                            nt,
-                        );
+                        let xb = (&xi[c0..], l);
+                        add_weight_grad(&mut acc.gw, (cin, rows, n), xb, c, nt);
                     }
                 }
             });
