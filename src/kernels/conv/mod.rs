@@ -97,8 +97,26 @@ impl Geom {
 
     /// The blocks of output rows the ops work through, in order.
     fn blocks(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
-        let (n, oh) = (self.block_rows(), self.oh);
-        (0..oh).step_by(n).map(move |y| y..(y + n).min(oh))
+        self.blocks_of(0..self.oh)
+    }
+
+    /// The blocks of output rows `rows` (a part of the image) is worked through in.
+    fn blocks_of(
+        &self,
+        rows: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (n, end) = (self.block_rows(), rows.end);
+        rows.step_by(n).map(move |y| y..(y + n).min(end))
+    }
+
+    /// The output rows in at least `parts` near-equal parts (fewer if the image has fewer
+    /// rows), each at most a block.
+    fn split_rows(&self, parts: usize) -> Vec<std::ops::Range<usize>> {
+        let n = self.oh.div_ceil(parts.max(1)).min(self.block_rows()).max(1);
+        (0..self.oh)
+            .step_by(n)
+            .map(|y| y..(y + n).min(self.oh))
+            .collect()
     }
 
     /// Output columns `[lo, hi)` whose input column `ox·stride + kx − pad` lies inside the row.

@@ -4,6 +4,8 @@
 //! reused per-thread scratch ([`with_scratch`]), so a large frame neither allocates nor
 //! streams a whole-image im2col. Their backward passes are in [`super::backward`].
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -73,27 +75,46 @@ impl CustomOp3 for Conv2dOp {
             thin::forward(g, self.act, x, w, bias[0], &mut out);
             return Ok((CpuStorage::F32(out), shape));
         }
-        for_each_image(&mut out, x, g.c * g.plane(), |o, xi, nt| {
-            for (p, b) in o.chunks_mut(l).zip(bias) {
+        let w = Mat::new(w, rows);
+        // One image's output rows `part` (`o`: `[cout, part·ow]`): bias, im2col and gemm
+        // block by block on `nt` threads, then the activation.
+        let rows_of = |o: &mut [f32], xi: &[f32], part: Range<usize>, nt: usize| {
+            let width = part.len() * g.ow;
+            for (p, b) in o.chunks_mut(width).zip(bias) {
                 p.fill(*b);
             }
             with_scratch(rows * g.block_cols(), |cols| {
-                for blk in g.blocks() {
-                    let (c0, n) = (blk.start * g.ow, blk.len() * g.ow);
+                for blk in g.blocks_of(part.clone()) {
+                    let (c0, n) = ((blk.start - part.start) * g.ow, blk.len() * g.ow);
                     im2col_block(xi, g, blk, cols, nt > 1);
                     let cols = Mat::new(&cols[..rows * n], n);
-                    gemm(
-                        (cout, n, rows),
-                        &mut o[c0..],
-                        l,
-                        true,
-                        Mat::new(w, rows),
-                        cols,
-                        nt,
-                    );
+                    gemm((cout, n, rows), &mut o[c0..], width, true, w, cols, nt);
                 }
             });
             self.act.apply(o);
+        };
+        for_each_image(&mut out, x, g.c * g.plane(), |o, xi, nt| {
+            if nt == 1 {
+                return rows_of(o, xi, 0..g.oh, 1);
+            }
+            // Several threads on one image: its output rows in parts, one task each with a
+            // serial gemm, then copied into place (one fork-join per layer instead of one per
+            // gather, gemm and block: at batch 1 the thread wake-ups cost more than that).
+            let parts = g.split_rows(nt);
+            let done: Vec<Vec<f32>> = parts
+                .par_iter()
+                .map(|part| {
+                    let mut t = vec![0f32; cout * part.len() * g.ow];
+                    rows_of(&mut t, xi, part.clone(), 1);
+                    t
+                })
+                .collect();
+            for (part, t) in parts.iter().zip(done) {
+                let (c0, n) = (part.start * g.ow, part.len() * g.ow);
+                for (dst, src) in o.chunks_mut(l).zip(t.chunks(n)) {
+                    dst[c0..c0 + n].copy_from_slice(src);
+                }
+            }
         });
         Ok((CpuStorage::F32(out), shape))
     }
@@ -166,20 +187,39 @@ impl CustomOp3 for ConvTranspose2dOp {
         let bias = f32_slice(bs, bl, "conv_transpose2d")?;
         let (rows, l, cin) = (g.rows(), g.cols(), self.cin);
         let mut out = vec![0f32; b * g.c * g.plane()];
-        for_each_image(&mut out, x, cin * l, |o, xi, nt| {
-            for (p, b) in o.chunks_mut(g.plane()).zip(bias) {
+        let k2 = g.kh * g.kw;
+        // Output channels `chans` of one image (`o`: their planes): bias, then per block
+        // cols = Wᵀ[chans] · x[:, block] and col2im onto those planes, on `nt` threads.
+        let chans_of = |o: &mut [f32], xi: &[f32], chans: Range<usize>, nt: usize| {
+            for (p, b) in o.chunks_mut(g.plane()).zip(&bias[chans.clone()]) {
                 p.fill(*b);
             }
-            with_scratch(rows * g.block_cols(), |cols| {
+            let sub = chans.len() * k2;
+            // Wᵀ's rows for these channels: columns chans·k2.. of w ([cin, cout·kh·kw]).
+            let wt = Mat::t(&w[chans.start * k2..], rows);
+            with_scratch(sub * g.block_cols(), |cols| {
                 for blk in g.blocks() {
                     let (c0, n) = (blk.start * g.ow, blk.len() * g.ow);
-                    // cols [cout·kh·kw, n] = Wᵀ (w is [cin, cout·kh·kw]) · x[:, block]
                     let xb = Mat::new(&xi[c0..], l);
-                    gemm((rows, n, cin), cols, n, false, Mat::t(w, rows), xb, nt);
-                    col2im_block(&cols[..rows * n], g, blk, o, nt > 1);
+                    gemm((sub, n, cin), cols, n, false, wt, xb, nt);
+                    col2im_block(&cols[..sub * n], g, blk, o, nt > 1);
                 }
             });
             self.act.apply(o);
+        };
+        for_each_image(&mut out, x, cin * l, |o, xi, nt| {
+            if nt == 1 {
+                return chans_of(o, xi, 0..g.c, 1);
+            }
+            // Several threads on one image: its output channels in groups, one task each
+            // (disjoint planes; one fork-join per layer, as for the convolution above).
+            let per = g.c.div_ceil(nt);
+            o.par_chunks_mut(per * g.plane())
+                .enumerate()
+                .for_each(|(i, planes)| {
+                    let c0 = i * per;
+                    chans_of(planes, xi, c0..(c0 + per).min(g.c), 1)
+                });
         });
         Ok((CpuStorage::F32(out), Shape::from((b, g.c, g.h, g.w))))
     }
