@@ -1,9 +1,11 @@
 //! Kernel benchmarks: candle's conv2d / conv_transpose2d against ours (forward, and forward +
-//! backward), and one AdamW step with candle ops against the fused in-place kernel, on the
-//! layer shapes of the `conv-ae-ref` and `dense-ae-ref` networks and of the shipped denoiser
-//! (which runs these same kernels). Not run in CI.
+//! backward), candle's matmul + bias against our fused linear op (the unpacked dot-product
+//! kernel forward), and one AdamW step with candle ops against the fused in-place kernel, on
+//! the layer shapes of the `conv-ae-ref` and `dense-ae-ref` networks and of the shipped
+//! denoiser (which runs these same kernels). Not run in CI.
 
-use aestream::kernels::conv::{conv2d, conv_transpose2d};
+use aestream::kernels::conv::{conv2d, conv_transpose2d, Act};
+use aestream::kernels::linear::linear_act;
 use aestream::model::reference::DENSE_WIDTHS;
 use aestream::train::adamw::{AdamW, AdamWParams};
 use candle_core::{Device, Tensor, Var};
@@ -144,6 +146,46 @@ fn denoiser_layers(c: &mut Criterion) {
     g.finish();
 }
 
+/// The dense reference net's layers at batch 64: candle's matmul + bias against our fused op,
+/// forward, and forward + backward.
+fn linear(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut g = c.benchmark_group("linear_b64");
+    g.sample_size(10);
+    for w in [[625, 2000], [2000, 1000], [1000, 2000], [2000, 625]] {
+        let (k, m) = (w[0], w[1]);
+        let x = Tensor::rand(0f32, 1., (64, k), &dev).unwrap();
+        let wt = Var::randn(0f32, 0.02, (m, k), &dev).unwrap();
+        let b = Var::zeros(m, candle_core::DType::F32, &dev).unwrap();
+        g.throughput(Throughput::Elements((2 * 64 * k * m) as u64));
+        let name = format!("{k}to{m}");
+        g.bench_function(format!("{name}/candle"), |bn| {
+            bn.iter(|| {
+                x.matmul(&wt.t().unwrap())
+                    .unwrap()
+                    .broadcast_add(&b)
+                    .unwrap()
+                    .relu()
+                    .unwrap()
+            })
+        });
+        g.bench_function(format!("{name}/ours"), |bn| {
+            bn.iter(|| linear_act(&x, &wt, &b, Act::Relu).unwrap())
+        });
+        g.bench_function(format!("{name}/ours_fwd_bwd"), |bn| {
+            bn.iter(|| {
+                linear_act(&x, &wt, &b, Act::Relu)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
 fn adamw(c: &mut Criterion) {
     let dev = Device::Cpu;
     // The dense reference autoencoder's weights and biases, with a gradient for each.
@@ -180,5 +222,5 @@ fn adamw(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, convs, denoiser_layers, adamw);
+criterion_group!(benches, convs, denoiser_layers, linear, adamw);
 criterion_main!(benches);

@@ -71,6 +71,14 @@ pub struct BenchReport {
     pub train_step_p50_ms: f64,
     /// Forward-pass arithmetic rate (reference networks only: their FLOPs are known).
     pub infer_gflop_per_s: Option<f64>,
+    /// Process CPU time (user + system, all threads) per inference batch and per training
+    /// step, averaged over the timed calls: on a machine shared with other jobs this is far
+    /// steadier than wall time (it still counts our own spin-waiting).
+    pub infer_cpu_ms: f64,
+    pub train_step_cpu_ms: f64,
+    /// The roofline: the best of a few 512³ f32 matrix products through the same gemm and
+    /// threads, in GFLOP/s, measured in this run (CPU only; `None` on a GPU).
+    pub sgemm512_gflop_per_s: Option<f64>,
     pub peak_rss_mb: f64,
 }
 
@@ -308,14 +316,23 @@ pub fn set_threads(threads: usize) -> Result<usize> {
         .map_err(|e| usage(format!("--threads {threads}: {e}")))
 }
 
-/// Runs `f` repeatedly for about `seconds` after a warm-up; returns each call's duration.
-fn time_it(seconds: f64, mut f: impl FnMut() -> candle_core::Result<()>) -> Result<Vec<Duration>> {
+/// What [`time_it`] measured: each call's wall time, sorted, and the process CPU time per
+/// call in milliseconds.
+struct Timed {
+    sorted: Vec<Duration>,
+    cpu_ms: f64,
+}
+
+/// Runs `f` repeatedly for about `seconds` after a warm-up; returns each call's duration and
+/// the mean CPU time per call.
+fn time_it(seconds: f64, mut f: impl FnMut() -> candle_core::Result<()>) -> Result<Timed> {
     let warm = Instant::now();
     f()?;
     // Warm-up: at least one call and 0.5 s (allocator pools, caches, page faults).
     while warm.elapsed().as_secs_f64() < 0.5 {
         f()?;
     }
+    let cpu0 = crate::runtime::threads::process_cpu_seconds();
     let start = Instant::now();
     let mut times = Vec::new();
     while times.len() < 3 || start.elapsed().as_secs_f64() < seconds {
@@ -323,8 +340,28 @@ fn time_it(seconds: f64, mut f: impl FnMut() -> candle_core::Result<()>) -> Resu
         f()?;
         times.push(t.elapsed());
     }
+    let cpu = crate::runtime::threads::process_cpu_seconds() - cpu0;
     times.sort();
-    Ok(times)
+    Ok(Timed {
+        cpu_ms: cpu * 1e3 / times.len() as f64,
+        sorted: times,
+    })
+}
+
+/// The best rate of a few 512×512×512 f32 products through the kernels' gemm on the current
+/// threads, in GFLOP/s: the roofline a gemm-bound workload is compared with.
+pub fn sgemm512_gflop_per_s() -> f64 {
+    const N: usize = 512;
+    let a: Vec<f32> = (0..N * N).map(|i| (i % 7) as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..N * N).map(|i| (i % 5) as f32 * 0.5).collect();
+    let mut c = vec![0f32; N * N];
+    let mut best = f64::INFINITY;
+    for _ in 0..12 {
+        let t = Instant::now();
+        crate::kernels::sgemm512(&mut c, &a, &b);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (N * N * N) as f64 / best / 1e9
 }
 
 /// The `q` quantile (0..=1) of sorted durations, in milliseconds.
@@ -366,8 +403,8 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
         (wl.train_step)(&x)?;
         dev.synchronize()
     })?;
-    let p50 = quantile_ms(&infer, 0.5);
-    let t50 = quantile_ms(&train, 0.5);
+    let p50 = quantile_ms(&infer.sorted, 0.5);
+    let t50 = quantile_ms(&train.sorted, 0.5);
     Ok(BenchReport {
         model: a.model.clone(),
         batch: a.batch,
@@ -380,11 +417,14 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
         infer_images_per_s: a.batch as f64 / (p50 / 1e3),
         train_steps_per_s: 1e3 / t50,
         p50_ms: p50,
-        p99_ms: quantile_ms(&infer, 0.99),
+        p99_ms: quantile_ms(&infer.sorted, 0.99),
         train_step_p50_ms: t50,
         infer_gflop_per_s: wl
             .macs_per_image
             .map(|m| 2.0 * m * a.batch as f64 / (p50 / 1e3) / 1e9),
+        infer_cpu_ms: infer.cpu_ms,
+        train_step_cpu_ms: train.cpu_ms,
+        sgemm512_gflop_per_s: dev.is_cpu().then(sgemm512_gflop_per_s),
         peak_rss_mb: crate::runtime::threads::peak_rss_mb(),
     })
 }
@@ -431,6 +471,8 @@ mod tests {
                 "p50_ms",
                 "p99_ms",
                 "peak_rss_mb",
+                "train_step_cpu_ms",
+                "sgemm512_gflop_per_s",
                 "dtype",
                 "features",
             ] {

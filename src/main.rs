@@ -50,6 +50,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread (it sets an environment variable).
+    aestream::runtime::threads::serial_elementwise_ops();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -38,6 +38,30 @@ pub fn set_threads(threads: usize) -> Result<usize, rayon::ThreadPoolBuildError>
     Ok(rayon::current_num_threads())
 }
 
+/// Runs candle's elementwise ops on the calling thread (`CANDLE_NUM_THREADS=1`) unless the
+/// environment already sizes that pool. candle splits an elementwise op over 64 Ki values or
+/// more across a pool of its own whose helpers spin (25 000 pause loops) after every op and
+/// whose caller spins until they finish. Beside rayon's threads, which run the kernels'
+/// gemms, and on cores shared with other jobs, that spinning took 17 % of a `conv-ae-ref`
+/// training step in `perf`, more than the ops themselves (gradient sums, mostly: memory-bound
+/// passes that one thread does nearly as fast). Call it before any other thread starts.
+pub fn serial_elementwise_ops() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// CPU time (user + system) this process has used so far, over all its threads, in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 /// The process's peak resident memory (VmHWM) in MiB; NaN where /proc does not say.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -2,18 +2,21 @@
 //! column) and its adjoint col2im (columns summed back onto the planes), per row or plane so the
 //! callers can run them in parallel, and as custom ops over a batch for the backward passes.
 
+use std::ops::Range;
+
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{f32_slice, Geom};
 
-/// Fills row `r` = (ci, ky, kx) of one image's im2col matrix.
-pub(super) fn im2col_row(src: &[f32], g: &Geom, r: usize, row: &mut [f32]) {
+/// Fills row `r` = (ci, ky, kx) of one image's im2col matrix for the output rows from `y0`
+/// on (as many as `row` holds, `ow` columns each).
+pub(super) fn im2col_row(src: &[f32], g: &Geom, r: usize, row: &mut [f32], y0: usize) {
     let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
     let plane = &src[ci * g.plane()..(ci + 1) * g.plane()];
     let (lo, hi) = g.x_range(kx);
-    for (oy, out) in row.chunks_exact_mut(g.ow).enumerate() {
-        let Some(iy) = g.in_row(oy, ky) else {
+    for (j, out) in row.chunks_exact_mut(g.ow).enumerate() {
+        let Some(iy) = g.in_row(y0 + j, ky) else {
             out.fill(0.0);
             continue;
         };
@@ -24,71 +27,135 @@ pub(super) fn im2col_row(src: &[f32], g: &Geom, r: usize, row: &mut [f32]) {
         }
         let line = &plane[iy * g.w..(iy + 1) * g.w];
         let x0 = lo * g.stride + kx - g.pad;
-        if g.stride == 1 {
-            out[lo..hi].copy_from_slice(&line[x0..x0 + hi - lo]);
-        } else {
-            for (j, o) in out[lo..hi].iter_mut().enumerate() {
-                *o = line[x0 + j * g.stride];
+        gather(&mut out[lo..hi], &line[x0..], g.stride);
+    }
+}
+
+/// `out[j] = src[j·stride]`. Stride 1 is a copy, stride 2 (every downsampling layer here)
+/// takes the first of each pair, which the compiler turns into shuffles; measured 2–3× faster
+/// than the indexed loop, which compiled to scalar loads with a bounds check each.
+fn gather(out: &mut [f32], src: &[f32], stride: usize) {
+    let n = out.len();
+    match stride {
+        1 => out.copy_from_slice(&src[..n]),
+        2 if n > 0 => {
+            let (head, last) = out.split_at_mut(n - 1);
+            for (o, p) in head.iter_mut().zip(src.chunks_exact(2)) {
+                *o = p[0];
+            }
+            last[0] = src[2 * (n - 1)];
+        }
+        _ => {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = src[j * stride];
             }
         }
     }
 }
 
-/// One image's im2col: `[c, h, w] -> [c·kh·kw, oh·ow]`, rows in parallel when asked.
-pub(super) fn im2col_image(src: &[f32], g: &Geom, dst: &mut [f32], parallel: bool) {
-    let l = g.cols();
+/// `dst[j·stride] += scale · src[j]`, the adjoint of [`gather`], specialised the same way.
+fn scatter_add(dst: &mut [f32], src: &[f32], stride: usize, scale: f32) {
+    let n = src.len();
+    match stride {
+        1 => {
+            for (d, v) in dst[..n].iter_mut().zip(src) {
+                *d += scale * v;
+            }
+        }
+        2 if n > 0 => {
+            for (p, v) in dst.chunks_exact_mut(2).zip(&src[..n - 1]) {
+                p[0] += scale * v;
+            }
+            dst[2 * (n - 1)] += scale * src[n - 1];
+        }
+        _ => {
+            for (j, v) in src.iter().enumerate() {
+                dst[j * stride] += scale * v;
+            }
+        }
+    }
+}
+
+/// One image's im2col for output rows `rows` (`[c, h, w] -> [c·kh·kw, rows·ow]`), the rows of
+/// the matrix in parallel when asked.
+pub(super) fn im2col_block(
+    src: &[f32],
+    g: &Geom,
+    rows: Range<usize>,
+    dst: &mut [f32],
+    parallel: bool,
+) {
+    let n = rows.len() * g.ow;
+    let dst = &mut dst[..g.rows() * n];
     if parallel {
-        dst.par_chunks_mut(l)
+        dst.par_chunks_mut(n)
             .enumerate()
-            .for_each(|(r, row)| im2col_row(src, g, r, row));
+            .for_each(|(r, row)| im2col_row(src, g, r, row, rows.start));
     } else {
-        for (r, row) in dst.chunks_mut(l).enumerate() {
-            im2col_row(src, g, r, row);
+        for (r, row) in dst.chunks_mut(n).enumerate() {
+            im2col_row(src, g, r, row, rows.start);
         }
     }
 }
 
-/// Sums one image's im2col columns back onto input plane `ci` (the adjoint of im2col), on top
-/// of `init` (a bias, or 0).
-pub(super) fn col2im_plane(cols: &[f32], g: &Geom, ci: usize, plane: &mut [f32], init: f32) {
-    let l = g.cols();
-    plane.fill(init);
-    for ky in 0..g.kh {
-        for kx in 0..g.kw {
-            let r = (ci * g.kh + ky) * g.kw + kx;
-            add_shifted(plane, g, (ky, kx), &cols[r * l..(r + 1) * l], 1.0);
+/// Sums the columns of output rows `rows` of one image's im2col matrix (`cols`, `[c·kh·kw,
+/// rows·ow]`) back onto its input planes `planes` (`[c, h, w]`): the adjoint of
+/// [`im2col_block`], adding to what the planes hold. Planes in parallel when asked (each
+/// plane sums only its own channel's rows, so the tasks never write the same pixel).
+pub(super) fn col2im_block(
+    cols: &[f32],
+    g: &Geom,
+    rows: Range<usize>,
+    planes: &mut [f32],
+    parallel: bool,
+) {
+    let n = rows.len() * g.ow;
+    let one = |ci: usize, plane: &mut [f32]| {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = (ci * g.kh + ky) * g.kw + kx;
+                let row = &cols[r * n..(r + 1) * n];
+                add_shifted(plane, g, (ky, kx), row, 1.0, rows.start);
+            }
+        }
+    };
+    if parallel {
+        planes
+            .par_chunks_mut(g.plane())
+            .enumerate()
+            .for_each(|(ci, p)| one(ci, p));
+    } else {
+        for (ci, p) in planes.chunks_mut(g.plane()).enumerate() {
+            one(ci, p);
         }
     }
 }
 
-/// `plane[iy, ix] += scale · row[oy, ox]` for every output pixel `(oy, ox)` whose kernel tap
-/// `(ky, kx)` reads input pixel `(iy, ix)`: one kernel tap's share of col2im.
+/// `plane[iy, ix] += scale · row[oy − y0, ox]` for every output pixel `(oy, ox)` (from output
+/// row `y0` on, as many rows as `row` holds) whose kernel tap `(ky, kx)` reads input pixel
+/// `(iy, ix)`: one kernel tap's share of col2im.
 pub(super) fn add_shifted(
     plane: &mut [f32],
     g: &Geom,
     (ky, kx): (usize, usize),
     row: &[f32],
     scale: f32,
+    y0: usize,
 ) {
     let (lo, hi) = g.x_range(kx);
     if lo == hi {
         return;
     }
     let x0 = lo * g.stride + kx - g.pad;
-    for (oy, src) in row.chunks_exact(g.ow).enumerate() {
-        let Some(iy) = g.in_row(oy, ky) else { continue };
+    for (j, src) in row.chunks_exact(g.ow).enumerate() {
+        let Some(iy) = g.in_row(y0 + j, ky) else {
+            continue;
+        };
         let line = &mut plane[iy * g.w..(iy + 1) * g.w];
-        if g.stride == 1 {
-            for (d, v) in line[x0..x0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                *d += scale * v;
-            }
-        } else {
-            for (j, v) in src[lo..hi].iter().enumerate() {
-                line[x0 + j * g.stride] += scale * v;
-            }
-        }
+        scatter_add(&mut line[x0..], &src[lo..hi], g.stride, scale);
     }
 }
+
 /// im2col over a batch: `[b, c, h, w] -> [b, c·kh·kw, oh·ow]`; backward is [`Col2Im`].
 #[derive(Debug, Clone, Copy)]
 pub struct Im2Col(pub Geom);
@@ -109,7 +176,7 @@ impl CustomOp1 for Im2Col {
         let mut dst = vec![0f32; b * rows * cols];
         dst.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
             let (bi, r) = (i / rows, i % rows);
-            im2col_row(&src[bi * c * h * w..(bi + 1) * c * h * w], g, r, row);
+            im2col_row(&src[bi * c * h * w..(bi + 1) * c * h * w], g, r, row, 0);
         });
         Ok((CpuStorage::F32(dst), Shape::from((b, rows, cols))))
     }
@@ -137,18 +204,12 @@ impl CustomOp1 for Col2Im {
         }
         let src = f32_slice(s, l, "col2im")?;
         let mut dst = vec![0f32; b * g.c * g.plane()];
-        // One task per output plane: each sums only the rows of its own channel, so no races.
-        dst.par_chunks_mut(g.plane())
+        let img = g.c * g.plane();
+        dst.par_chunks_mut(img)
             .enumerate()
-            .for_each(|(i, plane)| {
-                let (bi, ci) = (i / g.c, i % g.c);
-                col2im_plane(
-                    &src[bi * rows * cols..(bi + 1) * rows * cols],
-                    g,
-                    ci,
-                    plane,
-                    0.0,
-                );
+            .for_each(|(bi, planes)| {
+                let src = &src[bi * rows * cols..(bi + 1) * rows * cols];
+                col2im_block(src, g, 0..g.oh, planes, false);
             });
         Ok((CpuStorage::F32(dst), Shape::from((b, g.c, g.h, g.w))))
     }

@@ -9,20 +9,25 @@
 //! last layer of an autoencoder) is a direct multiply-accumulate over shifted rows instead:
 //! its im2col would be `c·kh·kw` times the input's size for a gemm with one row.
 //!
-//! Files: `gather` (im2col / col2im, the data movement), `ops` (the convolution custom ops and
-//! their backward), `thin` (the one-output-channel case without im2col); this file holds the
-//! geometry, the fused activation and the entry points, which pick the custom ops on CPU f32
-//! and candle's own ops elsewhere.
+//! Files: `gather` (im2col / col2im, the data movement), `ops` (the convolution custom ops),
+//! `backward` (their backward passes, fused per image), `thin` (the one-output-channel case
+//! without im2col); this file holds the geometry, the fused activation and the entry points,
+//! which pick the custom ops on CPU f32 and candle's own ops elsewhere.
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+mod backward;
 mod gather;
 mod ops;
 mod thin;
 
 pub use gather::{Col2Im, Im2Col};
 use ops::{Conv2dOp, ConvTranspose2dOp};
+
+/// Floats of one block's im2col matrix (2 MiB): it stays in cache between the gather and the
+/// gemm that reads it, and bounds the scratch a large frame needs.
+const BLOCK_FLOATS: usize = 1 << 19;
 
 /// The geometry of one convolution: its input planes, kernel and output size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,41 @@ impl Geom {
 
     fn plane(&self) -> usize {
         self.h * self.w
+    }
+
+    /// Output rows per block: as many as keep a block's im2col matrix within
+    /// [`BLOCK_FLOATS`], at least one. A small image is one block.
+    fn block_rows(&self) -> usize {
+        (BLOCK_FLOATS / (self.rows() * self.ow).max(1)).clamp(1, self.oh.max(1))
+    }
+
+    /// Columns (output pixels) of the largest block.
+    fn block_cols(&self) -> usize {
+        self.block_rows() * self.ow
+    }
+
+    /// The blocks of output rows the ops work through, in order.
+    fn blocks(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        self.blocks_of(0..self.oh)
+    }
+
+    /// The blocks of output rows `rows` (a part of the image) is worked through in.
+    fn blocks_of(
+        &self,
+        rows: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (n, end) = (self.block_rows(), rows.end);
+        rows.step_by(n).map(move |y| y..(y + n).min(end))
+    }
+
+    /// The output rows in at least `parts` near-equal parts (fewer if the image has fewer
+    /// rows), each at most a block.
+    fn split_rows(&self, parts: usize) -> Vec<std::ops::Range<usize>> {
+        let n = self.oh.div_ceil(parts.max(1)).min(self.block_rows()).max(1);
+        (0..self.oh)
+            .step_by(n)
+            .map(|y| y..(y + n).min(self.oh))
+            .collect()
     }
 
     /// Output columns `[lo, hi)` whose input column `ox·stride + kx − pad` lies inside the row.
@@ -160,12 +200,20 @@ impl CustomOp2 for ReluGrad {
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(1 << 14)
             .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-            .for_each(|(o, (g, y))| {
-                for ((o, g), y) in o.iter_mut().zip(g).zip(y) {
-                    *o = if *y > 0.0 { *g } else { 0.0 };
-                }
-            });
+            .for_each(|(o, (g, y))| relu_mask(o, g, y));
         Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
+
+/// `dst = grad · [y > 0]` (+0 where y ≤ 0) over `dst`'s length. The select is a bit mask
+/// so that it compiles to vector compares and ands: written as `if y > 0 { g } else { 0 }` it
+/// compiled to a scalar loop with a branch per element (perf annotate).
+pub(crate) fn relu_mask(dst: &mut [f32], grad: &[f32], y: &[f32]) {
+    let n = dst.len();
+    let (grad, y) = (&grad[..n], &y[..n]);
+    for ((d, g), y) in dst.iter_mut().zip(grad).zip(y) {
+        let keep = u32::from(*y > 0.0).wrapping_neg();
+        *d = f32::from_bits(g.to_bits() & keep);
     }
 }
 
@@ -357,6 +405,14 @@ mod tests {
                 pad: 1,
                 ..case(9, 3, 4, (6, 6), (3, 3))
             },
+            // Over one block of im2col columns (see `Geom::blocks`), as a convolution and as
+            // a transposed one, at stride 2.
+            Case {
+                stride: 2,
+                pad: 1,
+                op: 1,
+                ..case(1, 32, 16, (96, 96), (3, 3))
+            },
         ]
     }
 
@@ -435,72 +491,79 @@ mod tests {
         agrees_with_candle(true, Act::Relu)
     }
 
-    /// Central finite differences of `sum(y · r)` in f64 against the analytic gradients, on an
-    /// 8×9 input (odd and even strided sizes).
-    fn check_fd(f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>, b: usize) -> Result<()> {
+    type Dims4 = (usize, usize, usize, usize);
+
+    /// `f(x, k, bias)`'s gradients against f64 finite differences, for x of shape `xs`, k of
+    /// `ks` and `nb` bias values.
+    fn check_fd(
+        f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+        xs: Dims4,
+        ks: Dims4,
+        nb: usize,
+    ) -> Result<()> {
         let dev = Device::Cpu;
-        let (c, cout) = (3, 2);
-        let x = Var::randn(0f32, 1., (b, c, 8, 9), &dev)?;
-        let k = Var::randn(0f32, 1., (cout, c, 3, 3), &dev)?;
-        let bias = Var::randn(0f32, 1., cout, &dev)?;
-        let y = f(x.as_tensor(), k.as_tensor(), bias.as_tensor())?;
-        let r = Tensor::randn(0f32, 1., y.shape(), &dev)?;
-        let grads = (&y * &r)?.sum_all()?.backward()?;
-        let loss = |x: &Tensor, k: &Tensor, bias: &Tensor| -> Result<f64> {
-            let y = f(x, k, bias)?.to_dtype(DType::F64)?;
-            (y * r.to_dtype(DType::F64)?)?.sum_all()?.to_scalar::<f64>()
-        };
-        for (vi, v) in [&x, &k, &bias].into_iter().enumerate() {
-            let g = grads
-                .get(v)
-                .expect("grad")
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let base = v.flatten_all()?.to_vec1::<f32>()?;
-            for i in (0..base.len()).step_by(base.len() / 7 + 1) {
-                // The loss is linear in each argument, so a large step loses no accuracy.
-                let eps = 0.25f32;
-                let at = |d: f32| -> Result<f64> {
-                    let mut p = base.clone();
-                    p[i] += d;
-                    let p = Tensor::from_vec(p, v.shape(), &dev)?;
-                    let mut args = [
-                        x.as_tensor().clone(),
-                        k.as_tensor().clone(),
-                        bias.as_tensor().clone(),
-                    ];
-                    args[vi] = p;
-                    loss(&args[0], &args[1], &args[2])
-                };
-                let fd = (at(eps)? - at(-eps)?) / (2.0 * eps as f64);
-                let err = (fd - g[i] as f64).abs() / fd.abs().max(1.0);
-                assert!(err < 1e-3, "var {vi} elem {i}: fd {fd} vs grad {}", g[i]);
-            }
-        }
-        Ok(())
+        let x = Var::randn(0f32, 1., xs, &dev)?;
+        let k = Var::randn(0f32, 1., ks, &dev)?;
+        let bias = Var::randn(0f32, 1., nb, &dev)?;
+        let g = |a: &[Tensor]| f(&a[0], &a[1], &a[2]);
+        crate::kernels::fd::check_grads(&g, &[&x, &k, &bias], 7)
     }
 
     #[test]
     fn conv2d_gradients_match_finite_differences() -> Result<()> {
-        check_fd(&|x, k, b| conv2d(x, k, Some(b), 2, 1), 2)?;
+        // An 8×9 input: odd and even strided sizes.
+        check_fd(
+            &|x, k, b| conv2d(x, k, Some(b), 2, 1),
+            (2, 3, 8, 9),
+            (2, 3, 3, 3),
+            2,
+        )?;
         // Thin: one output channel.
         check_fd(
-            &|x, k, b| conv2d(x, &k.narrow(0, 0, 1)?, Some(&b.narrow(0, 0, 1)?), 1, 1),
-            2,
+            &|x, k, b| conv2d(x, k, Some(b), 1, 1),
+            (2, 3, 8, 9),
+            (1, 3, 3, 3),
+            1,
         )
     }
 
     #[test]
     fn conv_transpose2d_gradients_match_finite_differences() -> Result<()> {
-        // k is [2, 3, 3, 3] here: as a transposed kernel, cin 2 → cout 3, so x gets 2 channels.
+        // k [2, 3, 3, 3]: a transposed kernel from 2 channels to 3.
         check_fd(
-            &|x, k, b| {
-                let x = x.narrow(1, 0, 2)?;
-                let b = Tensor::cat(&[b, &b.narrow(0, 0, 1)?], 0)?;
-                conv_transpose2d(&x, k, Some(&b), 2, 1, 1)
-            },
-            2,
+            &|x, k, b| conv_transpose2d(x, k, Some(b), 2, 1, 1),
+            (2, 2, 8, 9),
+            (2, 3, 3, 3),
+            3,
         )
+    }
+
+    /// Frames whose im2col matrix is larger than one block go through the ops in blocks of
+    /// output rows; their gradients, too, match finite differences (both threading paths:
+    /// one image, threads inside; three images, one per task).
+    #[test]
+    fn blocked_gradients_match_finite_differences() -> Result<()> {
+        for b in [1, 3] {
+            // conv: 16·9 im2col rows × 64·64 pixels is over one block.
+            let g = Geom::new(16, (64, 64), (3, 3), 1, 1)?;
+            assert!(g.blocks().count() > 1);
+            check_fd(
+                &|x, k, bias| conv2d(x, k, Some(bias), 1, 1),
+                (b, 16, 64, 64),
+                (2, 16, 3, 3),
+                2,
+            )?;
+            // transposed, 2 → 16 channels at stride 2: its adjoint geometry is over one block.
+            let g = Geom::new(16, (128, 128), (3, 3), 2, 1)?;
+            assert!(g.blocks().count() > 1 && (g.oh, g.ow) == (64, 64));
+            check_fd(
+                &|x, k, bias| conv_transpose2d(x, k, Some(bias), 2, 1, 1),
+                (b, 2, 64, 64),
+                (2, 16, 3, 3),
+                16,
+            )?;
+        }
+        Ok(())
     }
 
     /// Off the CPU-f32 path (f64 here; any tensor on a GPU likewise) the entry points run

@@ -1,24 +1,28 @@
-//! The convolution custom ops: `conv2d` as im2col + one gemm per image, `conv_transpose2d` as
-//! one gemm + col2im per image, each with its activation fused and a backward that reuses the
-//! same gathers and skips the gradients nobody needs.
+//! The convolution custom ops: `conv2d` as im2col + gemm per image, `conv_transpose2d` as
+//! gemm + col2im per image, each with its bias and activation fused. Both work through an
+//! image in blocks of output rows ([`Geom::blocks`]) whose im2col matrix stays a few MiB in a
+//! reused per-thread scratch ([`with_scratch`]), so a large frame neither allocates nor
+//! streams a whole-image im2col. Their backward passes are in [`super::backward`].
+
+use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gather::{col2im_plane, im2col_image, Col2Im, Im2Col};
+use super::backward::{conv2d_backward, conv_transpose2d_backward, Need};
+use super::gather::{col2im_block, im2col_block};
 use super::thin::{self, ThinInputGrad, ThinWeightGrad};
 use super::{f32_slice, Act, Geom};
-use crate::kernels::{sgemm, threads};
+use crate::kernels::{gemm, threads, with_scratch, Mat};
 
-/// Runs `one(out_image, in_image, scratch, threads)` for every image of a batch: one image per
-/// task with serial kernels when the batch can keep every thread busy, else image after image
-/// with the threads inside each kernel (gemm and the gathers).
-fn for_each_image(
+/// Runs `one(out_image, in_image, threads)` for every image of a batch: one image per task
+/// with serial kernels when the batch can keep every thread busy, else image after image with
+/// the threads inside each kernel (gemm and the gathers).
+pub(super) fn for_each_image(
     out: &mut [f32],
     x: &[f32],
     in_img: usize,
-    scratch: usize,
-    one: impl Fn(&mut [f32], &[f32], &mut [f32], usize) + Sync,
+    one: impl Fn(&mut [f32], &[f32], usize) + Sync,
 ) {
     let b = x.len() / in_img.max(1);
     if b == 0 {
@@ -29,11 +33,10 @@ fn for_each_image(
     if b >= nt && nt > 1 {
         out.par_chunks_mut(out_img)
             .zip(x.par_chunks(in_img))
-            .for_each_init(|| vec![0f32; scratch], |cols, (o, xi)| one(o, xi, cols, 1));
+            .for_each(|(o, xi)| one(o, xi, 1));
     } else {
-        let mut cols = vec![0f32; scratch];
         for (o, xi) in out.chunks_mut(out_img).zip(x.chunks(in_img)) {
-            one(o, xi, &mut cols, nt);
+            one(o, xi, nt);
         }
     }
 }
@@ -72,13 +75,46 @@ impl CustomOp3 for Conv2dOp {
             thin::forward(g, self.act, x, w, bias[0], &mut out);
             return Ok((CpuStorage::F32(out), shape));
         }
-        for_each_image(&mut out, x, g.c * g.plane(), rows * l, |o, xi, cols, nt| {
-            im2col_image(xi, g, cols, nt > 1);
-            for (p, b) in o.chunks_mut(l).zip(bias) {
+        let w = Mat::new(w, rows);
+        // One image's output rows `part` (`o`: `[cout, part·ow]`): bias, im2col and gemm
+        // block by block on `nt` threads, then the activation.
+        let rows_of = |o: &mut [f32], xi: &[f32], part: Range<usize>, nt: usize| {
+            let width = part.len() * g.ow;
+            for (p, b) in o.chunks_mut(width).zip(bias) {
                 p.fill(*b);
             }
-            sgemm(cout, l, rows, o, true, w, false, cols, false, nt);
+            with_scratch(rows * g.block_cols(), |cols| {
+                for blk in g.blocks_of(part.clone()) {
+                    let (c0, n) = ((blk.start - part.start) * g.ow, blk.len() * g.ow);
+                    im2col_block(xi, g, blk, cols, nt > 1);
+                    let cols = Mat::new(&cols[..rows * n], n);
+                    gemm((cout, n, rows), &mut o[c0..], width, true, w, cols, nt);
+                }
+            });
             self.act.apply(o);
+        };
+        for_each_image(&mut out, x, g.c * g.plane(), |o, xi, nt| {
+            if nt == 1 {
+                return rows_of(o, xi, 0..g.oh, 1);
+            }
+            // Several threads on one image: its output rows in parts, one task each with a
+            // serial gemm, then copied into place (one fork-join per layer instead of one per
+            // gather, gemm and block: at batch 1 the thread wake-ups cost more than that).
+            let parts = g.split_rows(nt);
+            let done: Vec<Vec<f32>> = parts
+                .par_iter()
+                .map(|part| {
+                    let mut t = vec![0f32; cout * part.len() * g.ow];
+                    rows_of(&mut t, xi, part.clone(), 1);
+                    t
+                })
+                .collect();
+            for (part, t) in parts.iter().zip(done) {
+                let (c0, n) = (part.start * g.ow, part.len() * g.ow);
+                for (dst, src) in o.chunks_mut(l).zip(t.chunks(n)) {
+                    dst[c0..c0 + n].copy_from_slice(src);
+                }
+            }
         });
         Ok((CpuStorage::F32(out), shape))
     }
@@ -93,53 +129,32 @@ impl CustomOp3 for Conv2dOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
         let b = x.dim(0)?;
-        let dy = self
-            .act
-            .grad(grad, res)?
-            .reshape((b, self.cout, g.cols()))?;
-        let gb = bias_grad(&dy, bias)?;
         if self.cout == 1 {
             // Thin: direct loops; an im2col here would be c·kh·kw times the input's size.
-            let dy4 = dy.reshape((b, 1, g.oh, g.ow))?;
+            let dy = self.act.grad(grad, res)?.reshape((b, 1, g.oh, g.ow))?;
+            let gb = if bias.track_op() {
+                Some(dy.sum_all()?.reshape(1)?)
+            } else {
+                None
+            };
             let gw = if w.track_op() {
                 Some(
-                    x.apply_op2_no_bwd(&dy4, &ThinWeightGrad(g))?
+                    x.apply_op2_no_bwd(&dy, &ThinWeightGrad(g))?
                         .reshape(w.shape())?,
                 )
             } else {
                 None
             };
             let gx = if x.track_op() {
-                Some(dy4.apply_op2_no_bwd(&w.contiguous()?, &ThinInputGrad(g))?)
+                Some(dy.apply_op2_no_bwd(&w.contiguous()?, &ThinInputGrad(g))?)
             } else {
                 None
             };
             return Ok((gx, gw, gb));
         }
-        let gw = if w.track_op() {
-            let cols = x.apply_op1_no_bwd(&Im2Col(g))?;
-            Some(dy.matmul(&cols.t()?)?.sum(0)?.reshape(w.shape())?)
-        } else {
-            None
-        };
-        // The input gradient is skipped for the network's input (it needs none).
-        let gx = if x.track_op() {
-            let wt = w.reshape((self.cout, g.rows()))?.t()?.broadcast_left(b)?;
-            Some(wt.matmul(&dy)?.apply_op1_no_bwd(&Col2Im(g))?)
-        } else {
-            None
-        };
-        Ok((gx, gw, gb))
+        let need = Need::of(x, w, bias);
+        conv2d_backward((g, self.cout, self.act), need, [x, w, res, grad])
     }
-}
-
-/// The bias gradient, from the output gradient as `[b, cout, pixels]`: sums along the
-/// contiguous last axis first (candle's broadcast backward reduces the strided axes at once).
-fn bias_grad(dy: &Tensor, bias: &Tensor) -> Result<Option<Tensor>> {
-    if !bias.track_op() {
-        return Ok(None);
-    }
-    Ok(Some(dy.sum(2)?.sum(0)?))
 }
 
 /// `y = act(col2im(Wᵀ · x) + bias)` per image. Inputs `x [b, cin, h, w]`, `w [cin, cout, kh,
@@ -172,19 +187,39 @@ impl CustomOp3 for ConvTranspose2dOp {
         let bias = f32_slice(bs, bl, "conv_transpose2d")?;
         let (rows, l, cin) = (g.rows(), g.cols(), self.cin);
         let mut out = vec![0f32; b * g.c * g.plane()];
-        for_each_image(&mut out, x, cin * l, rows * l, |o, xi, cols, nt| {
-            // cols [cout·kh·kw, h·w] = Wᵀ (w is [cin, cout·kh·kw]) · x [cin, h·w]
-            sgemm(rows, l, cin, cols, false, w, true, xi, false, nt);
-            if nt > 1 {
-                o.par_chunks_mut(g.plane())
-                    .enumerate()
-                    .for_each(|(ci, p)| col2im_plane(cols, g, ci, p, bias[ci]));
-            } else {
-                for (ci, p) in o.chunks_mut(g.plane()).enumerate() {
-                    col2im_plane(cols, g, ci, p, bias[ci]);
-                }
+        let k2 = g.kh * g.kw;
+        // Output channels `chans` of one image (`o`: their planes): bias, then per block
+        // cols = Wᵀ[chans] · x[:, block] and col2im onto those planes, on `nt` threads.
+        let chans_of = |o: &mut [f32], xi: &[f32], chans: Range<usize>, nt: usize| {
+            for (p, b) in o.chunks_mut(g.plane()).zip(&bias[chans.clone()]) {
+                p.fill(*b);
             }
+            let sub = chans.len() * k2;
+            // Wᵀ's rows for these channels: columns chans·k2.. of w ([cin, cout·kh·kw]).
+            let wt = Mat::t(&w[chans.start * k2..], rows);
+            with_scratch(sub * g.block_cols(), |cols| {
+                for blk in g.blocks() {
+                    let (c0, n) = (blk.start * g.ow, blk.len() * g.ow);
+                    let xb = Mat::new(&xi[c0..], l);
+                    gemm((sub, n, cin), cols, n, false, wt, xb, nt);
+                    col2im_block(&cols[..sub * n], g, blk, o, nt > 1);
+                }
+            });
             self.act.apply(o);
+        };
+        for_each_image(&mut out, x, cin * l, |o, xi, nt| {
+            if nt == 1 {
+                return chans_of(o, xi, 0..g.c, 1);
+            }
+            // Several threads on one image: its output channels in groups, one task each
+            // (disjoint planes; one fork-join per layer, as for the convolution above).
+            let per = g.c.div_ceil(nt);
+            o.par_chunks_mut(per * g.plane())
+                .enumerate()
+                .for_each(|(i, planes)| {
+                    let c0 = i * per;
+                    chans_of(planes, xi, c0..(c0 + per).min(g.c), 1)
+                });
         });
         Ok((CpuStorage::F32(out), Shape::from((b, g.c, g.h, g.w))))
     }
@@ -197,24 +232,7 @@ impl CustomOp3 for ConvTranspose2dOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = self.g;
-        let b = x.dim(0)?;
-        let dy = self.act.grad(grad, res)?;
-        let gb = bias_grad(&dy.reshape((b, g.c, g.plane()))?, bias)?;
-        let cols = dy.apply_op1_no_bwd(&Im2Col(g))?;
-        let wm = w.reshape((self.cin, g.rows()))?;
-        let gx = if x.track_op() {
-            let gx = wm.broadcast_left(b)?.matmul(&cols)?;
-            Some(gx.reshape(x.shape())?)
-        } else {
-            None
-        };
-        let gw = if w.track_op() {
-            let xm = x.contiguous()?.reshape((b, self.cin, g.cols()))?;
-            Some(xm.matmul(&cols.t()?)?.sum(0)?.reshape(w.shape())?)
-        } else {
-            None
-        };
-        Ok((gx, gw, gb))
+        let need = Need::of(x, w, bias);
+        conv_transpose2d_backward((self.g, self.cin, self.act), need, [x, w, res, grad])
     }
 }

@@ -73,7 +73,7 @@ impl CustomOp2 for ThinInputGrad {
                 for ky in 0..g.kh {
                     for kx in 0..g.kw {
                         let wv = w[(ci * g.kh + ky) * g.kw + kx];
-                        add_shifted(plane, g, (ky, kx), row, wv);
+                        add_shifted(plane, g, (ky, kx), row, wv, 0);
                     }
                 }
             });
