@@ -10,7 +10,7 @@ daemon's own), and scores every output against the clean grey image.
 
     python3 scripts/denoise-quality.py --data DIR [--data DIR …] --work /tmp/dq \
         [--aestream target/release/aestream] [--pipeline denoise] [--weights FILE] \
-        [--sigmas 15,25,50] [--crop 256] [--peers] [--label NAME] [-- RUN-ARGS…]
+        [--sigmas 15,25,50] [--crop 256 | --fit 256] [--peers] [--label NAME] [-- RUN-ARGS…]
 
 Peers (`--peers`, needs `pip install bm3d scikit-image`) are computed once and cached in
 WORK/peers.json. Results go to WORK/results-LABEL.json and a table on stdout: per image and σ,
@@ -50,14 +50,27 @@ def centre_crop(g, n):
     return g[y : y + n, x : x + n]
 
 
-def prepare(files, work, sigmas, crop):
+def fit(g, n):
+    """The whole photo scaled (Lanczos) so that its short side is n, then its centre n×n: the
+    detail per pixel of a photo stored at 256², unlike a crop of a large photo (much smoother)."""
+    if n <= 0:
+        return g
+    h, w = g.shape
+    k = n / min(h, w)
+    size = (max(n, round(w * k)), max(n, round(h * k)))
+    im = Image.fromarray(g.astype(np.float32), mode="F").resize(size, Image.LANCZOS)
+    g = np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8)
+    return centre_crop(g, n)
+
+
+def prepare(files, work, sigmas, crop, fit_to=0):
     clean_dir = work / "clean"
     clean_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for i, f in enumerate(files):
         name = f.stem + ".png"
         names.append(name)
-        g = centre_crop(grey_of(f), crop)
+        g = centre_crop(fit(grey_of(f), fit_to), crop)
         if not (clean_dir / name).exists():
             Image.fromarray(g).save(clean_dir / name)
         for s in sigmas:
@@ -157,6 +170,8 @@ def main():
     ap.add_argument("--peers", action="store_true")
     ap.add_argument("--label", default="ours")
     ap.add_argument("--crop", type=int, default=0, help="score the centre N×N of each image")
+    ap.add_argument("--fit", type=int, default=0,
+                    help="scale each photo to short side N, then take its centre N×N")
     ap.add_argument("--no-run", action="store_true", help="only prepare (and peers)")
     ap.add_argument("extra", nargs="*", help="more arguments for `aestream run` (after --)")
     args = ap.parse_args()
@@ -167,7 +182,7 @@ def main():
          if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")),
         key=lambda p: p.name,
     )
-    names = prepare(files, work, sigmas, args.crop)
+    names = prepare(files, work, sigmas, args.crop, args.fit)
     pe = peers(work, names, sigmas) if args.peers else {}
     ours = {} if args.no_run else run_ours(args, work, names, sigmas)
     (work / f"results-{args.label}.json").write_text(json.dumps(ours, indent=1))
