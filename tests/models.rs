@@ -604,10 +604,11 @@ fn sure_blend_gives_back_texture_and_leaves_smooth_photos() {
         "noise_sigma = 0.0",
         "noise_sigma = 40.0",
     ));
-    // The stage-2 weights keep more of the foliage themselves (plain 28.14 dB, was 28.01), so
-    // the blend has less to give back than it had (+0.39 dB, was +0.59).
+    // Each better set of weights keeps more of the foliage itself (plain: step 21000 28.01 dB,
+    // stage 2 28.14, stage 5 28.49), so the blend has less to give back (+0.59, +0.39, +0.18
+    // dB). The scores are deterministic (seeded noise, fixed weights).
     assert!(
-        blend["china.png"] > plain["china.png"] + 0.25,
+        blend["china.png"] > plain["china.png"] + 0.1,
         "china: blend {:.2} dB vs plain {:.2} dB",
         blend["china.png"],
         plain["china.png"]
