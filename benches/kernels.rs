@@ -36,24 +36,10 @@ fn convs(c: &mut Criterion) {
             bn.iter(|| conv2d(&x, &w, None, stride, 1).unwrap())
         });
         g.bench_function(format!("{name}/candle_fwd_bwd"), |bn| {
-            bn.iter(|| {
-                x.conv2d(&w, 1, stride, 1, 1)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            })
+            bn.iter(|| backward_of(x.conv2d(&w, 1, stride, 1, 1)))
         });
         g.bench_function(format!("{name}/ours_fwd_bwd"), |bn| {
-            bn.iter(|| {
-                conv2d(&x, &w, None, stride, 1)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            })
+            bn.iter(|| backward_of(conv2d(&x, &w, None, stride, 1)))
         });
     }
     g.finish();
@@ -77,24 +63,10 @@ fn convs(c: &mut Criterion) {
             bn.iter(|| conv_transpose2d(&x, &w, None, 2, 1, 1).unwrap())
         });
         g.bench_function(format!("{name}/candle_fwd_bwd"), |bn| {
-            bn.iter(|| {
-                x.conv_transpose2d(&w, 1, 1, 2, 1)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            })
+            bn.iter(|| backward_of(x.conv_transpose2d(&w, 1, 1, 2, 1)))
         });
         g.bench_function(format!("{name}/ours_fwd_bwd"), |bn| {
-            bn.iter(|| {
-                conv_transpose2d(&x, &w, None, 2, 1, 1)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            })
+            bn.iter(|| backward_of(conv_transpose2d(&x, &w, None, 2, 1, 1)))
         });
     }
     g.finish();
@@ -173,17 +145,15 @@ fn linear(c: &mut Criterion) {
             bn.iter(|| linear_act(&x, &wt, &b, Act::Relu).unwrap())
         });
         g.bench_function(format!("{name}/ours_fwd_bwd"), |bn| {
-            bn.iter(|| {
-                linear_act(&x, &wt, &b, Act::Relu)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            })
+            bn.iter(|| backward_of(linear_act(&x, &wt, &b, Act::Relu)))
         });
     }
     g.finish();
+}
+
+/// Forward result → summed and back-propagated: the backward half of a `fwd_bwd` bench.
+fn backward_of(y: candle_core::Result<Tensor>) {
+    y.unwrap().sum_all().unwrap().backward().unwrap();
 }
 
 fn adamw(c: &mut Criterion) {

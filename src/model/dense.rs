@@ -121,12 +121,7 @@ impl DenseAe {
 
     /// Encoder layer `i` alone: ReLU, except the code layer's pre-activation (the last).
     pub fn encode_layer(&self, i: usize, h: &Tensor) -> Result<Tensor> {
-        let act = if i + 1 < self.depth() {
-            Act::Relu
-        } else {
-            Act::Identity
-        };
-        apply(self.layer(&self.enc, i)?, h, act)
+        self.half_layer(&self.enc, i, h)
     }
 
     /// What the code layer does to its pre-activation: ReLU and top-k where asked.
@@ -156,18 +151,21 @@ impl DenseAe {
     /// Decoder layer `j` alone (it mirrors encoder layer `depth − 1 − j`): ReLU, except the
     /// output layer's pre-activation (the last).
     pub fn decode_layer(&self, j: usize, h: &Tensor) -> Result<Tensor> {
-        let act = if j + 1 < self.depth() {
+        self.half_layer(&self.dec, j, h)
+    }
+
+    /// Layer `i` of one half: ReLU, except the half's last layer, which gives its
+    /// pre-activation (the code layer's, or the output's).
+    fn half_layer(&self, half: &[Linear], i: usize, h: &Tensor) -> Result<Tensor> {
+        let layer = half.get(i).ok_or_else(|| {
+            candle_core::Error::Msg(format!("dense-ae: no layer {i} of {}", half.len()))
+        })?;
+        let act = if i + 1 < half.len() {
             Act::Relu
         } else {
             Act::Identity
         };
-        apply(self.layer(&self.dec, j)?, h, act)
-    }
-
-    fn layer<'a>(&self, half: &'a [Linear], i: usize) -> Result<&'a Linear> {
-        half.get(i).ok_or_else(|| {
-            candle_core::Error::Msg(format!("dense-ae: no layer {i} of {}", half.len()))
-        })
+        apply(layer, h, act)
     }
 
     pub fn activate(&self, raw: &Tensor) -> Result<Tensor> {
