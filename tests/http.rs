@@ -299,14 +299,16 @@ fn health(port: u16) -> Duration {
 }
 
 /// A 1 GiB header, a thousand idle connections and a pipelining client that never reads:
-/// the daemon stays small, and `/healthz` answers within a second throughout.
+/// the daemon stays small, and `/healthz` answers throughout without waiting for any of them
+/// to time out (its bound is half the server's timeouts: a starved probe would wait for one;
+/// a fixed 1 s bound failed once at 1.02 s on two cores running four test jobs).
 #[test]
 fn hostile_clients_cannot_take_the_port_down() {
     let _t = turn();
     let dir = tempfile::tempdir().unwrap();
     let p = pipeline_with(
         dir.path(),
-        "[http]\nio_timeout_ms = 2000\nheader_timeout_ms = 2000\n",
+        "[http]\nio_timeout_ms = 10000\nheader_timeout_ms = 10000\n",
     );
     let (d, port) = serve(dir.path(), &p, &[]);
     let mut worst = Duration::ZERO;
@@ -364,7 +366,7 @@ fn hostile_clients_cannot_take_the_port_down() {
         "an idle connection was never closed"
     );
     drop(idle);
-    assert!(worst < Duration::from_secs(1), "/healthz took {worst:?}");
+    assert!(worst < Duration::from_secs(5), "/healthz took {worst:?}");
     let status = request(port, "GET", "/v1/status", b"").json();
     assert!(status["connections"]["accepted"].as_u64().unwrap() >= 1000);
     let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
