@@ -59,7 +59,7 @@ pub struct EvalCmd {
     pub grey: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
+    /// Average 1, 2, 4 or 8 flipped (8: and transposed) views (overrides `infer.ensemble`).
     #[arg(long, value_parser = super::ensemble_arg)]
     pub ensemble: Option<usize>,
     /// cpu, cuda (= cuda:0), cuda:N, or auto: the first GPU when built with CUDA and one is

@@ -71,11 +71,11 @@ pub fn parse_kinds(
         .collect()
 }
 
-/// Parses `--ensemble`: 1, 2 or 4 (a usage error otherwise, exit 2).
+/// Parses `--ensemble`: 1, 2, 4 or 8 (a usage error otherwise, exit 2).
 pub fn ensemble_arg(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
-        Ok(n @ (1 | 2 | 4)) => Ok(n),
-        _ => Err(format!("must be 1, 2 or 4, got {s:?}")),
+        Ok(n @ (1 | 2 | 4 | 8)) => Ok(n),
+        _ => Err(format!("must be 1, 2, 4 or 8, got {s:?}")),
     }
 }
 
@@ -84,10 +84,10 @@ pub fn with_ensemble(
     ensemble: Option<usize>,
 ) -> aestream::Result<PipelineConfig> {
     if let Some(n) = ensemble {
-        if ![1, 2, 4].contains(&n) {
+        if ![1, 2, 4, 8].contains(&n) {
             return Err(aestream::Error::Config {
                 origin: "--ensemble".into(),
-                message: format!("must be 1, 2 or 4, got {n}"),
+                message: format!("must be 1, 2, 4 or 8, got {n}"),
             });
         }
         cfg.infer.ensemble = n;

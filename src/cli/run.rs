@@ -73,7 +73,7 @@ pub struct RunArgs {
     /// allows).
     #[arg(long, value_delimiter = ',')]
     emit: Option<Vec<String>>,
-    /// Average 1, 2 or 4 flipped views (overrides `infer.ensemble`).
+    /// Average 1, 2, 4 or 8 flipped (8: and transposed) views (overrides `infer.ensemble`).
     #[arg(long, value_parser = super::ensemble_arg)]
     ensemble: Option<usize>,
     /// Inpainting: a folder of mask images, one per input at the same relative path (or

@@ -22,7 +22,7 @@ pub struct InferConfig {
     /// Threads per CPU stage: decode, corrupt, normalise, post-process, encode
     /// (0 = one per core, at most 4).
     pub workers: usize,
-    /// Self-ensemble: 1 (off), 2 or 4 flipped views averaged (slower, slightly better).
+    /// Self-ensemble: 1 (off), 2, 4 or 8 flipped (8: and transposed) views averaged (slower, slightly better).
     pub ensemble: usize,
     /// Denoisers: blend output and input block by block where Stein's unbiased risk estimate
     /// says the model took detail for noise (one more model pass per frame).
@@ -65,11 +65,11 @@ impl InferConfig {
         )?;
         within("infer.max_wait_ms", self.max_wait_ms, 0, 60_000)?;
         within("infer.workers", self.workers, 0, MAX_WORKERS)?;
-        if ![1, 2, 4].contains(&self.ensemble) {
+        if ![1, 2, 4, 8].contains(&self.ensemble) {
             return Err(Invalid::new(
                 "infer.ensemble",
                 self.ensemble,
-                "must be 1, 2 or 4",
+                "must be 1, 2, 4 or 8",
             ));
         }
         if !(0.0..=255.0).contains(&self.noise_sigma) {

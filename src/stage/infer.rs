@@ -2,8 +2,9 @@
 //!
 //! Units of the same shape (all tiles, and equally sized whole frames) are stacked into one
 //! NHWC batch of at most `max_batch`; each batch is one forward pass. With `ensemble` > 1 each
-//! unit also runs flipped (left-right, up-down, both) and the un-flipped outputs are averaged:
-//! slower, and a little better, since the model's errors differ between orientations. With
+//! unit also runs flipped (left-right, up-down, both; with 8, each of those also transposed:
+//! the eight symmetries of the square) and the un-flipped outputs are averaged: slower, and a
+//! little better, since the model's errors differ between orientations. With
 //! `sure_blend` each unit also runs once on a slightly perturbed copy, which gives the model's
 //! divergence for the SURE-guided blend of output and input ([`super::sure`]).
 
@@ -24,7 +25,8 @@ pub struct RunOpts {
     pub max_batch: usize,
     /// Most pixels in one forward pass (memory bound); at least one unit always runs.
     pub max_batch_pixels: usize,
-    /// 1 (off), 2 (+ left-right flip) or 4 (+ up-down flip and both).
+    /// 1 (off), 2 (+ left-right flip), 4 (+ up-down flip and both) or 8 (+ the four
+    /// transposed).
     pub ensemble: usize,
     /// Denoisers: one more pass on a perturbed input, then the SURE-guided residual blend
     /// ([`super::sure`]).
@@ -60,9 +62,51 @@ fn flip(data: &[f32], w: usize, h: usize, lr: bool, ud: bool) -> Vec<f32> {
     out
 }
 
+/// Transposes an `h × w` plane (row-major) into `w × h`.
+fn transpose(data: &[f32], w: usize, h: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for (y, row) in data.chunks_exact(w).enumerate().take(h) {
+        for (x, &v) in row.iter().enumerate() {
+            out[x * h + y] = v;
+        }
+    }
+    out
+}
+
 const FLIPS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+/// The most views: the four flips, each also transposed.
+const MAX_VIEWS: usize = 2 * FLIPS.len();
 /// The work item that runs the un-flipped unit plus `EPS · probe` (for the SURE blend).
-const PERTURBED: usize = FLIPS.len();
+const PERTURBED: usize = MAX_VIEWS;
+
+/// View `v` of a `w × h` unit (`v < MAX_VIEWS`): transposed when `v ≥ 4`, then flipped by
+/// `FLIPS[v % 4]`. Its shape is `(h, w)` as rows × columns, swapped when transposed.
+fn view_shape(v: usize, uh: usize, uw: usize) -> (usize, usize) {
+    if v >= FLIPS.len() {
+        (uw, uh)
+    } else {
+        (uh, uw)
+    }
+}
+
+fn to_view(data: &[f32], v: usize, uw: usize, uh: usize) -> Vec<f32> {
+    let (lr, ud) = FLIPS[v % FLIPS.len()];
+    if v >= FLIPS.len() {
+        flip(&transpose(data, uw, uh), uh, uw, lr, ud)
+    } else {
+        flip(data, uw, uh, lr, ud)
+    }
+}
+
+/// The inverse of [`to_view`]: a view's output back in the unit's orientation.
+fn from_view(out: &[f32], v: usize, uw: usize, uh: usize) -> Vec<f32> {
+    let (lr, ud) = FLIPS[v % FLIPS.len()];
+    if v >= FLIPS.len() {
+        transpose(&flip(out, uh, uw, lr, ud), uh, uw)
+    } else {
+        flip(out, uw, uh, lr, ud)
+    }
+}
 
 /// The ±1 probe of a unit, seeded by where the unit lies in its plane, so that a frame gives
 /// the same output whatever else shares its batch. (Made twice per unit, for the perturbed
@@ -120,15 +164,22 @@ pub fn run_units_until(
     want_code: bool,
     give_up: &dyn Fn() -> bool,
 ) -> Result<Option<(Vec<Vec<f32>>, Vec<Option<Code>>)>> {
-    let views = opts.ensemble.clamp(1, 4);
+    let views = opts.ensemble.clamp(1, MAX_VIEWS);
     let mut codes: Vec<Option<Code>> = vec![None; units.len()];
-    // Work items: (unit index, flip), grouped by shape so each batch is one tensor.
+    // Work items: (unit index, view), grouped by the view's shape so each batch is one tensor
+    // (a transposed view of a non-square unit has the other shape). Within a shape a unit's
+    // plain view comes before its perturbed one.
     let mut by_shape: BTreeMap<(usize, usize), Vec<(usize, usize)>> = BTreeMap::new();
     for (i, u) in units.iter().enumerate() {
-        let entry = by_shape.entry((u.uh, u.uw)).or_default();
-        entry.extend((0..views).map(|v| (i, v)));
+        for v in 0..views {
+            let key = view_shape(v, u.uh, u.uw);
+            by_shape.entry(key).or_default().push((i, v));
+        }
         if opts.sure_blend {
-            entry.push((i, PERTURBED));
+            by_shape
+                .entry((u.uh, u.uw))
+                .or_default()
+                .push((i, PERTURBED));
         }
     }
     let mut outputs: Vec<Vec<f32>> = units.iter().map(|u| vec![0f32; u.uw * u.uh]).collect();
@@ -143,28 +194,28 @@ pub fn run_units_until(
     // (always later: a unit's views come before it in the work list), then the divergence.
     let mut plain: Vec<Vec<f32>> = vec![vec![]; units.len()];
     let mut div: Vec<Vec<f32>> = vec![vec![]; units.len()];
-    for ((uh, uw), items) in by_shape {
+    for ((vh, vw), items) in by_shape {
         let per_pass = opts
             .max_batch
-            .min(opts.max_batch_pixels / (uh * uw).max(1))
+            .min(opts.max_batch_pixels / (vh * vw).max(1))
             .max(1);
         for chunk in items.chunks(per_pass) {
             if give_up() {
                 return Ok(None);
             }
-            let mut data = Vec::with_capacity(chunk.len() * uh * uw);
+            let mut data = Vec::with_capacity(chunk.len() * vh * vw);
             for &(i, v) in chunk {
+                let u = &units[i];
                 if v == PERTURBED {
-                    let p = unit_probe(&units[i]);
-                    data.extend(units[i].data.iter().zip(p).map(|(a, b)| a + sure::EPS * b));
+                    let p = unit_probe(u);
+                    data.extend(u.data.iter().zip(p).map(|(a, b)| a + sure::EPS * b));
                 } else if v == 0 {
-                    data.extend_from_slice(&units[i].data);
+                    data.extend_from_slice(&u.data);
                 } else {
-                    let (lr, ud) = FLIPS[v];
-                    data.extend(flip(&units[i].data, uw, uh, lr, ud));
+                    data.extend(to_view(&u.data, v, u.uw, u.uh));
                 }
             }
-            let x = Tensor::from_vec(data, (chunk.len(), uh, uw, 1), model.device())?;
+            let x = Tensor::from_vec(data, (chunk.len(), vh, vw, 1), model.device())?;
             let o = model.run(&x, want_code)?;
             let y = o.image.flatten_all()?.to_vec1::<f32>()?;
             if let Some(c) = o.code {
@@ -181,7 +232,7 @@ pub fn run_units_until(
                 }
             }
             for (k, &(i, v)) in chunk.iter().enumerate() {
-                let out = &y[k * uh * uw..(k + 1) * uh * uw];
+                let out = &y[k * vh * vw..(k + 1) * vh * vw];
                 if v == PERTURBED {
                     let f = std::mem::take(&mut plain[i]);
                     if f.len() != out.len() {
@@ -195,11 +246,10 @@ pub fn run_units_until(
                 if v == 0 && opts.sure_blend {
                     plain[i] = out.to_vec();
                 }
-                let (lr, ud) = FLIPS[v];
                 let back = if v == 0 {
                     out.to_vec()
                 } else {
-                    flip(out, uw, uh, lr, ud)
+                    from_view(out, v, units[i].uw, units[i].uh)
                 };
                 for (acc, b) in outputs[i].iter_mut().zip(back) {
                     *acc += b / views as f32;
@@ -367,5 +417,56 @@ mod tests {
         }
         assert_eq!(&flip(&d, 4, 3, true, false)[..4], &[3.0, 2.0, 1.0, 0.0]);
         assert_eq!(&flip(&d, 4, 3, false, true)[..4], &[8.0, 9.0, 10.0, 11.0]);
+    }
+
+    /// Eight views are the four flips of the frame and the four flips of its transpose: on a
+    /// frame that is not square (its transposed views are batched apart), the 8-view output is
+    /// the mean of the 4-view outputs of the frame and of its transpose, transposed back.
+    #[test]
+    fn eight_views_average_the_frame_and_its_transpose() -> Result<()> {
+        let (cfg, model) = tiny_denoiser()?;
+        let plan = TilePlan::for_pipeline(&cfg, 4);
+        let (w, h) = (96, 64);
+        let plane: Vec<f32> = (0..w * h)
+            .map(|k| 0.5 + 0.3 * (k as f32 * 0.37).sin())
+            .collect();
+        let opts = |ensemble| RunOpts {
+            max_batch: 8,
+            max_batch_pixels: 1 << 20,
+            ensemble,
+            sure_blend: false,
+            noise_sigma: None,
+        };
+        let run = |p: &[f32], w, h, n| -> Result<Vec<f32>> {
+            let units = split(p, w, h, &plan);
+            Ok(merge(&units, &run_units(&model, &units, opts(n))?, w, h))
+        };
+        let eight = run(&plane, w, h, 8)?;
+        let four = run(&plane, w, h, 4)?;
+        let four_t = transpose(&run(&transpose(&plane, w, h), h, w, 4)?, h, w);
+        let worst = eight
+            .iter()
+            .zip(four.iter().zip(&four_t))
+            .map(|(e, (a, b))| (e - (a + b) / 2.0).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "8 views against the two 4-view runs: {worst}");
+        assert_ne!(four, four_t, "the transposed views differ");
+        Ok(())
+    }
+
+    #[test]
+    fn the_eight_views_are_distinct_and_undone() {
+        // A 4-wide, 3-high plane: transposed views are 3 wide and 4 high.
+        let d: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let views: Vec<Vec<f32>> = (0..MAX_VIEWS).map(|v| to_view(&d, v, 4, 3)).collect();
+        for (v, x) in views.iter().enumerate() {
+            assert_eq!(from_view(x, v, 4, 3), d, "view {v}");
+            for (u, y) in views.iter().enumerate().skip(v + 1) {
+                assert_ne!(x, y, "views {v} and {u}");
+            }
+        }
+        // View 4 is the plain transpose: its first row is the plane's first column.
+        assert_eq!(&views[4][..3], &[0.0, 4.0, 8.0]);
+        assert_eq!(view_shape(4, 3, 4), (4, 3));
     }
 }
