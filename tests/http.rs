@@ -200,8 +200,17 @@ fn requests_are_answered_and_bad_ones_get_clear_errors() {
     });
     assert_eq!(answers, vec![200; 16]);
 
-    // The status counts them and shows thumbnails of the last ones.
-    let s = request(port, "GET", "/v1/status", b"").json();
+    // The status counts them and shows thumbnails of the last ones. A reply leaves inside the
+    // sink's write and the frame is counted when the write returns, so a client can read the
+    // status between the two: wait (bounded) for the count to settle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = request(port, "GET", "/v1/status", b"").json();
+        if s["frames"]["out"] == 17 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(s["pipeline"], "denoise-fast");
     assert_eq!(s["frames"]["out"], 17, "{}", s["frames"]);
     // The truncated PNG failed in the pipeline (the others were refused at the door).
