@@ -14,7 +14,7 @@ pub mod web;
 
 use clap::ValueEnum;
 
-use aestream::config::{OutputKind, PipelineConfig};
+use aestream::config::{OutputKind, PipelineConfig, ENSEMBLE_SIZES};
 use aestream::frame::framing::Framing;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,7 +74,7 @@ pub fn parse_kinds(
 /// Parses `--ensemble`: 1, 2, 4 or 8 (a usage error otherwise, exit 2).
 pub fn ensemble_arg(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
-        Ok(n @ (1 | 2 | 4 | 8)) => Ok(n),
+        Ok(n) if ENSEMBLE_SIZES.contains(&n) => Ok(n),
         _ => Err(format!("must be 1, 2, 4 or 8, got {s:?}")),
     }
 }
@@ -84,7 +84,7 @@ pub fn with_ensemble(
     ensemble: Option<usize>,
 ) -> aestream::Result<PipelineConfig> {
     if let Some(n) = ensemble {
-        if ![1, 2, 4, 8].contains(&n) {
+        if !ENSEMBLE_SIZES.contains(&n) {
             return Err(aestream::Error::Config {
                 origin: "--ensemble".into(),
                 message: format!("must be 1, 2, 4 or 8, got {n}"),

@@ -8,6 +8,9 @@ use crate::model::Precision;
 
 /// Most threads per CPU stage: five stages run this many each.
 pub const MAX_WORKERS: usize = 64;
+/// The self-ensemble sizes there are: off, + left-right flip, all four flips, and the four
+/// flips each also transposed (`infer.ensemble`, `--ensemble`).
+pub const ENSEMBLE_SIZES: [usize; 4] = [1, 2, 4, 8];
 
 /// Where and how the model runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ impl InferConfig {
         )?;
         within("infer.max_wait_ms", self.max_wait_ms, 0, 60_000)?;
         within("infer.workers", self.workers, 0, MAX_WORKERS)?;
-        if ![1, 2, 4, 8].contains(&self.ensemble) {
+        if !ENSEMBLE_SIZES.contains(&self.ensemble) {
             return Err(Invalid::new(
                 "infer.ensemble",
                 self.ensemble,

@@ -34,7 +34,7 @@ pub use corrupt::CorruptConfig;
 pub use decode::DecodeConfig;
 pub use finetune::{FinetuneConfig, FinetuneTarget};
 pub use http::HttpConfig;
-pub use infer::InferConfig;
+pub use infer::{InferConfig, ENSEMBLE_SIZES};
 pub use instances::InstancesConfig;
 pub use model::{ModelConfig, ModelSection};
 pub use normalise::{ColourMode, NormaliseConfig, PadMode, Stretch};
