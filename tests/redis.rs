@@ -747,3 +747,116 @@ fn a_missing_or_relative_allowed_folder_is_refused_at_start() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("source.allow_paths"), "{err}");
 }
+
+/// Output names are taken byte for byte and from the file's path below the allowed folder:
+/// two cameras' `0001.png` get two outputs, and so do two ids that differ only in bytes that
+/// are not UTF-8. (They used to share one output, the second frame replacing the first.)
+#[test]
+fn frames_with_alike_names_get_their_own_outputs() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let inp = PathBuf::from(in_dir(t.path()));
+    let out = t.path().join("out");
+    let mut con = srv.con();
+    let mut sent = Vec::new();
+    for (i, cam) in ["cam1", "cam2"].iter().enumerate() {
+        let p = inp.join(cam).join("0001.png");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, png(24 + 8 * i, 16, i)).unwrap();
+        sent.push(p);
+    }
+    add_paths(
+        &mut con,
+        "frames",
+        &sent.iter().map(|p| (p.clone(), (0, 0))).collect::<Vec<_>>(),
+    );
+    for (i, id) in [&b"a\xff"[..], &b"a\xfe"[..]].iter().enumerate() {
+        let _: String = con
+            .xadd(
+                "frames",
+                "*",
+                &[("data", &png(40 + 8 * i, 16, 9)[..]), ("id", id)],
+            )
+            .unwrap();
+    }
+    let w = worker(
+        "denoise-fast",
+        &srv,
+        "w",
+        out.to_str().unwrap(),
+        t.path().join("w.log"),
+        &["--allow-path", inp.to_str().unwrap()],
+    );
+    let mut con = srv.con();
+    assert!(
+        wait_until(Duration::from_secs(60), || total_pending(
+            &mut con, "frames"
+        ) == 0
+            && std::fs::read_dir(&out).map_or(0, |d| d.count()) == 4),
+        "{}",
+        w.log()
+    );
+    assert!(results(&mut con, "frames:dead").is_empty(), "{}", w.log());
+    let width = |name: &str| common::read(&out.join(name)).width;
+    assert_eq!(width("cam1%2F0001.png.png"), 24);
+    assert_eq!(width("cam2%2F0001.png.png"), 32);
+    assert_eq!(width("a%FF.png"), 40);
+    assert_eq!(width("a%FE.png"), 48);
+}
+
+/// A worker restarted under its own consumer name reads its pending entries once: one whose
+/// file is not there yet waits for the takeover after `claim_idle_ms`, and is done once the
+/// file comes, instead of being read again at once until `max_deliveries` dead-letters it.
+#[test]
+fn a_pending_entry_put_off_at_restart_waits_for_its_file() {
+    let srv = RedisServer::start(false);
+    let t = tempfile::tempdir().unwrap();
+    let inp = PathBuf::from(in_dir(t.path()));
+    let p = pipeline(t.path(), "claim_idle_ms = 1000\nmax_deliveries = 50");
+    let late = inp.join("late.png");
+    let mut con = srv.con();
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "frames", "aestream", "$", "MKSTREAM"])
+        .query(&mut con)
+        .unwrap();
+    let _: String = con
+        .xadd("frames", "*", &[("path", late.to_str().unwrap())])
+        .unwrap();
+    // Read by consumer `w`, which then died: the entry is `w`'s own pending entry.
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP", "aestream", "w", "COUNT", "1", "STREAMS", "frames", ">",
+        ])
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(pending(&mut con, "frames").get("w"), Some(&1));
+    let out = t.path().join("out");
+    let w = worker(
+        p.to_str().unwrap(),
+        &srv,
+        "w",
+        out.to_str().unwrap(),
+        t.path().join("w.log"),
+        &["--allow-path", inp.to_str().unwrap()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || w
+            .log()
+            .contains("it will be retried")),
+        "{}",
+        w.log()
+    );
+    let tmp = inp.join(".late.png.part");
+    std::fs::write(&tmp, png(40, 24, 3)).unwrap();
+    std::fs::rename(&tmp, &late).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || out
+            .join("late.png.png")
+            .exists()),
+        "dead: {:?}\n{}",
+        results(&mut con, "frames:dead"),
+        w.log()
+    );
+    assert!(results(&mut con, "frames:dead").is_empty());
+    assert_eq!(common::read(&out.join("late.png.png")).width, 40);
+}

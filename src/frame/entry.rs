@@ -21,10 +21,14 @@ pub struct Entry {
     pub origin: Arc<QueueOrigin>,
     /// The engine's id for the entry (Redis: `1700000000000-0`).
     pub id: String,
-    /// The frame's name, for output file names: its `id` field, else its path's file name, else
-    /// the entry id; escaped by [`safe_name`], so it is a file name and two raw names never
-    /// share one.
+    /// The frame's name, for output file names: its `id` field, else its file's path below
+    /// the allowed folder, else the entry id; escaped by [`safe_name`], so it is a file name
+    /// and two raw names never share one.
     pub name: String,
+    /// What `name` was made from, byte for byte: two frames with the same source are one frame
+    /// (delivered again, or retried by its producer) and share an output; two with different
+    /// sources never may, even if their names came out equal (see the folder sink).
+    pub named_by: NameSource,
     /// The shared-storage path the entry referred to, if it carried one.
     pub path: Option<PathBuf>,
     /// How many times the queue has delivered it (1 the first time).
@@ -38,6 +42,27 @@ impl std::fmt::Display for Entry {
             "{}/{} entry {} ({})",
             self.origin.server, self.origin.stream, self.id, self.name
         )
+    }
+}
+
+/// What an entry's output name was made from (its identity as far as naming goes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NameSource {
+    /// The entry's `id` field, as sent (not necessarily UTF-8).
+    Id(Vec<u8>),
+    /// The file a `path` entry named, as resolved (two spellings of one file are one frame).
+    Path(PathBuf),
+    /// The queue's own id for the entry (it had neither an `id` nor a readable `path`).
+    EntryId(String),
+}
+
+impl std::fmt::Display for NameSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NameSource::Id(b) => write!(f, "entry with id {:?}", String::from_utf8_lossy(b)),
+            NameSource::Path(p) => write!(f, "entry for {}", p.display()),
+            NameSource::EntryId(id) => write!(f, "entry {id}"),
+        }
     }
 }
 

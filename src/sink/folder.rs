@@ -3,9 +3,10 @@
 //! entry `cam1.000040` → `cam1.000040.png`), written to a temporary file in the same folder and
 //! renamed into place, so no reader ever sees a partial file.
 //!
-//! No rule can rule out every clash (a 64-bit hash collision of two long queue names, a bug),
-//! so the sink also remembers which input each output of this run was written for, and fails a
-//! frame whose output another input already wrote, naming both, instead of overwriting it.
+//! No rule can rule out every clash (a 64-bit hash collision of two long queue names, two
+//! allowed folders holding the same relative path, a bug), so the sink also remembers which
+//! input each output of this run was written for, and fails a frame whose output another input
+//! already wrote, naming both, instead of overwriting it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use super::{Output, Payload, Sink};
 use crate::config::OutputKind;
 use crate::error::{Error, Result};
+use crate::frame::entry::NameSource;
 use crate::frame::names::{file_base, with_extension};
 use crate::frame::FrameId;
 use crate::runtime::write_atomic;
@@ -23,7 +25,8 @@ use crate::runtime::write_atomic;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Owner {
     File(PathBuf),
-    Entry(String),
+    /// What the entry was named from (not its escaped name, which two entries may share).
+    Entry(NameSource),
     Stream(u64),
     Request(u64),
 }
@@ -32,7 +35,7 @@ impl Owner {
     fn of(id: &FrameId) -> Self {
         match id {
             FrameId::File { rel, .. } => Owner::File(rel.clone()),
-            FrameId::Entry(e) => Owner::Entry(e.name.clone()),
+            FrameId::Entry(e) => Owner::Entry(e.named_by.clone()),
             FrameId::Stream { seq, .. } => Owner::Stream(*seq),
             FrameId::Request { n } => Owner::Request(*n),
         }
@@ -43,7 +46,7 @@ impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Owner::File(rel) => write!(f, "input {}", rel.display()),
-            Owner::Entry(name) => write!(f, "entry named {name}"),
+            Owner::Entry(source) => write!(f, "{source}"),
             Owner::Stream(seq) => write!(f, "stdin frame {seq}"),
             Owner::Request(n) => write!(f, "HTTP request {n}"),
         }
@@ -219,6 +222,7 @@ mod tests {
             }),
             id: "1-0".into(),
             name: safe_name(raw),
+            named_by: NameSource::Id(raw.as_bytes().to_vec()),
             path: None,
             deliveries: 1,
         })
@@ -246,11 +250,51 @@ mod tests {
         assert!(latent.ends_with("latent/china.npy"), "{}", latent.display());
     }
 
+    /// An entry named `name`, made from `source`.
+    fn named(name: &str, source: NameSource) -> Output {
+        let FrameId::Entry(mut e) = entry(name) else {
+            unreachable!()
+        };
+        e.named_by = source;
+        Output {
+            seq: 0,
+            id: FrameId::Entry(e),
+            version: crate::model::version::ModelVersion::finetuned("p", 1, 0),
+            files: vec![(
+                OutputKind::Denoised,
+                Payload::Bytes(name.as_bytes().to_vec()),
+            )],
+        }
+    }
+
+    #[test]
+    fn entries_with_one_name_from_two_sources_do_not_share_an_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = FolderSink::new(tmp.path()).unwrap();
+        let cam = |c: &str| NameSource::Path(format!("/in/{c}/0001.png").into());
+        sink.write(named("x", cam("cam1"))).unwrap();
+        // Delivered again: its own output, replaced.
+        sink.write(named("x", cam("cam1"))).unwrap();
+        let e = sink.write(named("x", cam("cam2"))).unwrap_err().to_string();
+        assert!(
+            e.contains("/in/cam1/0001.png") && e.contains("not overwritten"),
+            "{e}"
+        );
+        let e = sink
+            .write(named("x", NameSource::Id(b"x\xff".to_vec())))
+            .unwrap_err();
+        assert!(matches!(e, Error::FrameFailed(_)), "{e}");
+        assert_eq!(std::fs::read(tmp.path().join("x.png")).unwrap(), b"x");
+    }
+
     #[test]
     fn an_output_of_another_input_is_never_overwritten() {
         let mut owners = Owners::default();
         let p = Path::new("/out/x.png");
-        let (a, b) = (Owner::File("x.png".into()), Owner::Entry("x".into()));
+        let (a, b) = (
+            Owner::File("x.png".into()),
+            Owner::Entry(NameSource::Id(b"x".to_vec())),
+        );
         assert_eq!(owners.claim(p, &a), None);
         // The same input again (changed and taken again, or re-delivered): its own output.
         assert_eq!(owners.claim(p, &a), None);

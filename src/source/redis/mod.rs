@@ -17,6 +17,7 @@
 //! - A lost server is retried with backoff; meanwhile `/readyz` says not ready.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ pub use settle::RedisSettler;
 use super::{Completion, Intake, RawFrame, Source};
 use crate::config::QueueSourceConfig;
 use crate::error::{Error, Result};
-use crate::frame::entry::{safe_name, Entry, QueueOrigin};
+use crate::frame::entry::{safe_name, Entry, NameSource, QueueOrigin};
 use crate::frame::FrameId;
 use crate::runtime::Stop;
 use crate::runtime::Telemetry;
@@ -198,19 +199,27 @@ impl RedisSource {
     }
 
     /// Hands an entry to the pipeline, or dead-letters it; false when the pipeline is gone.
-    fn deliver(&mut self, e: StreamId, deliveries: u64, intake: &Intake) -> bool {
-        let field = |k: &str| e.map.get(k).and_then(bytes_of);
-        let id_field = field("id").map(|b| String::from_utf8_lossy(&b).into_owned());
-        let path = field("path").map(|b| PathBuf::from(String::from_utf8_lossy(&b).as_ref()));
-        let name = safe_name(
-            id_field
-                .as_deref()
-                .or(path
-                    .as_ref()
-                    .and_then(|p| p.file_name())
-                    .and_then(|n| n.to_str()))
-                .unwrap_or(&e.id),
-        );
+    fn deliver(&mut self, mut e: StreamId, deliveries: u64, intake: &Intake) -> bool {
+        // Fields are moved out, not copied: inline data may be large.
+        let mut field = |k: &str| e.map.remove(k).and_then(bytes_of);
+        // Names and paths are taken byte for byte: a lossy UTF-8 reading would give two ids
+        // that differ only in invalid bytes one name, and so one output.
+        let path = field("path").map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)));
+        let (name, named_by) = match (field("id"), &path) {
+            (Some(id), _) => (safe_name(&id), NameSource::Id(id)),
+            (None, Some(p)) => match self.files.name_of(p) {
+                Some((real, rel)) => (
+                    safe_name(rel.as_os_str().as_bytes()),
+                    NameSource::Path(real),
+                ),
+                // Not readable (yet): named for its messages only, as it will not be written.
+                None => (
+                    safe_name(p.file_name().map_or(&[][..], |n| n.as_bytes())),
+                    NameSource::Path(p.clone()),
+                ),
+            },
+            (None, None) => (safe_name(&e.id), NameSource::EntryId(e.id.clone())),
+        };
         if deliveries > self.cfg.max_deliveries {
             let why = match self.settler.take_error(&e.id) {
                 Some(last) => format!(
@@ -264,6 +273,7 @@ impl RedisSource {
                 origin: self.origin.clone(),
                 id: e.id,
                 name,
+                named_by,
                 path,
                 deliveries,
             }),
@@ -273,12 +283,19 @@ impl RedisSource {
         intake.send(frame)
     }
 
-    /// Reads up to `n` entries: our own pending ones first (id `0`), then new ones (`>`).
+    /// Reads up to `n` entries: our own pending ones first, then new ones (`>`).
+    ///
+    /// `own_pending` is the pass over our own pending entries (a restart under the same
+    /// consumer name): the id after which to read (`0` at first), `None` once it is done. It
+    /// moves on past each entry returned, so each is read once: Redis counts every read of a
+    /// pending entry as a delivery, and one put off for now (its file not there yet) must wait
+    /// for XAUTOCLAIM after `claim_idle`, not be read again at once until `max_deliveries`
+    /// sends it to the dead letters.
     fn read(
         &mut self,
         conn: &mut Conn,
         n: usize,
-        own_pending: &mut bool,
+        own_pending: &mut Option<String>,
     ) -> RedisResult<Vec<(StreamId, u64)>> {
         let (stream, group, consumer) = (
             self.origin.stream.clone(),
@@ -286,7 +303,8 @@ impl RedisSource {
             self.cfg.consumer.clone(),
         );
         let block = self.cfg.block.as_millis() as u64;
-        let pending = *own_pending;
+        let after = own_pending.clone();
+        let pending = after.is_some();
         let reply: Option<StreamReadReply> = conn.call(|c| {
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
@@ -299,21 +317,19 @@ impl RedisSource {
             }
             cmd.arg("STREAMS")
                 .arg(&stream)
-                .arg(if pending { "0" } else { ">" });
+                .arg(after.as_deref().unwrap_or(">"));
             cmd.query(c)
         })?;
         let entries: Vec<StreamId> = reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
             .unwrap_or_default();
         if pending {
+            *own_pending = entries.last().map(|e| e.id.clone());
             // Entries already in our pipeline are not read again.
             let entries: Vec<StreamId> = entries
                 .into_iter()
                 .filter(|e| !self.settler.is_in_flight(&e.id))
                 .collect();
-            if entries.is_empty() {
-                *own_pending = false;
-            }
             return self.with_deliveries(conn, entries);
         }
         Ok(entries.into_iter().map(|e| (e, 1)).collect())
@@ -422,10 +438,10 @@ impl RedisSource {
 }
 
 /// A field's bytes (Redis returns strings as bulk strings).
-fn bytes_of(v: &Value) -> Option<Vec<u8>> {
+fn bytes_of(v: Value) -> Option<Vec<u8>> {
     match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
         Value::Int(i) => Some(i.to_string().into_bytes()),
         _ => None,
     }
@@ -446,7 +462,7 @@ impl Source for RedisSource {
         )?;
         let mut backoff = Backoff::default();
         let mut group_ready = false;
-        let mut own_pending = true;
+        let mut own_pending = Some("0".to_string());
         let claim_every = (self.cfg.claim_idle / 2).max(Duration::from_millis(100));
         let fresh_every = (self.cfg.claim_idle / 3).max(Duration::from_millis(100));
         let (mut last_claim, mut last_fresh, mut last_info) =

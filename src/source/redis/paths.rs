@@ -115,6 +115,20 @@ impl AllowedRoots {
         Err(PathRefused::Outside)
     }
 
+    /// Where the file `p` names lies, if under a root: its real path, and that path below the
+    /// outermost root holding it (what its outputs are named by: `ROOT/cam1/0001.png` is
+    /// `cam1/0001.png`, so two cameras' `0001.png` get two outputs).
+    pub fn name_of(&self, p: &Path) -> Option<(PathBuf, PathBuf)> {
+        let real = self.resolve(p).ok()?;
+        let root = self
+            .roots
+            .iter()
+            .filter(|r| real.starts_with(r))
+            .min_by_key(|r| r.components().count())?;
+        let rel = real.strip_prefix(root).ok()?.to_path_buf();
+        Some((real, rel))
+    }
+
     /// Reads the file `p` names if it lies under a root, is a regular file and is at most
     /// `cap` bytes.
     pub fn read(&self, p: &Path, cap: u64) -> Result<Vec<u8>, PathRefused> {
@@ -208,6 +222,20 @@ mod tests {
         ] {
             assert_eq!(outcome(&roots, Path::new(p)), outside, "{p}");
         }
+    }
+
+    #[test]
+    fn files_are_named_below_the_outermost_root() {
+        let (_t, base, _) = tree();
+        let roots = AllowedRoots::new(&[base.join("in/sub"), base.join("in")]).unwrap();
+        let rel = |p: &str| roots.name_of(&base.join(p)).map(|(_, r)| r);
+        assert_eq!(rel("in/a.png"), Some("a.png".into()));
+        assert_eq!(rel("in/sub/b.png"), Some("sub/b.png".into()));
+        // Two spellings of one file are one name; outside or missing files have none.
+        assert_eq!(rel("in/alias.png"), Some("a.png".into()));
+        assert_eq!(rel("in/sub/../a.png"), Some("a.png".into()));
+        assert_eq!(rel("in/leak.png"), None);
+        assert_eq!(rel("in/later.png"), None);
     }
 
     #[test]
