@@ -850,6 +850,89 @@ fn done_moves_finished_inputs_and_json_logs_parse() {
     }
 }
 
+/// `--done` never replaces a file: a second run whose inputs have the names of the first's
+/// moves them to `NAME.1`, keeping the first ones. `--done` that is the input or the output
+/// folder is refused before anything moves.
+#[test]
+fn done_keeps_both_of_two_same_names_and_refuses_the_output_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let (input, out, done) = (
+        t.path().join("in"),
+        t.path().join("out"),
+        t.path().join("done"),
+    );
+    let run = |done: &Path| {
+        bin()
+            .args(["run", "denoise-fast", "--once"])
+            .args(["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .args(["--done", done.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    for round in 0..2 {
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::write(input.join("a.png"), png(24 + 8 * round, 16, round)).unwrap();
+        let r = run(&done);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert_eq!(read(&done.join("a.png")).width, 24);
+    assert_eq!(read(&done.join("a.png.1")).width, 32);
+    assert_eq!(read(&out.join("a.png")).width, 32);
+    for folder in [&out, &input] {
+        std::fs::write(input.join("b.png"), png(24, 16, 3)).unwrap();
+        let r = run(folder);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{err}");
+        assert!(err.contains("--done") && err.contains("finished inputs must go elsewhere"));
+        assert!(input.join("b.png").exists() && !out.join("b.png").exists());
+    }
+}
+
+/// A `--quarantine` folder inside a recursively watched input is left out of the input even
+/// though it does not exist at start: a bad file set aside there is not taken again (it was,
+/// moving deeper, `rejected/rejected/…`, until its name was too long).
+#[test]
+fn a_quarantine_inside_a_recursive_input_is_not_read() {
+    let t = tempfile::tempdir().unwrap();
+    let (input, out) = (t.path().join("in"), t.path().join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let q = input.join("rejected");
+    let mut d = Daemon::start(
+        &[
+            "denoise-fast",
+            "--recursive",
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--quarantine",
+            q.to_str().unwrap(),
+            // A file linked into the quarantine would be taken at its event, not 2 s later.
+            "--quiet-ms",
+            "0",
+        ],
+        t.path().join("d.log"),
+        &[],
+    );
+    rename_in(&input, "bad.png", b"not an image at all");
+    assert!(
+        wait_until(Duration::from_secs(60), || q.join("bad.png").exists()),
+        "{}",
+        d.log()
+    );
+    // A frame after it: by the time it is out, a re-take of rejected/bad.png was seen.
+    rename_in(&input, "good.png", &png(24, 16, 1));
+    assert!(wait_until(Duration::from_secs(60), || out
+        .join("good.png")
+        .exists()));
+    signal(&d.child, "TERM");
+    let st = wait_exit(&mut d.child, Duration::from_secs(30)).expect("exits");
+    assert!(st.success(), "{}", d.log());
+    assert!(!q.join("rejected").exists(), "{:?}", tree(&q));
+    // Two frames in: bad.png and good.png, nothing from the quarantine.
+    assert!(d.log().contains("done: 2 frames in"), "{}", d.log());
+}
+
 /// Fine-tuning under `kill -9`: killed repeatedly while it writes checkpoints (every round
 /// swaps, so it writes all the time), each restart serves the newest complete checkpoint and
 /// resumes its step count; every frame still gets exactly one output.

@@ -53,29 +53,45 @@ impl std::fmt::Display for Owner {
     }
 }
 
-/// Outputs of this run and their inputs, in two generations of at most [`Owners::GENERATION`]
-/// each, so a daemon that runs for months holds a bounded map (a few tens of MB at most) and
-/// still checks every output against at least the last 65,536 written.
+/// Outputs of this run, with the input and the frame (its sequence number) each was last
+/// written for, in two generations of at most [`Owners::GENERATION`] each, so a daemon that
+/// runs for months holds a bounded map (a few tens of MB at most) and still checks every
+/// output against at least the last 65,536 written.
 #[derive(Debug, Default)]
 struct Owners {
-    current: HashMap<PathBuf, Owner>,
-    previous: HashMap<PathBuf, Owner>,
+    current: HashMap<PathBuf, (Owner, u64)>,
+    previous: HashMap<PathBuf, (Owner, u64)>,
+}
+
+/// What [`Owners::claim`] found.
+#[derive(Debug, PartialEq)]
+enum Claim {
+    /// Free, or this input's own output: write it.
+    Mine,
+    /// This input's output from a later frame is there already: the input was taken again
+    /// after it changed, and the newer frame overtook this one on the parallel stages.
+    Stale,
+    /// Another input's output.
+    Other(Owner),
 }
 
 impl Owners {
     const GENERATION: usize = 1 << 16;
 
-    /// The other input that `path` was written for, if any; otherwise notes `owner` as its.
-    fn claim(&mut self, path: &Path, owner: &Owner) -> Option<Owner> {
+    /// Whether frame `seq` of `owner` may write `path`; if so, notes it as the path's writer.
+    fn claim(&mut self, path: &Path, owner: &Owner, seq: u64) -> Claim {
         let known = self.current.get(path).or_else(|| self.previous.get(path));
-        if let Some(other) = known.filter(|o| *o != owner) {
-            return Some(other.clone());
+        match known {
+            Some((other, _)) if other != owner => return Claim::Other(other.clone()),
+            Some((_, last)) if *last > seq => return Claim::Stale,
+            _ => {}
         }
         if self.current.len() >= Self::GENERATION {
             self.previous = std::mem::take(&mut self.current);
         }
-        self.current.insert(path.to_path_buf(), owner.clone());
-        None
+        self.current
+            .insert(path.to_path_buf(), (owner.clone(), seq));
+        Claim::Mine
     }
 }
 
@@ -157,13 +173,25 @@ impl Sink for FolderSink {
         let owner = Owner::of(&out.id);
         for (kind, payload) in &out.files {
             let path = self.target(&out.id, *kind);
-            if let Some(other) = self.owners.claim(&path, &owner) {
-                return Err(Error::FrameFailed(format!(
-                    "{}: its output {} was already written for {other} in this run; two \
-                     inputs may not share one output, so it is not overwritten",
-                    out.id,
-                    path.display()
-                )));
+            match self.owners.claim(&path, &owner, out.seq) {
+                Claim::Mine => {}
+                Claim::Other(other) => {
+                    return Err(Error::FrameFailed(format!(
+                        "{}: its output {} was already written for {other} in this run; two \
+                         inputs may not share one output, so it is not overwritten",
+                        out.id,
+                        path.display()
+                    )))
+                }
+                Claim::Stale => {
+                    // Not an error: the newer result stands, and this one is finished.
+                    tracing::info!(
+                        "{}: the result of a newer version of this input is written already; \
+                         this older one is not written over it",
+                        out.id
+                    );
+                    return Ok(());
+                }
             }
             let npy;
             let bytes = match payload {
@@ -295,17 +323,38 @@ mod tests {
             Owner::File("x.png".into()),
             Owner::Entry(NameSource::Id(b"x".to_vec())),
         );
-        assert_eq!(owners.claim(p, &a), None);
+        assert_eq!(owners.claim(p, &a, 1), Claim::Mine);
         // The same input again (changed and taken again, or re-delivered): its own output.
-        assert_eq!(owners.claim(p, &a), None);
-        assert_eq!(owners.claim(p, &b), Some(a.clone()));
+        assert_eq!(owners.claim(p, &a, 5), Claim::Mine);
+        // ... unless the frame is older than the one that wrote it last.
+        assert_eq!(owners.claim(p, &a, 3), Claim::Stale);
+        assert_eq!(owners.claim(p, &b, 6), Claim::Other(a.clone()));
         // Still known after a generation turns over.
         for i in 0..Owners::GENERATION {
             owners
                 .current
-                .insert(PathBuf::from(i.to_string()), b.clone());
+                .insert(PathBuf::from(i.to_string()), (b.clone(), 0));
         }
-        assert_eq!(owners.claim(Path::new("/out/y.png"), &b), None);
-        assert_eq!(owners.claim(p, &b), Some(a));
+        assert_eq!(owners.claim(Path::new("/out/y.png"), &b, 7), Claim::Mine);
+        assert_eq!(owners.claim(p, &b, 8), Claim::Other(a.clone()));
+        assert_eq!(owners.claim(p, &a, 4), Claim::Stale);
+    }
+
+    #[test]
+    fn an_older_version_of_an_input_does_not_overwrite_the_newer_result() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = FolderSink::new(tmp.path()).unwrap();
+        let version = |seq: u64, bytes: &[u8]| Output {
+            seq,
+            id: file("latest.png"),
+            version: crate::model::version::ModelVersion::finetuned("p", 1, 0),
+            files: vec![(OutputKind::Denoised, Payload::Bytes(bytes.to_vec()))],
+        };
+        // Version 2 (taken later) overtook version 1 on the parallel stages.
+        sink.write(version(2, b"v2")).unwrap();
+        sink.write(version(1, b"v1")).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("latest.png")).unwrap(), b"v2");
+        sink.write(version(3, b"v3")).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("latest.png")).unwrap(), b"v3");
     }
 }

@@ -40,10 +40,35 @@ pub(super) fn source(
         exclude.push(out.clone());
     }
     if let Some(q) = &quarantine {
+        // A folder given is made now, so that it can be left out of the input even when it
+        // lies inside it (`--recursive --quarantine IN/rejected`): one that does not exist yet
+        // cannot be resolved, and set-aside files would be taken again from it. (The default,
+        // `.failed`, is a dot-folder: never read, and made only when needed.)
+        if a.quarantine.is_some() {
+            std::fs::create_dir_all(q.dir())
+                .with_context(|| format!("--quarantine {}", q.dir().display()))?;
+        }
         exclude.push(q.dir().to_path_buf());
     }
     if let Some(d) = &a.done {
         std::fs::create_dir_all(d).with_context(|| format!("--done {}", d.display()))?;
+        let real = |p: &Path| std::fs::canonicalize(p).ok();
+        let output = match a.output() {
+            Endpoint::Folder(out) => real(out),
+            _ => None,
+        };
+        for (what, other) in [("the input", real(input)), ("the output", output)] {
+            if other.is_some() && other == real(d) {
+                return Err(aestream::Error::Config {
+                    origin: "--done".into(),
+                    message: format!(
+                        "{} is {what} folder; finished inputs must go elsewhere",
+                        d.display()
+                    ),
+                }
+                .into());
+            }
+        }
         exclude.push(d.clone());
     }
     let src_cfg = FolderSourceConfig {

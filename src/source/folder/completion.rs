@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::journal::Journal;
-use super::quarantine::Quarantine;
+use super::quarantine::{move_to_free_name, Quarantine};
 use super::retry::Retries;
 use crate::error::Result;
 use crate::frame::{FileStamp, FrameId};
@@ -48,14 +48,34 @@ impl Completion for FolderCompletion {
             j.record(rel, stamp, &version.to_string())?;
         }
         if let Some(done) = &self.done_dir {
+            // Only the file that was read: one replaced since (a newer version, perhaps still
+            // waiting for its quiet period) is left for its own turn.
+            if changed_since_read(abs, stamp) {
+                tracing::info!(
+                    "{}: changed since it was read; left in place for --done",
+                    abs.display()
+                );
+                return Ok(());
+            }
+            // Never over a file already there (an earlier input of the same name): that one
+            // keeps its name and this one gets a number, `NAME.1`, as in quarantine.
             let to = done.join(rel);
             let moved = to
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|_| std::fs::rename(abs, &to));
+                .and_then(|_| move_to_free_name(abs, &to));
             // A failed move leaves the input where it was; the journal still marks it finished.
-            if let Err(e) = moved {
-                tracing::warn!("{}: cannot move to {}: {e}", abs.display(), to.display());
+            match moved {
+                Ok(at) if at != to => tracing::info!(
+                    "{}: moved to {} ({} is taken)",
+                    abs.display(),
+                    at.display(),
+                    to.display()
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("{}: cannot move to {}: {e}", abs.display(), to.display())
+                }
             }
         }
         Ok(())
@@ -72,15 +92,17 @@ impl Completion for FolderCompletion {
             );
             return SetAside::Retaken;
         }
-        if let Some(j) = &self.journal {
-            // Its history ends here: put back, it starts afresh.
-            if let Err(e) = j.cleared(rel, &stamp.hash) {
-                tracing::error!("{}: {e}", abs.display());
-            }
-        }
         match q.put(abs, rel, error) {
             Ok(to) => {
                 tracing::warn!("{}: moved to {}", abs.display(), to.display());
+                // Its history ends here: put back, it starts afresh. (Not before the move: a
+                // file that could not be set aside keeps its marks, so one that ends the
+                // process is still caught.)
+                if let Some(j) = &self.journal {
+                    if let Err(e) = j.cleared(rel, &stamp.hash) {
+                        tracing::error!("{}: {e}", abs.display());
+                    }
+                }
                 SetAside::Quarantined(to)
             }
             Err(e) => {
@@ -140,5 +162,87 @@ impl Completion for FolderCompletion {
                 tracing::error!("{e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::source::Completion;
+
+    /// `rel` in `dir` written with `bytes`, as the source would name it.
+    fn file(dir: &Path, rel: &str, bytes: &[u8]) -> FrameId {
+        let abs = dir.join(rel);
+        std::fs::write(&abs, bytes).unwrap();
+        let mut stamp = FileStamp::of(&std::fs::metadata(&abs).unwrap());
+        stamp.hash = FileStamp::hash_of(bytes);
+        FrameId::File {
+            rel: rel.into(),
+            abs,
+            stamp,
+        }
+    }
+
+    fn version() -> ModelVersion {
+        ModelVersion::finetuned("p", 1, 0)
+    }
+
+    #[test]
+    fn done_moves_never_replace_and_leave_a_replaced_input_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let (inp, done) = (t.path().join("in"), t.path().join("done"));
+        std::fs::create_dir_all(&inp).unwrap();
+        let c = FolderCompletion {
+            done_dir: Some(done.clone()),
+            ..FolderCompletion::default()
+        };
+        c.done(&file(&inp, "a.png", b"one"), &version(), false)
+            .unwrap();
+        // A new a.png, finished too: the first keeps its place, this one gets a number.
+        c.done(&file(&inp, "a.png", b"two!"), &version(), false)
+            .unwrap();
+        assert_eq!(std::fs::read(done.join("a.png")).unwrap(), b"one");
+        assert_eq!(std::fs::read(done.join("a.png.1")).unwrap(), b"two!");
+        // Replaced by a newer version after it was read: the newer one stays for its turn.
+        let old = file(&inp, "b.png", b"old");
+        std::fs::write(inp.join("b.png"), b"newer").unwrap();
+        c.done(&old, &version(), false).unwrap();
+        assert_eq!(std::fs::read(inp.join("b.png")).unwrap(), b"newer");
+        assert!(!done.join("b.png").exists());
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_set_aside_keeps_its_crash_marks() {
+        let t = tempfile::tempdir().unwrap();
+        let (inp, state) = (t.path().join("in"), t.path().join("state"));
+        std::fs::create_dir_all(&inp).unwrap();
+        // A quarantine "folder" that is a file: every move into it fails.
+        let q = t.path().join("q");
+        std::fs::write(&q, b"in the way").unwrap();
+        let id = file(&inp, "bad.png", b"junk");
+        let FrameId::File { rel, stamp, .. } = &id else {
+            unreachable!()
+        };
+        // The run before ended (kill -9) while bad.png was in progress.
+        Journal::open(&state, "p", "v")
+            .unwrap()
+            .begun(rel, &stamp.hash)
+            .unwrap();
+        let j = Arc::new(Journal::open(&state, "p", "v").unwrap());
+        let c = FolderCompletion {
+            journal: Some(j.clone()),
+            quarantine: Some(Quarantine::new(q)),
+            ..FolderCompletion::default()
+        };
+        c.begun(&id);
+        assert!(matches!(
+            c.rejected(&id, "not an image"),
+            SetAside::Reported
+        ));
+        c.ended(&id);
+        assert!(inp.join("bad.png").exists());
+        assert_eq!(j.history(rel, &stamp.hash).crashes(), 1);
     }
 }

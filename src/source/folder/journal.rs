@@ -56,8 +56,23 @@ pub struct Journal {
     in_flight: Mutex<HashMap<String, String>>,
 }
 
+/// The journal's name for `rel`: the path itself when it is UTF-8; otherwise a NUL (never part
+/// of a path, so no UTF-8 path reads the same) and the path's bytes in hex. A lossy reading
+/// would give `caf\xe9.pgm` and `caf\xe8.pgm` one key, and so one record for two files.
 fn key(rel: &Path) -> String {
-    rel.to_string_lossy().into_owned()
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    match rel.to_str() {
+        Some(s) => s.to_string(),
+        None => rel
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .fold(String::from("\0"), |mut k, b| {
+                let _ = write!(k, "{b:02x}");
+                k
+            }),
+    }
 }
 
 impl Journal {
@@ -421,6 +436,26 @@ mod tests {
             mtime_ns: 7,
             hash: hash.into(),
         }
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_keep_records_of_their_own() -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let name = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+        let (e9, e8) = (name(b"caf\xe9.pgm"), name(b"caf\xe8.pgm"));
+        {
+            let j = Journal::open(dir.path(), "p", "v1")?;
+            j.record(&e9, &stamp(10, "aa"), "v1")?;
+            assert!(!j.is_done(&e8, &stamp(10, "aa")));
+            assert!(!j.is_done(&name("caf\u{FFFD}.pgm".as_bytes()), &stamp(10, "aa")));
+        }
+        let j = Journal::open(dir.path(), "p", "v1")?;
+        assert!(j.is_done(&e9, &stamp(10, "")));
+        assert!(!j.is_done(&e8, &stamp(10, "")));
+        j.record(&e8, &stamp(10, "bb"), "v1")?;
+        assert_eq!(j.len(), 2);
+        Ok(())
     }
 
     #[test]

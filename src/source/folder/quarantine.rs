@@ -72,6 +72,18 @@ fn create_first_free(
     }
 }
 
+/// Moves `from` to `first`, or if that is taken to `first.1`, `first.2`, … (the first free
+/// name); never replaces a file. Returns where it went. (Also `--done`'s move.)
+pub(super) fn move_to_free_name(from: &Path, first: &Path) -> std::io::Result<PathBuf> {
+    create_first_free(
+        |to| move_new(from, to),
+        |n| match n {
+            0 => first.to_path_buf(),
+            n => appended(first, &format!(".{n}")),
+        },
+    )
+}
+
 impl Quarantine {
     pub fn new(dir: PathBuf) -> Self {
         Self { dir }
@@ -92,14 +104,7 @@ impl Quarantine {
         if let Some(parent) = first.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        let target = create_first_free(
-            |to| move_new(abs, to),
-            |n| match n {
-                0 => first.clone(),
-                n => appended(&first, &format!(".{n}")),
-            },
-        )
-        .map_err(io(&first))?;
+        let target = move_to_free_name(abs, &first).map_err(io(&first))?;
         let text = format!(
             "file: {}\ntime: {}\nerror: {error}\n",
             abs.display(),
