@@ -9,6 +9,7 @@
 pub mod atomic;
 pub mod budget;
 pub mod clock;
+pub mod host;
 pub mod read;
 pub mod stop;
 pub mod telemetry;

@@ -38,6 +38,7 @@ use crate::config::QueueSourceConfig;
 use crate::error::{Error, Result};
 use crate::frame::entry::{safe_name, Entry, NameSource, QueueOrigin};
 use crate::frame::FrameId;
+use crate::runtime::host::host_name;
 use crate::runtime::Stop;
 use crate::runtime::Telemetry;
 use conn::{is_nogroup, Backoff, Conn};
@@ -81,21 +82,6 @@ impl RedisSourceConfig {
 /// and its predecessor's pending entries are taken over like any dead consumer's.
 pub fn default_consumer() -> String {
     format!("{}-{}", host_name(), std::process::id())
-}
-
-/// gethostname(2): works under the unit's ProcSubset=pid, which hides /proc/sys.
-fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; the result is NUL-terminated on success
-    // (and we stop at the first NUL or the end either way).
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
-    if ok && !name.is_empty() {
-        name
-    } else {
-        "aestream".into()
-    }
 }
 
 pub struct RedisSource {
