@@ -888,6 +888,35 @@ fn done_keeps_both_of_two_same_names_and_refuses_the_output_folder() {
     }
 }
 
+/// An input finished on record but still in the input folder (a stop came between its record
+/// and its `--done` move; here: a run without `--done`) is moved at the next start, not redone.
+#[test]
+fn a_finished_input_left_in_place_is_moved_by_the_next_done_run() {
+    let t = tempfile::tempdir().unwrap();
+    let (input, out, done) = (
+        t.path().join("in"),
+        t.path().join("out"),
+        t.path().join("done"),
+    );
+    frames_into(&input, 2, 24);
+    let run = |extra: &[&str]| {
+        let r = bin()
+            .args(["run", "denoise-fast", "--once"])
+            .args(["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    run(&[]);
+    assert_eq!(outputs(&out).len(), 2);
+    let log = run(&["--done", done.to_str().unwrap()]);
+    assert!(log.contains("done: 0 frames in"), "{log}");
+    assert_eq!(outputs(&done).len(), 2);
+    assert!(outputs(&input).is_empty());
+}
+
 /// A `--quarantine` folder inside a recursively watched input is left out of the input even
 /// though it does not exist at start: a bad file set aside there is not taken again (it was,
 /// moving deeper, `rejected/rejected/…`, until its name was too long).

@@ -39,14 +39,11 @@ fn changed_since_read(abs: &std::path::Path, stamp: &FileStamp) -> bool {
     }
 }
 
-impl Completion for FolderCompletion {
-    fn done(&self, id: &FrameId, version: &ModelVersion, _by_sink: bool) -> Result<()> {
-        let FrameId::File { rel, abs, stamp } = id else {
-            return Ok(());
-        };
-        if let Some(j) = &self.journal {
-            j.record(rel, stamp, &version.to_string())?;
-        }
+impl FolderCompletion {
+    /// With `--done`, moves a finished input away (see the module's notes). Also for an input
+    /// found finished on record at start but still in place: a stop came between its record
+    /// and its move.
+    pub fn move_done(&self, abs: &std::path::Path, rel: &std::path::Path, stamp: &FileStamp) {
         if let Some(done) = &self.done_dir {
             // Only the file that was read: one replaced since (a newer version, perhaps still
             // waiting for its quiet period) is left for its own turn.
@@ -55,7 +52,7 @@ impl Completion for FolderCompletion {
                     "{}: changed since it was read; left in place for --done",
                     abs.display()
                 );
-                return Ok(());
+                return;
             }
             // Never over a file already there (an earlier input of the same name): that one
             // keeps its name and this one gets a number, `NAME.1`, as in quarantine.
@@ -78,6 +75,18 @@ impl Completion for FolderCompletion {
                 }
             }
         }
+    }
+}
+
+impl Completion for FolderCompletion {
+    fn done(&self, id: &FrameId, version: &ModelVersion, _by_sink: bool) -> Result<()> {
+        let FrameId::File { rel, abs, stamp } = id else {
+            return Ok(());
+        };
+        if let Some(j) = &self.journal {
+            j.record(rel, stamp, &version.to_string())?;
+        }
+        self.move_done(abs, rel, stamp);
         Ok(())
     }
 

@@ -49,6 +49,8 @@ struct Header {
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    /// Held while the journal is open: see [`lock`].
+    _lock: std::fs::File,
     file: Mutex<std::fs::File>,
     done: Mutex<HashMap<String, FileStamp>>,
     marks: Mutex<Marks>,
@@ -75,6 +77,41 @@ fn key(rel: &Path) -> String {
     }
 }
 
+/// Takes `DIR/<pipeline>.journal.lock` (flock, exclusive, released by the kernel when the
+/// process ends however it ends). Two daemons on one journal would each take every input (the
+/// journal is read once, at start) and one's compaction would cut the other's records off.
+/// The lock is a file of its own because compaction replaces the journal file.
+fn lock(dir: &Path, pipeline: &str) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(format!("{pipeline}.journal.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+    // SAFETY: flock on a descriptor we own, open for the duration of the call.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+            Error::Config {
+                origin: "--state".into(),
+                message: format!(
+                    "{}: another aestream process is running pipeline {pipeline} on this state \
+                     folder; stop it, or give this one its own --state",
+                    path.display()
+                ),
+            }
+        } else {
+            Error::Io { path, source: e }
+        });
+    }
+    Ok(f)
+}
+
 impl Journal {
     /// Opens (or creates) the journal in `dir`; `pipeline`/`model` go into a new file's header.
     pub fn open(dir: &Path, pipeline: &str, model: &str) -> Result<Self> {
@@ -84,6 +121,7 @@ impl Journal {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(format!("{pipeline}.journal.jsonl"));
+        let lock = lock(dir, pipeline)?;
         let mut parsed = Parsed::default();
         if path.exists() {
             let f = std::fs::File::open(&path).map_err(io(&path))?;
@@ -156,6 +194,7 @@ impl Journal {
         );
         Ok(Self {
             path,
+            _lock: lock,
             file: Mutex::new(file),
             done: Mutex::new(done),
             marks: Mutex::new(marks),
@@ -203,15 +242,27 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends one line, durably.
+    /// Appends one line, durably. A line that could not be written whole (a full disk mid-way)
+    /// is cut off again, so the next one starts on a line of its own instead of being glued to
+    /// a fragment that the next start would refuse as damage.
     fn append(&self, line: &str) -> Result<()> {
         let mut f = self.file.lock().expect("journal lock");
         let io = |e| Error::Io {
             path: self.path.clone(),
             source: e,
         };
-        f.write_all(line.as_bytes()).map_err(io)?;
-        f.sync_data().map_err(io)
+        let before = f.metadata().map_err(io)?.len();
+        let written = f.write_all(line.as_bytes()).and_then(|_| f.sync_data());
+        if let Err(e) = written {
+            if let Err(cut) = f.set_len(before) {
+                tracing::error!(
+                    "{}: cannot cut a partial line off: {cut}",
+                    self.path.display()
+                );
+            }
+            return Err(io(e));
+        }
+        Ok(())
     }
 
     /// Writes a mark and applies it.
@@ -436,6 +487,22 @@ mod tests {
             mtime_ns: 7,
             hash: hash.into(),
         }
+    }
+
+    #[test]
+    fn a_second_process_on_one_journal_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path(), "p", "v1")?;
+        let e = Journal::open(dir.path(), "p", "v1").unwrap_err();
+        assert!(
+            matches!(e, Error::Config { .. }) && e.to_string().contains("another aestream"),
+            "{e}"
+        );
+        // Another pipeline has a journal of its own.
+        Journal::open(dir.path(), "q", "v1")?;
+        drop(first);
+        Journal::open(dir.path(), "p", "v1")?;
+        Ok(())
     }
 
     #[test]

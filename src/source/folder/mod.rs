@@ -220,6 +220,8 @@ impl FolderSource {
         if let Some(j) = &self.cfg.completion.journal {
             if j.is_done(&rel, &stamp) {
                 self.seen.insert(path.to_path_buf(), shape);
+                // Finished and still here: a stop came between its record and its `--done`.
+                self.cfg.completion.move_done(path, &rel, &stamp);
                 return Taken::Skipped;
             }
         }
@@ -245,6 +247,7 @@ impl FolderSource {
             if !stamp.hash.is_empty() && j.is_done_content(&rel, &stamp.hash) {
                 tracing::debug!("{}: finished before (same content)", path.display());
                 self.seen.insert(path.to_path_buf(), shape);
+                self.cfg.completion.move_done(path, &rel, &stamp);
                 return Taken::Skipped;
             }
         }
