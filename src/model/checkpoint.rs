@@ -128,6 +128,8 @@ impl<M: Serialize + DeserializeOwned> Checkpoint<M> {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let tensors = candle_core::safetensors::load(path, device)
             .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+        // Weights and moments alike: a NaN moment would poison every step after it.
+        super::weights::check_values(&tensors, &path.display().to_string())?;
         let mut c = Self::from_tensors(tensors)?;
         c.meta = read_meta(&meta_path(path));
         Ok(c)

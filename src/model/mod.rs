@@ -272,6 +272,14 @@ pub fn load(
     precision: Precision,
 ) -> Result<Box<dyn Model>> {
     let dtype = precision.dtype();
+    let not_safetensors = |e: candle_core::Error| Error::Config {
+        origin: what.to_string(),
+        message: format!("not a safetensors file: {e}"),
+    };
+    let tensors =
+        candle_core::safetensors::load_buffer(&weights, &Device::Cpu).map_err(not_safetensors)?;
+    weights::check_values(&tensors, what)?;
+    drop(tensors);
     let vb = VarBuilder::from_buffered_safetensors(weights, dtype, device).map_err(|e| {
         Error::Config {
             origin: what.to_string(),
@@ -291,6 +299,45 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A weights file with one NaN (or an integer tensor) is refused at load, naming the file
+    /// and the tensor, before any layer is built from it.
+    #[test]
+    fn weights_that_are_not_finite_floats_are_refused() {
+        use crate::model::dense::{CodeActivation, DenseAeConfig, OutputActivation};
+        let arch = Arch::DenseAe {
+            size: [4, 4],
+            net: DenseAeConfig {
+                layers: vec![16, 6, 3],
+                code: CodeActivation::Relu,
+                output: OutputActivation::Sigmoid,
+                bypass: false,
+                topk: 2,
+            },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, t: Tensor| {
+            let p = dir.path().join(name);
+            let map = std::collections::HashMap::from([("enc.0.weight".to_string(), t)]);
+            candle_core::safetensors::save(&map, &p).unwrap();
+            std::fs::read(p).unwrap()
+        };
+        let dev = Device::Cpu;
+        let nan = Tensor::new(&[0.5f32, f32::NAN, 1.0], &dev).unwrap();
+        let err = |bytes| match load(&arch, bytes, "bad.safetensors", &dev, Precision::F32) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        };
+        let e = err(file("nan.safetensors", nan));
+        assert!(
+            e.contains("bad.safetensors") && e.contains("enc.0.weight") && e.contains("1 values"),
+            "{e}"
+        );
+        let inf = Tensor::new(&[f32::INFINITY], &dev).unwrap();
+        assert!(err(file("inf.safetensors", inf)).contains("NaN or infinite"));
+        let ints = Tensor::new(&[1u32, 2], &dev).unwrap();
+        assert!(err(file("int.safetensors", ints)).contains("not a float type"));
+    }
 
     /// A missing pixel in a flat region gets the flat value; known pixels stay as they are.
     #[test]

@@ -15,6 +15,43 @@ use candle_nn::{VarBuilder, VarMap};
 use super::{Arch, Model, Net, NetModel, Precision};
 use crate::error::{Error, Result};
 
+/// Checks a weights map read from outside (a weights file, a checkpoint) before anything
+/// serves or trains from it: float tensors only, and every value finite. A NaN would pass
+/// every other check and come out as black frames; served by a reload it would replace a good
+/// model, and the fine-tuner's gate (a comparison with NaN is false) could never replace it.
+/// The error names `what` (the file) and the first bad tensor, in name order.
+pub fn check_values(t: &HashMap<String, Tensor>, what: &str) -> Result<()> {
+    use candle_core::DType;
+    let mut names: Vec<&String> = t.keys().collect();
+    names.sort();
+    for name in names {
+        let v = &t[name];
+        if !matches!(
+            v.dtype(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            return Err(Error::Config {
+                origin: what.to_string(),
+                message: format!("tensor {name} is {:?}, not a float type", v.dtype()),
+            });
+        }
+        let bad = v
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|x| !x.is_finite())
+            .count();
+        if bad > 0 {
+            return Err(Error::Config {
+                origin: what.to_string(),
+                message: format!("tensor {name} holds {bad} values that are NaN or infinite"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The variables with their names, for an optimizer to update.
 pub fn vars(vm: &VarMap) -> Vec<(String, Var)> {
     let d = vm.data().lock().expect("varmap lock");
