@@ -345,11 +345,14 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let checkpoints = match (&a.checkpoints, first.cfg.finetune.enabled) {
         (Some(dir), true) => {
             let c = Checkpoints::new(dir.clone(), &first.cfg.name, first.cfg.finetune.keep)?;
-            if let Some(mut r) = c.newest(&device) {
-                r.upgrade(&first.cfg.model.arch)?;
+            let cfg = first.cfg.clone();
+            let serve = |mut r: online::Restored| {
+                r.upgrade(&cfg.model.arch)?;
                 let resume = r.resume();
-                let cfg = first.cfg.clone();
-                first = online::restored_generation(&cfg, r, &device, 1)?;
+                Ok((online::restored_generation(&cfg, r, &device, 1)?, resume))
+            };
+            if let Some((g, resume)) = c.newest_with(&device, serve) {
+                first = g;
                 tracing::info!(
                     "fine-tune: serving checkpoint {} ({} steps on record)",
                     first.version,

@@ -158,10 +158,25 @@ impl Checkpoints {
 
     /// The newest version whose weights load; older ones are tried when a newer one is damaged.
     pub fn newest(&self, device: &Device) -> Option<Restored> {
+        self.newest_with(device, Ok)
+    }
+
+    /// What `serve` makes of the newest version that loads and that it accepts (it builds the
+    /// model: a checkpoint that parses may still not fit the pipeline, e.g. one edited or
+    /// written for other `[model]` settings). Older versions are tried after one that fails,
+    /// so a bad newest file cannot stop every start (a crash loop under systemd).
+    pub fn newest_with<T>(
+        &self,
+        device: &Device,
+        mut serve: impl FnMut(Restored) -> Result<T>,
+    ) -> Option<T> {
         for n in self.numbers() {
-            match self.load(n, device) {
-                Ok(r) => return Some(r),
-                Err(e) => tracing::warn!("{e}: cannot load; trying an older one"),
+            match self.load(n, device).and_then(&mut serve) {
+                Ok(t) => return Some(t),
+                Err(e) => tracing::warn!(
+                    "{}: {e}: cannot serve it; trying an older one",
+                    self.path(n, ".safetensors").display()
+                ),
             }
         }
         None
@@ -266,6 +281,24 @@ mod tests {
         let r = c.newest(&dev).unwrap();
         assert_eq!(r.number, 1);
         assert_eq!(r.tensors["w"].to_vec1::<f32>().unwrap(), vec![1.0; 4]);
+        // A newest version that parses but holds a NaN, or that does not fit the model (the
+        // caller's `serve` refuses it): the one before is served.
+        let mut bad = t1.clone();
+        bad.insert(
+            "w".into(),
+            Tensor::new(&[1f32, f32::NAN, 1.0, 1.0], &dev).unwrap(),
+        );
+        crate::model::checkpoint::save_tensors(&dir.path().join("p-v4.safetensors"), &bad).unwrap();
+        let t5 = HashMap::from([("w".to_string(), Tensor::ones(5, DType::F32, &dev).unwrap())]);
+        crate::model::checkpoint::save_tensors(&dir.path().join("p-v5.safetensors"), &t5).unwrap();
+        let fits = |r: Restored| {
+            if r.tensors["w"].dims() == [4] {
+                Ok(r.number)
+            } else {
+                Err(Error::Other("w: shape mismatch".into()))
+            }
+        };
+        assert_eq!(c.newest_with(&dev, fits), Some(1));
     }
 
     /// A folder in the layout before the shared format (weights, `.opt.safetensors` with the
