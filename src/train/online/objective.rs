@@ -118,16 +118,19 @@ impl Finetuner {
             let r = ((&out - &y)? - d)?.sqr()?.mean_all()?;
             loss = (loss + r)?;
         }
-        let grads = loss.backward()?;
-        self.opt.step(&grads)?;
-        self.update_ema()?;
         let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
+            // Stepping on it would spread the NaN through the moments and the average, and
+            // every later step would fail as well: start again from what serves instead.
+            self.restart_from_serving()?;
             return Err(Error::Other(format!(
-                "fine-tune: loss {l} at step {}",
+                "fine-tune: loss {l} at step {}; training starts again from the serving weights",
                 self.opt.step
             )));
         }
+        let grads = loss.backward()?;
+        self.opt.step(&grads)?;
+        self.update_ema()?;
         self.train_loss = if self.train_loss.is_nan() {
             l
         } else {
@@ -144,6 +147,20 @@ impl Finetuner {
             self.train_loss,
         );
         Ok(l)
+    }
+
+    /// Sets the shadow weights back to the serving version's, with fresh moments and no moving
+    /// average (the step count goes on).
+    fn restart_from_serving(&mut self) -> Result<()> {
+        if let Some(a) = self.history.last() {
+            let t = a.weights.clone();
+            weights::set_vars(&self.vm, &t, "fine-tune: the serving weights")?;
+        }
+        self.ema = None;
+        let step = self.opt.step;
+        self.opt = super::AdamW::new(weights::vars(&self.vm), self.opt.params)?;
+        self.opt.step = step;
+        Ok(())
     }
 
     /// ema ← β·ema + (1−β)·w after a step (started from the weights the shadow began with).

@@ -303,3 +303,27 @@ fn the_noisy_target_trains_without_clean_frames() {
         "SURE {cand:.4e} / {serv:.4e}, truth {true_cand:.4e} / {true_serv:.4e}"
     );
 }
+
+/// One step on weights that give a NaN loss fails, and sets the shadow back to the serving
+/// weights with fresh moments: the next step trains again (it used to fail for good, the NaN
+/// spread through the moments).
+#[test]
+fn a_nan_loss_restarts_training_from_the_serving_weights() {
+    let mut t = trainer(None, |_| {});
+    feed(&mut t, 8);
+    t.step().unwrap();
+    let poisoned: HashMap<String, Tensor> = weights::snapshot(&t.vm)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let nan = Tensor::full(f32::NAN, v.shape(), v.device()).unwrap();
+            (k, nan)
+        })
+        .collect();
+    weights::set_vars(&t.vm, &poisoned, "poisoned").unwrap();
+    let e = t.step().unwrap_err().to_string();
+    assert!(e.contains("starts again from the serving weights"), "{e}");
+    for _ in 0..3 {
+        assert!(t.step().unwrap().is_finite());
+    }
+}
