@@ -84,6 +84,13 @@ impl Completion for FolderCompletion {
             return Ok(());
         };
         if let Some(j) = &self.journal {
+            // An older version whose newer one was finished first (the sink kept the newer
+            // result): its record must not replace the newer one's, or the next start would
+            // take the file again.
+            let now = std::fs::metadata(abs).map(|m| FileStamp::of(&m)).ok();
+            if now.is_some_and(|n| !n.same_file_state(stamp) && j.is_done(rel, &n)) {
+                return Ok(());
+            }
             j.record(rel, stamp, &version.to_string())?;
         }
         self.move_done(abs, rel, stamp);
@@ -220,6 +227,26 @@ mod tests {
         c.done(&old, &version(), false).unwrap();
         assert_eq!(std::fs::read(inp.join("b.png")).unwrap(), b"newer");
         assert!(!done.join("b.png").exists());
+    }
+
+    #[test]
+    fn an_older_version_finished_last_does_not_replace_the_newer_record() {
+        let t = tempfile::tempdir().unwrap();
+        let (inp, state) = (t.path().join("in"), t.path().join("state"));
+        std::fs::create_dir_all(&inp).unwrap();
+        let j = Arc::new(Journal::open(&state, "p", "v").unwrap());
+        let c = FolderCompletion {
+            journal: Some(j.clone()),
+            ..FolderCompletion::default()
+        };
+        let v1 = file(&inp, "latest.png", b"one");
+        let v2 = file(&inp, "latest.png", b"version two");
+        c.done(&v2, &version(), false).unwrap();
+        c.done(&v1, &version(), false).unwrap();
+        let FrameId::File { rel, stamp, .. } = &v2 else {
+            unreachable!()
+        };
+        assert!(j.is_done(rel, stamp));
     }
 
     #[test]

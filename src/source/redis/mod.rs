@@ -187,18 +187,20 @@ impl RedisSource {
     /// Hands an entry to the pipeline, or dead-letters it; false when the pipeline is gone.
     fn deliver(&mut self, mut e: StreamId, deliveries: u64, intake: &Intake) -> bool {
         // Fields are moved out, not copied: inline data may be large.
+        let id_given = e.map.contains_key("id");
         let mut field = |k: &str| e.map.remove(k).and_then(bytes_of);
         // Names and paths are taken byte for byte: a lossy UTF-8 reading would give two ids
         // that differ only in invalid bytes one name, and so one output.
         let path = field("path").map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)));
-        let (name, named_by) = match (field("id"), &path) {
+        let (mut name, mut named_by) = match (field("id"), &path) {
             (Some(id), _) => (safe_name(&id), NameSource::Id(id)),
             (None, Some(p)) => match self.files.name_of(p) {
                 Some((real, rel)) => (
                     safe_name(rel.as_os_str().as_bytes()),
                     NameSource::Path(real),
                 ),
-                // Not readable (yet): named for its messages only, as it will not be written.
+                // Not readable (yet): named for its messages only; if the read below finds it
+                // after all, the name comes from that read.
                 None => (
                     safe_name(p.file_name().map_or(&[][..], |n| n.as_bytes())),
                     NameSource::Path(p.clone()),
@@ -227,8 +229,15 @@ impl RedisSource {
                 self.cfg.max_inline_bytes
             )),
             (Some(d), _) => Ok(d),
-            (None, Some(p)) => match self.files.read(p, self.cfg.max_file_bytes) {
-                Ok(b) => Ok(b),
+            (None, Some(p)) => match self.files.read_named(p, self.cfg.max_file_bytes) {
+                Ok((b, (real, rel))) => {
+                    if !id_given {
+                        // Named by what this read found, not by the lookup above.
+                        name = safe_name(rel.as_os_str().as_bytes());
+                        named_by = NameSource::Path(real);
+                    }
+                    Ok(b)
+                }
                 // Outside the allowed folders, or not a regular file: dead-lettered at once.
                 Err(why) if !why.may_pass_later() => Err(why.to_string()),
                 Err(why) => {

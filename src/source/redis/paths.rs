@@ -120,6 +120,11 @@ impl AllowedRoots {
     /// `cam1/0001.png`, so two cameras' `0001.png` get two outputs).
     pub fn name_of(&self, p: &Path) -> Option<(PathBuf, PathBuf)> {
         let real = self.resolve(p).ok()?;
+        self.named(real)
+    }
+
+    /// `real` with its path below the outermost root holding it.
+    fn named(&self, real: PathBuf) -> Option<(PathBuf, PathBuf)> {
         let root = self
             .roots
             .iter()
@@ -132,7 +137,18 @@ impl AllowedRoots {
     /// Reads the file `p` names if it lies under a root, is a regular file and is at most
     /// `cap` bytes.
     pub fn read(&self, p: &Path, cap: u64) -> Result<Vec<u8>, PathRefused> {
+        self.read_named(p, cap).map(|(b, _)| b)
+    }
+
+    /// [`Self::read`], with the file's [`Self::name_of`] as found by that same read (a file
+    /// that appears or changes between two lookups cannot get a name of another).
+    pub fn read_named(
+        &self,
+        p: &Path,
+        cap: u64,
+    ) -> Result<(Vec<u8>, (PathBuf, PathBuf)), PathRefused> {
         let real = self.resolve(p)?;
+        let named = self.named(real.clone()).ok_or(PathRefused::Outside)?;
         let file = RegularFile::open(&real, Links::Never).map_err(|e| match e {
             // A folder or the file became a link since it was resolved: refused as outside.
             ReadError::Open(io)
@@ -142,7 +158,7 @@ impl AllowedRoots {
             }
             e => e.into(),
         })?;
-        Ok(file.read(cap)?)
+        Ok((file.read(cap)?, named))
     }
 }
 

@@ -207,7 +207,11 @@ impl Finetuner {
         if let Some(o) = optimizer {
             opt.load_state(&o.moments, o.step as usize)?;
         }
-        let next_number = number + 1;
+        // After every number on disk, not only the one served: when the newest checkpoints
+        // were passed over (damaged, or not fitting the model), a new version numbered after
+        // the served one would be pruned at once as the oldest, or overwrite one of them.
+        let on_disk = ckpt.as_ref().and_then(|c| c.highest()).unwrap_or(0);
+        let next_number = number.max(on_disk) + 1;
         Ok(Self {
             rng: rand::rngs::StdRng::seed_from_u64(0x5eed ^ next_number),
             fc,

@@ -138,6 +138,11 @@ impl Checkpoints {
         v
     }
 
+    /// The highest version number on disk (loadable or not).
+    pub fn highest(&self) -> Option<u64> {
+        self.numbers().first().copied()
+    }
+
     /// Version `n`, with the optimizer state and metadata of the older layout when the
     /// checkpoint file itself has none.
     fn load(&self, n: u64, device: &Device) -> Result<Restored> {

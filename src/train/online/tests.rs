@@ -217,6 +217,21 @@ fn restart_resumes_from_the_newest_checkpoint_with_its_optimizer_state() {
     .unwrap();
     assert_eq!(t2.steps(), 6);
     assert_eq!(t2.next_number, 3);
+    // A newer version on disk that was passed over (damaged): new versions are numbered after
+    // it, or the first would be pruned at once as the oldest.
+    std::fs::write(dir.path().join("denoise-fast-v7.safetensors"), b"damaged").unwrap();
+    let r = ck().newest(&Device::Cpu).unwrap();
+    assert_eq!(r.number, 2);
+    let resume = r.resume();
+    let g = restored_generation(&cfg, r, &Device::Cpu, 1).unwrap();
+    let t3 = Finetuner::start(
+        crate::serving::slot(g),
+        Arc::new(Telemetry::new()),
+        Some(ck()),
+        Some(resume),
+    )
+    .unwrap();
+    assert_eq!(t3.next_number, 8);
 }
 
 /// Without clean frames: Neighbor2Neighbor steps run, and the gate's SURE estimates track
