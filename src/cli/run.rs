@@ -3,7 +3,7 @@
 //! reloads), the systemd notify protocol and the metrics endpoint.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,6 +326,12 @@ fn state_dir(a: &RunArgs) -> PathBuf {
     base.join(".aestream")
 }
 
+/// Whether two folders are one (both exist and resolve to the same path).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    let real = |p: &Path| std::fs::canonicalize(p).ok();
+    real(a).is_some_and(|x| real(b) == Some(x))
+}
+
 pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     // Before any parallel work starts rayon's global pool.
     let threads = aestream::runtime::threads::set_threads(a.threads).context("--threads")?;
@@ -394,10 +400,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
         check_stream_kinds(a.output(), framing, &kinds)?;
     }
     if let (Endpoint::Folder(input), Endpoint::Folder(output)) = (a.input(), a.output()) {
-        let same = std::fs::canonicalize(input)
-            .ok()
-            .zip(std::fs::canonicalize(output).ok());
-        if matches!(same, Some((x, y)) if x == y) {
+        if same_folder(input, output) {
             return Err(aestream::Error::Config {
                 origin: "--output".into(),
                 message: format!(

@@ -272,20 +272,17 @@ pub fn load(
     precision: Precision,
 ) -> Result<Box<dyn Model>> {
     let dtype = precision.dtype();
-    let not_safetensors = |e: candle_core::Error| Error::Config {
-        origin: what.to_string(),
-        message: format!("not a safetensors file: {e}"),
-    };
-    let tensors =
-        candle_core::safetensors::load_buffer(&weights, &Device::Cpu).map_err(not_safetensors)?;
-    weights::check_values(&tensors, what)?;
-    drop(tensors);
-    let vb = VarBuilder::from_buffered_safetensors(weights, dtype, device).map_err(|e| {
+    // Read once, on the CPU: checked, then moved to `device` in `precision` tensor by tensor
+    // as the layers ask for them.
+    let tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu).map_err(|e| {
         Error::Config {
             origin: what.to_string(),
             message: format!("not a safetensors file: {e}"),
         }
     })?;
+    drop(weights);
+    weights::check_values(&tensors, what)?;
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
     let net = Net::new(vb, arch).map_err(|e| Error::Config {
         origin: what.to_string(),
         message: format!("weights do not fit the pipeline's [model]: {e}"),

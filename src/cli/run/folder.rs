@@ -14,7 +14,7 @@ use aestream::source::folder::{
 };
 use aestream::source::Source;
 
-use super::{secs, state_dir, Endpoint, RunArgs};
+use super::{same_folder, secs, state_dir, Endpoint, RunArgs};
 
 /// The folder source reading `input`.
 pub(super) fn source(
@@ -52,13 +52,12 @@ pub(super) fn source(
     }
     if let Some(d) = &a.done {
         std::fs::create_dir_all(d).with_context(|| format!("--done {}", d.display()))?;
-        let real = |p: &Path| std::fs::canonicalize(p).ok();
         let output = match a.output() {
-            Endpoint::Folder(out) => real(out),
+            Endpoint::Folder(out) => Some(out.as_path()),
             _ => None,
         };
-        for (what, other) in [("the input", real(input)), ("the output", output)] {
-            if other.is_some() && other == real(d) {
+        for (what, other) in [("the input", Some(input)), ("the output", output)] {
+            if other.is_some_and(|o| same_folder(o, d)) {
                 return Err(aestream::Error::Config {
                     origin: "--done".into(),
                     message: format!(

@@ -84,6 +84,22 @@ pub fn default_consumer() -> String {
     format!("{}-{}", host_name(), std::process::id())
 }
 
+/// The name of a `path` entry without an `id`: its real path below the allowed folder, as
+/// `found` (real, below) by a lookup or a read; its bare file name when it was not found (then
+/// it is named for its messages only: it is not written).
+fn path_name(p: &std::path::Path, found: Option<(PathBuf, PathBuf)>) -> (String, NameSource) {
+    match found {
+        Some((real, rel)) => (
+            safe_name(rel.as_os_str().as_bytes()),
+            NameSource::Path(real),
+        ),
+        None => (
+            safe_name(p.file_name().map_or(&[][..], |n| n.as_bytes())),
+            NameSource::Path(p.to_path_buf()),
+        ),
+    }
+}
+
 pub struct RedisSource {
     cfg: RedisSourceConfig,
     origin: Arc<QueueOrigin>,
@@ -194,18 +210,8 @@ impl RedisSource {
         let path = field("path").map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)));
         let (mut name, mut named_by) = match (field("id"), &path) {
             (Some(id), _) => (safe_name(&id), NameSource::Id(id)),
-            (None, Some(p)) => match self.files.name_of(p) {
-                Some((real, rel)) => (
-                    safe_name(rel.as_os_str().as_bytes()),
-                    NameSource::Path(real),
-                ),
-                // Not readable (yet): named for its messages only; if the read below finds it
-                // after all, the name comes from that read.
-                None => (
-                    safe_name(p.file_name().map_or(&[][..], |n| n.as_bytes())),
-                    NameSource::Path(p.clone()),
-                ),
-            },
+            // If the read below finds the file, the name comes from that read.
+            (None, Some(p)) => path_name(p, self.files.name_of(p)),
             (None, None) => (safe_name(&e.id), NameSource::EntryId(e.id.clone())),
         };
         if deliveries > self.cfg.max_deliveries {
@@ -230,11 +236,10 @@ impl RedisSource {
             )),
             (Some(d), _) => Ok(d),
             (None, Some(p)) => match self.files.read_named(p, self.cfg.max_file_bytes) {
-                Ok((b, (real, rel))) => {
+                Ok((b, found)) => {
                     if !id_given {
                         // Named by what this read found, not by the lookup above.
-                        name = safe_name(rel.as_os_str().as_bytes());
-                        named_by = NameSource::Path(real);
+                        (name, named_by) = path_name(p, Some(found));
                     }
                     Ok(b)
                 }

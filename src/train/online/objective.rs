@@ -152,14 +152,27 @@ impl Finetuner {
     /// Sets the shadow weights back to the serving version's, with fresh moments and no moving
     /// average (the step count goes on).
     fn restart_from_serving(&mut self) -> Result<()> {
-        if let Some(a) = self.history.last() {
-            let t = a.weights.clone();
-            weights::set_vars(&self.vm, &t, "fine-tune: the serving weights")?;
-        }
-        self.ema = None;
+        self.shadow_from_serving()?;
         let step = self.opt.step;
         self.opt = super::AdamW::new(weights::vars(&self.vm), self.opt.params)?;
         self.opt.step = step;
+        Ok(())
+    }
+
+    /// Sets the shadow weights to `t` (`what` names them in errors) and drops the moving
+    /// average, which was of other weights.
+    pub(super) fn shadow_from(&mut self, t: &HashMap<String, Tensor>, what: &str) -> Result<()> {
+        weights::set_vars(&self.vm, t, what)?;
+        self.ema = None;
+        Ok(())
+    }
+
+    /// [`Self::shadow_from`] the serving version's weights.
+    pub(super) fn shadow_from_serving(&mut self) -> Result<()> {
+        if let Some(a) = self.history.last() {
+            let t = a.weights.clone();
+            self.shadow_from(&t, "fine-tune: the serving weights")?;
+        }
         Ok(())
     }
 

@@ -59,11 +59,7 @@ impl Finetuner {
             );
             if self.rejected_in_a_row >= 3 {
                 // Drifting: start again from what serves.
-                if let Some(a) = self.history.last() {
-                    let t = a.weights.clone();
-                    weights::set_vars(&self.vm, &t, "fine-tune: the serving weights")?;
-                }
-                self.ema = None;
+                self.shadow_from_serving()?;
                 self.rejected_in_a_row = 0;
             }
             return Ok(Round::Rejected { candidate, serving });
@@ -132,8 +128,7 @@ impl Finetuner {
         if Some(now.number) != ours {
             if let Some(t) = now.tensors.clone() {
                 tracing::info!("fine-tune: following the reload to {}", now.version);
-                weights::set_vars(&self.vm, &t, "fine-tune: the reloaded weights")?;
-                self.ema = None;
+                self.shadow_from(&t, "fine-tune: the reloaded weights")?;
                 self.cfg = now.cfg.clone();
                 self.history.push(Accepted {
                     gen: now,
@@ -154,8 +149,7 @@ impl Finetuner {
         let gone = self.history.pop().expect("two versions");
         let prev = self.history.last().cloned().expect("one version");
         let (prev, t) = (prev.gen, prev.weights);
-        weights::set_vars(&self.vm, &t, "fine-tune: the previous weights")?;
-        self.ema = None;
+        self.shadow_from(&t, "fine-tune: the previous weights")?;
         let back = Arc::new(
             Generation::new(
                 prev.cfg.clone(),
