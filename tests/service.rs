@@ -10,52 +10,10 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{bin, free_port, http_get, png, read, signal, wait_exit, wait_until, Daemon};
-
-/// Writes `bytes` beside `dir/name` under a dot name, then renames it in: a complete arrival.
-fn rename_in(dir: &Path, name: &str, bytes: &[u8]) {
-    let tmp = dir.join(format!(".incoming-{name}"));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-/// All files under `dir` (relative paths), dot-folders included.
-fn tree(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path().strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Output images: files in `dir` that are not hidden (no dot component).
-fn outputs(dir: &Path) -> Vec<PathBuf> {
-    tree(dir)
-        .into_iter()
-        .filter(|p| {
-            !p.components()
-                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
-        })
-        .collect()
-}
-
-fn temps(dir: &Path) -> Vec<PathBuf> {
-    tree(dir)
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
-        .collect()
-}
+use common::{
+    bin, fast_pipeline, frames_into, free_port, http_get, outputs, png, read, rename_in, signal,
+    temps, tree, wait_exit, wait_until, Daemon,
+};
 
 /// A PNG chunk with its CRC.
 fn chunk(ty: &[u8; 4], data: &[u8]) -> Vec<u8> {
@@ -455,13 +413,6 @@ fn broken_inputs_are_quarantined_and_everything_else_completes() {
     assert_eq!(have, expect_out, "outputs differ from the promise");
 }
 
-fn frames_into(dir: &Path, n: usize, size: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        rename_in(dir, &format!("f{i:04}.png"), &png(size, size, i));
-    }
-}
-
 /// Journal lines that are records (not the header): their input paths.
 fn journal_paths(state: &Path) -> Vec<String> {
     let mut v = vec![];
@@ -536,15 +487,6 @@ fn kill_9_then_restart_gives_exactly_one_complete_output_each() {
     // The restart did only what was left (plus at most the frames in flight at the kill).
     let log = String::from_utf8_lossy(&status.stderr);
     assert!(log.contains("already finished on record"), "{log}");
-}
-
-/// The shipped `denoise-fast` pipeline file under another name.
-fn fast_pipeline(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/denoise-fast.toml"),
-    )
-    .unwrap()
-    .replace("name = \"denoise-fast\"", &format!("name = \"{name}\""))
 }
 
 /// A socket standing in for systemd's: collects every datagram the daemon sends.
@@ -960,124 +902,4 @@ fn a_quarantine_inside_a_recursive_input_is_not_read() {
     assert!(!q.join("rejected").exists(), "{:?}", tree(&q));
     // Two frames in: bad.png and good.png, nothing from the quarantine.
     assert!(d.log().contains("done: 2 frames in"), "{}", d.log());
-}
-
-/// Fine-tuning under `kill -9`: killed repeatedly while it writes checkpoints (every round
-/// swaps, so it writes all the time), each restart serves the newest complete checkpoint and
-/// resumes its step count; every frame still gets exactly one output.
-#[test]
-fn finetune_survives_kill_9_and_resumes_from_its_newest_checkpoint() {
-    let t = tempfile::tempdir().unwrap();
-    let (input, out, ck) = (
-        t.path().join("in"),
-        t.path().join("out"),
-        t.path().join("ck"),
-    );
-    let pipe = t.path().join("ft.toml");
-    let settings = "\n[finetune]\npatch = 32\nbatch = 2\nround_steps = 2\nmin_frames = 2\n\
-                    min_improvement = -1.0\nkeep = 3\n";
-    std::fs::write(&pipe, fast_pipeline("ft") + settings).unwrap();
-    frames_into(&input, 40, 48);
-    let args = [
-        pipe.to_str().unwrap(),
-        "-i",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--finetune",
-        "--checkpoints",
-        ck.to_str().unwrap(),
-    ];
-    let versions = |dir: &Path| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".json"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    let mut last_steps = 0u64;
-    for round in 0..3 {
-        // The replay buffer lives in memory: after a restart it fills from new frames.
-        for i in 0..16 {
-            rename_in(
-                &input,
-                &format!("r{round}-{i:02}.png"),
-                &png(48, 48, 1000 + 16 * round + i),
-            );
-        }
-        let mut d = Daemon::start(&args, t.path().join(format!("log{round}")), &[]);
-        if round > 0 {
-            assert!(
-                wait_until(Duration::from_secs(60), || d
-                    .log()
-                    .contains("fine-tune: serving checkpoint")),
-                "restart {round} did not serve a checkpoint:\n{}",
-                d.log()
-            );
-        }
-        let before = versions(&ck).len();
-        assert!(
-            wait_until(Duration::from_secs(120), || versions(&ck).len() > before
-                || (before >= 3 && d.log().matches("swapped in").count() >= 2)),
-            "no new checkpoint:\n{}",
-            d.log()
-        );
-        // Somewhere in the middle of the next write.
-        std::thread::sleep(Duration::from_millis(150 * round as u64 + 50));
-        d.child.kill().unwrap();
-        d.child.wait().unwrap();
-        if round > 0 {
-            let line = d
-                .log()
-                .lines()
-                .find(|l| l.contains("serving checkpoint"))
-                .unwrap()
-                .to_string();
-            let steps: u64 = line
-                .split('(')
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("{line}"));
-            assert!(steps >= last_steps && steps > 0, "{line}");
-            last_steps = steps;
-        }
-    }
-    let r = bin().arg("run").args(args).arg("--once").output().unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    // A file in progress at two of the kills (they come at random moments) is set aside by the
-    // crash rule (docs/operations.md, "A frame that ends the process"), with its note: it is
-    // accounted for, not lost. Every other input is done.
-    let set_aside: Vec<String> = std::fs::read_dir(out.join(".failed"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path())
-                .is_ok_and(|n| n.contains("the process ended 2 times while this file"))
-        })
-        .map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".error.txt").unwrap_or(&n).to_string()
-        })
-        .collect();
-    // At most one per kill after the first: a suspect runs alone.
-    assert!(set_aside.len() <= 2, "{set_aside:?} set aside");
-    // Every input is accounted for: it has its output, or it was set aside with its note. A
-    // kill can land after a suspect's output was written but before its journal record, so a
-    // set-aside input may have its (complete, atomically written) output too: count names,
-    // not files.
-    let done: Vec<String> = outputs(&out)
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    assert!(done.len() <= 40 + 3 * 16, "more outputs than inputs");
-    let accounted: std::collections::BTreeSet<&String> = done.iter().chain(&set_aside).collect();
-    assert_eq!(accounted.len(), 40 + 3 * 16, "set aside: {set_aside:?}");
-    assert!(temps(&out).is_empty());
 }

@@ -351,8 +351,9 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let checkpoints = match (&a.checkpoints, first.cfg.finetune.enabled) {
         (Some(dir), true) => {
             let c = Checkpoints::new(dir.clone(), &first.cfg.name, first.cfg.finetune.keep)?;
-            let cfg = first.cfg.clone();
+            let (cfg, file) = (first.cfg.clone(), first.version.clone());
             let serve = |mut r: online::Restored| {
+                r.descends_from(&file)?;
                 r.upgrade(&cfg.model.arch)?;
                 let resume = r.resume();
                 Ok((online::restored_generation(&cfg, r, &device, 1)?, resume))
@@ -642,13 +643,14 @@ fn reload(a: &RunArgs, device: &candle_core::Device, slot: &ModelSlot, telemetry
                     "reload: channel capacity and worker counts take effect on restart only"
                 );
             }
+            // Numbered when it lands: the fine-tuner may have swapped a version in meanwhile.
+            let (old, g) = aestream::serving::generation::publish(slot, g);
             let msg = format!(
                 "reloaded: model {} (generation {}), was {}",
                 g.version, g.number, old.version
             );
             telemetry.set_model(&g.version.to_string(), g.number);
             telemetry.reloads.fetch_add(1, Ordering::Relaxed);
-            slot.store(Arc::new(g));
             tracing::info!("{msg}");
             service::ready(&msg);
         }

@@ -28,6 +28,12 @@ impl ModelVersion {
         }
     }
 
+    /// The weights alone, without pipeline or settings: `1f2e3d4c`. Two versions with the
+    /// same id run the same weights.
+    pub fn weights_id(&self) -> String {
+        format!("{:08x}", self.weights)
+    }
+
     /// The fine-tuner's version `n`, whose weights hash to `weights`.
     pub fn finetuned(pipeline: &str, n: u64, weights: u32) -> Self {
         Self {

@@ -15,6 +15,7 @@ use crate::model::Model;
 use crate::stage::tiling::TilePlan;
 
 /// The settings and model a frame is processed with, from decode to sink.
+#[derive(Clone)]
 pub struct Generation {
     pub cfg: PipelineConfig,
     pub model: Arc<dyn Model>,
@@ -58,4 +59,48 @@ pub type ModelSlot = Arc<ArcSwap<Generation>>;
 /// Creates a slot holding `g`.
 pub fn slot(g: Generation) -> ModelSlot {
     Arc::new(ArcSwap::from_pointee(g))
+}
+
+/// Serves `g` (a reload), numbered after whatever serves at the moment of the swap rather than
+/// when `g` was built. Loading takes a while, and the fine-tuner may swap a version in
+/// meanwhile; two generations with one number would look like one to it (it notices a reload
+/// by the number changing) and its next swap would replace the reload with a model trained
+/// from the weights the reload replaced. Returns (the generation replaced, the one serving).
+pub fn publish(slot: &ModelSlot, g: Generation) -> (Arc<Generation>, Arc<Generation>) {
+    let mut now = None;
+    // `rcu` retries the closure if another swap lands between its load and its store.
+    let old = slot.rcu(|cur| {
+        let mut next = g.clone();
+        next.number = cur.number + 1;
+        let next = Arc::new(next);
+        now = Some(next.clone());
+        next
+    });
+    let now = now.expect("rcu runs its closure at least once");
+    (old, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serving::tests::{tiny_config, tiny_model_and_frame, version};
+
+    /// A reload built while the fine-tuner swapped a version in is numbered after that
+    /// version, so the fine-tuner sees that something else now serves.
+    #[test]
+    fn a_reload_is_numbered_after_what_serves_when_it_lands() {
+        let cfg = tiny_config();
+        let (model, _) = tiny_model_and_frame(&cfg);
+        let s = slot(Generation::new(cfg.clone(), model.clone(), version("a"), 1));
+        // The reload is built against generation 1 ...
+        let reload = Generation::new(cfg.clone(), model.clone(), version("file"), 2);
+        // ... while the fine-tuner swaps in its version 2.
+        let tuned = Arc::new(Generation::new(cfg, model, version("tuned"), 2));
+        s.store(tuned.clone());
+        let (old, now) = publish(&s, reload);
+        assert!(Arc::ptr_eq(&old, &tuned));
+        assert_eq!(now.number, 3);
+        assert_eq!(now.version, version("file"));
+        assert!(Arc::ptr_eq(&s.load_full(), &now));
+    }
 }

@@ -433,7 +433,7 @@ pub fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::PipelineConfig;
     use crate::frame::encode_png;

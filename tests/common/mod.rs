@@ -217,3 +217,66 @@ pub fn run_once(
     assert!(st.success(), "{st:?}\n{}", text());
     text()
 }
+
+/// Writes `bytes` beside `dir/name` under a dot name, then renames it in: a complete arrival.
+pub fn rename_in(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".incoming-{name}"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// `n` distinct `size`² frames arriving in `dir` as `fNNNN.png`.
+pub fn frames_into(dir: &Path, n: usize, size: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        rename_in(dir, &format!("f{i:04}.png"), &png(size, size, i));
+    }
+}
+
+/// The shipped `denoise-fast` pipeline file under another name.
+pub fn fast_pipeline(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/denoise-fast.toml"),
+    )
+    .unwrap()
+    .replace("name = \"denoise-fast\"", &format!("name = \"{name}\""))
+}
+
+/// All files under `dir` (relative paths), dot-folders included.
+pub fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Output images: files in `dir` that are not hidden (no dot component).
+pub fn outputs(dir: &Path) -> Vec<PathBuf> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| {
+            !p.components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        })
+        .collect()
+}
+
+/// Temporary files (`*.tmp`) under `dir`.
+pub fn temps(dir: &Path) -> Vec<PathBuf> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect()
+}

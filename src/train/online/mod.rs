@@ -100,12 +100,14 @@ impl Control {
 type Weights = Arc<HashMap<String, Tensor>>;
 
 /// A version the trainer accepted (or started from): the generation that served it, its
-/// weights, and its number N (`NAME-vN@…`, its checkpoint's name) if it is a fine-tuned one.
+/// weights, its number N (`NAME-vN@…`, its checkpoint's name) if it is a fine-tuned one, and
+/// the weights file its line descends from (recorded in checkpoints), if known.
 #[derive(Clone)]
 struct Accepted {
     gen: Arc<Generation>,
     weights: Weights,
     number: Option<u64>,
+    base_weights: Option<String>,
 }
 
 /// The trainer: shadow weights, optimizer, buffers, and what it swapped in.
@@ -200,9 +202,10 @@ impl Finetuner {
                 ..Default::default()
             },
         )?;
-        let (number, optimizer) = match resume {
-            Some(r) => (r.number, r.optimizer),
-            None => (0, None),
+        let (number, optimizer, base_weights) = match resume {
+            Some(r) => (r.number, r.optimizer, r.base_weights),
+            // Serving the pipeline's weights file: the line starts here.
+            None => (0, None, Some(gen.version.weights_id())),
         };
         if let Some(o) = optimizer {
             opt.load_state(&o.moments, o.step as usize)?;
@@ -230,6 +233,7 @@ impl Finetuner {
                 gen,
                 weights: tensors,
                 number: (number > 0).then_some(number),
+                base_weights,
             }],
             ckpt,
             next_number,

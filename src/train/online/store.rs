@@ -35,6 +35,21 @@ pub struct CheckpointMeta {
     pub serving_val_loss: f64,
     pub frames_seen: u64,
     pub time: String,
+    /// The weights file this line of versions was fine-tuned from
+    /// ([`ModelVersion::weights_id`]). A restart serves the file instead of the checkpoint
+    /// when the file has been replaced since. Absent from checkpoints written before it was
+    /// recorded; those are served whatever the file holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_weights: Option<String>,
+}
+
+/// Why a version was set aside (the suffix its files get).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retired {
+    /// Served, then rolled back (SIGUSR1).
+    RolledBack,
+    /// Never served: a reload replaced the model it was trained from before its swap.
+    Superseded,
 }
 
 /// The checkpoint folder of one pipeline.
@@ -74,6 +89,8 @@ pub struct Resume {
     /// The checkpoint's number; the next version is `number + 1`. 0: none (numbers start at 1).
     pub number: u64,
     pub optimizer: Option<OptimizerState>,
+    /// The weights file the checkpoint descends from, if on record.
+    pub base_weights: Option<String>,
 }
 
 impl Resume {
@@ -89,6 +106,21 @@ impl Restored {
         Resume {
             number: self.number,
             optimizer: self.optimizer.clone(),
+            base_weights: self.meta.as_ref().and_then(|m| m.base_weights.clone()),
+        }
+    }
+
+    /// Refuses a version fine-tuned from other weights than `file` (the pipeline's weights
+    /// now): the operator replaced the file since, and means the new weights to serve. A
+    /// version without a record of its base is accepted.
+    pub fn descends_from(&self, file: &ModelVersion) -> Result<()> {
+        match self.meta.as_ref().and_then(|m| m.base_weights.as_deref()) {
+            Some(base) if base != file.weights_id() => Err(Error::Other(format!(
+                "fine-tuned from weights {base}, but the pipeline's weights are now {} \
+                 (replaced since): they are served instead",
+                file.weights_id()
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -209,12 +241,15 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Sets version `n` aside so a restart does not serve it again (after a rollback).
-    pub(super) fn retire(&self, n: u64) {
+    /// Sets version `n` aside so a restart does not serve it again; renamed, not deleted.
+    pub(super) fn retire(&self, n: u64, why: Retired) {
         for s in SUFFIXES {
             let p = self.path(n, s);
             let mut to = p.as_os_str().to_owned();
-            to.push(".rolled-back");
+            to.push(match why {
+                Retired::RolledBack => ".rolled-back",
+                Retired::Superseded => ".superseded",
+            });
             let _ = std::fs::rename(&p, PathBuf::from(to));
         }
     }
@@ -270,6 +305,7 @@ mod tests {
             serving_val_loss: 0.0,
             frames_seen: 0,
             time: String::new(),
+            base_weights: None,
         };
         let opt = OptimizerState {
             step: 1,

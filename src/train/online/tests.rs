@@ -193,6 +193,18 @@ fn restart_resumes_from_the_newest_checkpoint_with_its_optimizer_state() {
     assert_eq!(r.number, 2);
     assert_eq!(r.meta.as_ref().unwrap().version, serving.to_string());
     assert_eq!(r.meta.as_ref().unwrap().steps, 6);
+    // The line descends from the weights file the trainer started from: a restart serves the
+    // checkpoint while the file is unchanged, and the file once it was replaced.
+    let file = ModelVersion::loaded("denoise-fast", b"base", b"");
+    let replaced = ModelVersion::loaded("denoise-fast", b"new weights", b"");
+    assert_eq!(
+        r.meta.as_ref().unwrap().base_weights,
+        Some(file.weights_id())
+    );
+    r.descends_from(&file).unwrap();
+    let e = r.descends_from(&replaced).unwrap_err().to_string();
+    assert!(e.contains(&replaced.weights_id()), "{e}");
+    assert_eq!(r.resume().base_weights, Some(file.weights_id()));
     let opt = r.optimizer.clone().expect("optimizer state");
     for (k, v) in &state.moments {
         let d = (v - &opt.moments[k])
@@ -341,4 +353,49 @@ fn a_nan_loss_restarts_training_from_the_serving_weights() {
     for _ in 0..3 {
         assert!(t.step().unwrap().is_finite());
     }
+}
+
+/// A reload that lands between a round's validation and its swap keeps serving: the
+/// candidate, trained from the weights the reload replaced, is set aside unserved (also on
+/// disk, so a restart does not serve it), and the next round trains on from the reload.
+#[test]
+fn a_reload_during_a_round_wins_over_the_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = || Checkpoints::new(dir.path().to_path_buf(), "denoise-fast", 3).unwrap();
+    // Accept any candidate, so that the round would swap.
+    let mut t = trainer(Some(ck()), |f| f.min_improvement = -1.0);
+    feed(&mut t, 16);
+    for _ in 0..3 {
+        t.step().unwrap();
+    }
+    // The round began with generation 1 serving; then the operator's reload landed.
+    let began = t.slot.load_full();
+    let reload = Arc::new(Generation {
+        version: ModelVersion::loaded("denoise-fast", b"reloaded", b""),
+        number: began.number + 1,
+        ..(*began).clone()
+    });
+    t.slot.store(reload.clone());
+    assert_eq!(t.round_against(began).unwrap(), Round::Superseded);
+    assert!(Arc::ptr_eq(&t.slot.load_full(), &reload));
+    assert!(ck().newest(&Device::Cpu).is_none());
+    assert!(dir
+        .path()
+        .join("denoise-fast-v1.safetensors.superseded")
+        .exists());
+    // The next round validates against the reload and replaces it.
+    for _ in 0..3 {
+        t.step().unwrap();
+    }
+    assert!(matches!(t.round().unwrap(), Round::Swapped { .. }));
+    let now = t.slot.load_full();
+    assert_eq!(now.number, reload.number + 1);
+    let r = ck().newest(&Device::Cpu).expect("a checkpoint");
+    assert_eq!(r.number, 2);
+    let meta = r.meta.unwrap();
+    assert_eq!(meta.parent, reload.version.to_string());
+    assert_eq!(meta.base_weights, Some(reload.version.weights_id()));
+    // A rollback returns to the reload, not to what served before it.
+    assert!(t.rollback().unwrap());
+    assert_eq!(t.slot.load().version, reload.version);
 }
