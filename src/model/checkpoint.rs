@@ -21,6 +21,12 @@ use crate::error::{Error, Result};
 /// Name of the tensor that holds the optimizer's step (an f32, exact up to 2²⁴ steps).
 const STEP_KEY: &str = "train.step";
 
+/// Whether `name` is optimizer state (a moment or the step) rather than a weight: a checkpoint
+/// holds both, and may be served as a weights file.
+pub fn is_optimizer_state(name: &str) -> bool {
+    name == STEP_KEY || name.starts_with(MOMENT_PREFIX)
+}
+
 /// Prefix of the optimizer's moment tensors (`optim.m.<var>`, `optim.v.<var>`); AdamW names
 /// its state with it, and loading tells moments from weights by it.
 pub const MOMENT_PREFIX: &str = "optim.";

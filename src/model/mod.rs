@@ -282,10 +282,11 @@ pub fn load(
     })?;
     drop(weights);
     weights::check_values(&tensors, what)?;
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let net = Net::new(vb, arch).map_err(|e| Error::Config {
-        origin: what.to_string(),
-        message: format!("weights do not fit the pipeline's [model]: {e}"),
+    let net = weights::build_using_all(tensors, dtype, device, what, |vb| {
+        Net::new(vb, arch).map_err(|e| Error::Config {
+            origin: what.to_string(),
+            message: format!("weights do not fit the pipeline's [model]: {e}"),
+        })
     })?;
     Ok(Box::new(NetModel {
         dtype,
@@ -334,6 +335,61 @@ mod tests {
         assert!(err(file("inf.safetensors", inf)).contains("NaN or infinite"));
         let ints = Tensor::new(&[1u32, 2], &dev).unwrap();
         assert!(err(file("int.safetensors", ints)).contains("not a float type"));
+    }
+
+    /// Weights made for other `[model]` settings, with every tensor this model asks for and
+    /// more (here: one more layer), are refused with the unused tensors named; optimizer state
+    /// beside the weights (a checkpoint served as a weights file) is fine.
+    #[test]
+    fn weights_with_tensors_the_model_does_not_use_are_refused() {
+        use crate::model::dense::{CodeActivation, DenseAeConfig, OutputActivation};
+        let arch = |layers: Vec<usize>| Arch::DenseAe {
+            size: [4, 4],
+            net: DenseAeConfig {
+                layers,
+                code: CodeActivation::Relu,
+                output: OutputActivation::Sigmoid,
+                bypass: false,
+                topk: 0,
+            },
+        };
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = crate::model::init::seeded_builder(&vm, 1, DType::F32, &dev);
+        Net::new(vb, &arch(vec![16, 8, 3])).unwrap();
+        let mut t: std::collections::HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let bytes = |t: &std::collections::HashMap<String, Tensor>| {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("w.safetensors");
+            candle_core::safetensors::save(t, &p).unwrap();
+            std::fs::read(p).unwrap()
+        };
+        // Exactly the tensors, plus optimizer state: loads.
+        let first = t.keys().next().unwrap().clone();
+        t.insert(format!("optim.m.{first}"), t[&first].clone());
+        load(&arch(vec![16, 8, 3]), bytes(&t), "w", &dev, Precision::F32).unwrap();
+        // One tensor more than the model uses.
+        t.insert("dec.9.weight".into(), t[&first].clone());
+        let e = match load(
+            &arch(vec![16, 8, 3]),
+            bytes(&t),
+            "w.safetensors",
+            &dev,
+            Precision::F32,
+        ) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("w.safetensors") && e.contains("dec.9.weight") && e.contains("1 tensor"),
+            "{e}"
+        );
     }
 
     /// A missing pixel in a flat region gets the flat value; known pixels stay as they are.

@@ -6,14 +6,105 @@
 //! the only places that do it. [`super::load`] builds a model from a file; [`serving`] builds
 //! the same model from tensors already in memory (a fine-tuned version, a checkpoint).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
-use candle_core::{Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder, VarMap};
 
 use super::{Arch, Model, Net, NetModel, Precision};
 use crate::error::{Error, Result};
+
+/// A builder over a weights map that notes every name the network asks for, so that the
+/// tensors it did not ask for can be found once it is built (see [`unused`]).
+struct Noting {
+    t: HashMap<String, Tensor>,
+    asked: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Noting {
+    fn note(&self, name: &str) {
+        if let Ok(mut a) = self.asked.lock() {
+            a.insert(name.to_string());
+        }
+    }
+}
+
+impl SimpleBackend for Noting {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.note(name);
+        SimpleBackend::get(&self.t, s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.note(name);
+        SimpleBackend::get_unchecked(&self.t, name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.t.contains_key(name)
+    }
+}
+
+/// Builds with `build` over the weights `t` and refuses a map with weights the network does
+/// not use. Extra weights mean the file was made for other `[model]` settings: a file for
+/// `blocks = [2, 2, 2]` has every tensor that `[1, 1, 2]` asks for, so without this check it
+/// would load and serve half a network. Optimizer state (a checkpoint served as weights) is
+/// not counted. The error names `what` and up to three of the unused tensors.
+pub fn build_using_all<T>(
+    t: HashMap<String, Tensor>,
+    dtype: DType,
+    dev: &Device,
+    what: &str,
+    build: impl FnOnce(VarBuilder<'static>) -> Result<T>,
+) -> Result<T> {
+    let names: Vec<String> = t.keys().cloned().collect();
+    let asked = Arc::new(Mutex::new(BTreeSet::new()));
+    let noting = Noting {
+        t,
+        asked: asked.clone(),
+    };
+    let built = build(VarBuilder::from_backend(
+        Box::new(noting),
+        dtype,
+        dev.clone(),
+    ))?;
+    let asked = asked.lock().map(|a| a.clone()).unwrap_or_default();
+    let unused = unused(&names, &asked);
+    if !unused.is_empty() {
+        let first: Vec<&str> = unused.iter().take(3).map(|s| s.as_str()).collect();
+        return Err(Error::Config {
+            origin: what.to_string(),
+            message: format!(
+                "{} tensor(s) that the pipeline's [model] does not use ({}{}): the weights were \
+                 made for other [model] settings",
+                unused.len(),
+                first.join(", "),
+                if unused.len() > 3 { ", …" } else { "" }
+            ),
+        });
+    }
+    Ok(built)
+}
+
+/// The weights among `names` that the build did not ask for, in name order.
+fn unused(names: &[String], asked: &BTreeSet<String>) -> Vec<String> {
+    let mut v: Vec<String> = names
+        .iter()
+        .filter(|n| !asked.contains(*n) && !super::checkpoint::is_optimizer_state(n))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
 
 /// Checks a weights map read from outside (a weights file, a checkpoint) before anything
 /// serves or trains from it: float tensors only, and every value finite. A NaN would pass
@@ -21,7 +112,6 @@ use crate::error::{Error, Result};
 /// model, and the fine-tuner's gate (a comparison with NaN is false) could never replace it.
 /// The error names `what` (the file) and the first bad tensor, in name order.
 pub fn check_values(t: &HashMap<String, Tensor>, what: &str) -> Result<()> {
-    use candle_core::DType;
     let mut names: Vec<&String> = t.keys().collect();
     names.sort();
     for name in names {
