@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aestream: error: {e:#}");
+            eprintln!("aestream: error: {}", cli::error_text(&e));
             let usage = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<aestream::Error>(),

@@ -225,6 +225,24 @@ fn unknown_pipeline_key_exits_2_and_names_it() {
     );
 }
 
+/// A pipeline file that is not there: an error naming it, with the system's reason
+/// said once (anyhow's `{:#}` repeated it).
+#[test]
+fn a_missing_pipeline_file_is_named_and_the_reason_said_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("gone.toml");
+    let out = bin()
+        .arg("train")
+        .arg(&p)
+        .args(["--data", tmp.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gone.toml"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+}
+
 #[test]
 fn a_bad_file_in_a_folder_is_reported_and_the_rest_processed() {
     let tmp = tempfile::tempdir().unwrap();

@@ -204,14 +204,7 @@ fn f16_scores_within_0_05_db_of_f32() {
         montage: None,
     };
     let psnr = |p: Precision| {
-        let m = load(
-            &cfg.model.arch,
-            bytes.clone(),
-            "denoise-fast",
-            &Device::Cpu,
-            p,
-        )
-        .unwrap();
+        let m = load(&cfg.model.arch, &bytes, "denoise-fast", &Device::Cpu, p).unwrap();
         let r = evaluate(&cfg, m.as_ref(), &args).unwrap();
         r.denoise.expect("denoise scores").psnr
     };

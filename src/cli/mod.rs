@@ -17,6 +17,25 @@ use clap::ValueEnum;
 use aestream::config::{OutputKind, PipelineConfig, ENSEMBLE_SIZES};
 use aestream::frame::framing::Framing;
 
+/// An error and its causes for a person to read, each said once. Many messages already end
+/// with their cause's (ours name the file, then quote what the system said), where anyhow's
+/// `{:#}` would say it twice: "p.toml: No such file or directory (os error 2): No such file or
+/// directory (os error 2)".
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if text.ends_with(&m) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&m);
+    }
+    text
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FramingArg {
     /// PNG and binary PNM (P5/P6) files back to back.
@@ -93,4 +112,23 @@ pub fn with_ensemble(
         cfg.infer.ensemble = n;
     }
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let ours = aestream::Error::Io {
+            path: "p.toml".into(),
+            source: io(),
+        };
+        let e = anyhow::Error::new(ours).context("loading the pipeline");
+        assert_eq!(error_text(&e), "loading the pipeline: p.toml: gone");
+        // Causes not already quoted are all kept, in order.
+        let e = anyhow::Error::new(io()).context("reading p.toml");
+        assert_eq!(error_text(&e), "reading p.toml: gone");
+    }
 }

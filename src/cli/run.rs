@@ -276,14 +276,15 @@ fn load_generation(
     if let Some(d) = a.drain_timeout {
         cfg.budget.drain_timeout_s = d;
     }
-    let model: Arc<dyn aestream::model::Model> =
-        Arc::from(cfg.load_model(a.weights.as_deref(), device)?);
-    let version = cfg.weights_version(a.weights.as_deref())?;
+    // One read for the model, its version and the fine-tuner's start: an operator may be
+    // replacing the file right now, and each read could see a different one.
+    let weights = cfg.read_weights(a.weights.as_deref())?;
+    let model: Arc<dyn aestream::model::Model> = Arc::from(cfg.model_from(&weights, device)?);
+    let version = cfg.version_of(&weights);
     let mut g = Generation::new(cfg, model, version, number);
     if g.cfg.finetune.enabled {
         // The fine-tuner starts from these.
-        let bytes = g.cfg.weights_bytes(a.weights.as_deref())?;
-        let mut t = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let mut t = candle_core::safetensors::load_buffer(&weights.bytes, device)?;
         aestream::model::weights::upgrade(&g.cfg.model.arch, &mut t)?;
         g = g.with_tensors(Arc::new(t));
     }
@@ -656,7 +657,11 @@ fn reload(a: &RunArgs, device: &candle_core::Device, slot: &ModelSlot, telemetry
         }
         Err(e) => {
             // A broken file must not take a running service down: keep serving the old one.
-            tracing::error!("reload failed, still serving {}: {e:#}", old.version);
+            tracing::error!(
+                "reload failed, still serving {}: {}",
+                old.version,
+                super::error_text(&e)
+            );
             service::ready(&format!("reload failed, serving {}: {e}", old.version));
         }
     }

@@ -46,6 +46,13 @@ pub use train::{Loss, PretrainTarget, TrainConfig, WeightsDtype};
 use crate::error::{Error, Result};
 use crate::model::{Arch, Model};
 
+/// A pipeline's weights as read once ([`PipelineConfig::read_weights`]): the safetensors bytes
+/// and what they are called in errors (the path read, or the built-in's name).
+pub struct Weights {
+    pub bytes: Vec<u8>,
+    pub what: String,
+}
+
 /// What is wrong with one key of a pipeline file: the key, the value found there (absent
 /// when the key is missing) and the rule it breaks.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -307,11 +314,27 @@ impl PipelineConfig {
 
     /// The weights' bytes: a file beside the pipeline, any path, or a built-in.
     pub fn weights_bytes(&self, override_path: Option<&Path>) -> Result<Vec<u8>> {
-        if let Some(p) = override_path {
-            return std::fs::read(p).map_err(|e| Error::Io {
-                path: p.to_path_buf(),
-                source: e,
-            });
+        self.read_weights(override_path).map(|w| w.bytes)
+    }
+
+    /// The weights (`weights_override`, else the pipeline's `model.weights`: a file beside the
+    /// pipeline or a built-in), read once. Build the model, its version and the fine-tuner's
+    /// start all from this one read: a file replaced between two reads would otherwise serve
+    /// one file's tensors under the other's version.
+    pub fn read_weights(&self, weights_override: Option<&Path>) -> Result<Weights> {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map(|bytes| Weights {
+                    bytes,
+                    what: p.display().to_string(),
+                })
+                .map_err(|e| Error::Io {
+                    path: p.to_path_buf(),
+                    source: e,
+                })
+        };
+        if let Some(p) = weights_override {
+            return read(p);
         }
         let rel = Path::new(&self.model.weights);
         let candidates: Vec<PathBuf> = match &self.base_dir {
@@ -319,16 +342,16 @@ impl PipelineConfig {
             None => vec![],
         };
         if let Some(c) = candidates.iter().find(|c| c.is_file()) {
-            return std::fs::read(c).map_err(|e| Error::Io {
-                path: c.clone(),
-                source: e,
-            });
+            return read(c);
         }
         if let Some((_, bytes)) = BUILTIN_WEIGHTS
             .iter()
             .find(|(n, _)| *n == self.model.weights)
         {
-            return Ok(bytes.to_vec());
+            return Ok(Weights {
+                bytes: bytes.to_vec(),
+                what: self.model.weights.clone(),
+            });
         }
         Err(Error::Config {
             origin: self.origin.clone(),
@@ -348,11 +371,13 @@ impl PipelineConfig {
         &self,
         weights_override: Option<&Path>,
     ) -> Result<crate::model::version::ModelVersion> {
-        let bytes = self.weights_bytes(weights_override)?;
+        Ok(self.version_of(&self.read_weights(weights_override)?))
+    }
+
+    /// [`Self::weights_version`] of weights already read.
+    pub fn version_of(&self, weights: &Weights) -> crate::model::version::ModelVersion {
         let settings = serde_json::to_vec(self).unwrap_or_default();
-        Ok(crate::model::version::ModelVersion::loaded(
-            &self.name, &bytes, &settings,
-        ))
+        crate::model::version::ModelVersion::loaded(&self.name, &weights.bytes, &settings)
     }
 
     /// The pipeline's network with its weights (or `weights_override`), ready to serve.
@@ -361,18 +386,32 @@ impl PipelineConfig {
         weights_override: Option<&Path>,
         device: &candle_core::Device,
     ) -> Result<Box<dyn Model>> {
-        let bytes = self.weights_bytes(weights_override)?;
-        let what = weights_override
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| self.model.weights.clone());
-        if bytes.is_empty() {
+        self.model_from(&self.read_weights(weights_override)?, device)
+    }
+
+    /// [`Self::load_model`] from weights already read.
+    pub fn model_from(
+        &self,
+        weights: &Weights,
+        device: &candle_core::Device,
+    ) -> Result<Box<dyn Model>> {
+        if weights.bytes.is_empty() {
             return Err(Error::Config {
                 origin: self.origin.clone(),
-                message: format!("weights {what} are empty: train them with `aestream train`"),
+                message: format!(
+                    "weights {} are empty: train them with `aestream train`",
+                    weights.what
+                ),
             });
         }
         self.check_precision(device)?;
-        crate::model::load(&self.model.arch, bytes, &what, device, self.infer.dtype)
+        crate::model::load(
+            &self.model.arch,
+            &weights.bytes,
+            &weights.what,
+            device,
+            self.infer.dtype,
+        )
     }
 
     /// `infer.dtype` on `device`: half precision is refused on the CPU (exit 2, naming the
@@ -672,5 +711,37 @@ mod tests {
         ] {
             assert_eq!(error_with(section, line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn weights_read_once_name_the_file_they_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = BUILTIN_PIPELINES
+            .iter()
+            .find(|(n, _)| *n == "denoise")
+            .unwrap()
+            .1;
+        let toml = dir.path().join("p.toml");
+        std::fs::write(
+            &toml,
+            text.replace("denoise.safetensors", "mine.safetensors"),
+        )
+        .unwrap();
+        let cfg = PipelineConfig::load(toml.to_str().unwrap()).unwrap();
+        let file = dir.path().join("mine.safetensors");
+        std::fs::write(&file, b"").unwrap();
+        let w = cfg.read_weights(None).unwrap();
+        assert_eq!(w.what, file.display().to_string());
+        // The version of what was read is the version of the file.
+        assert_eq!(
+            cfg.version_of(&w).to_string(),
+            cfg.weights_version(None).unwrap().to_string()
+        );
+        let err = cfg
+            .model_from(&w, &candle_core::Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(&w.what) && err.contains("empty"), "{err}");
     }
 }

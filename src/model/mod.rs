@@ -266,7 +266,7 @@ impl Model for NetModel {
 /// serve in it is [`Precision::check_device`]'s call, made by the config that asks.
 pub fn load(
     arch: &Arch,
-    weights: Vec<u8>,
+    weights: &[u8],
     what: &str,
     device: &Device,
     precision: Precision,
@@ -274,13 +274,12 @@ pub fn load(
     let dtype = precision.dtype();
     // Read once, on the CPU: checked, then moved to `device` in `precision` tensor by tensor
     // as the layers ask for them.
-    let tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu).map_err(|e| {
+    let tensors = candle_core::safetensors::load_buffer(weights, &Device::Cpu).map_err(|e| {
         Error::Config {
             origin: what.to_string(),
             message: format!("not a safetensors file: {e}"),
         }
     })?;
-    drop(weights);
     weights::check_values(&tensors, what)?;
     let net = weights::build_using_all(tensors, dtype, device, what, |vb| {
         Net::new(vb, arch).map_err(|e| Error::Config {
@@ -322,10 +321,11 @@ mod tests {
         };
         let dev = Device::Cpu;
         let nan = Tensor::new(&[0.5f32, f32::NAN, 1.0], &dev).unwrap();
-        let err = |bytes| match load(&arch, bytes, "bad.safetensors", &dev, Precision::F32) {
-            Ok(_) => panic!("loaded"),
-            Err(e) => e.to_string(),
-        };
+        let err =
+            |bytes: Vec<u8>| match load(&arch, &bytes, "bad.safetensors", &dev, Precision::F32) {
+                Ok(_) => panic!("loaded"),
+                Err(e) => e.to_string(),
+            };
         let e = err(file("nan.safetensors", nan));
         assert!(
             e.contains("bad.safetensors") && e.contains("enc.0.weight") && e.contains("1 values"),
@@ -373,12 +373,12 @@ mod tests {
         // Exactly the tensors, plus optimizer state: loads.
         let first = t.keys().next().unwrap().clone();
         t.insert(format!("optim.m.{first}"), t[&first].clone());
-        load(&arch(vec![16, 8, 3]), bytes(&t), "w", &dev, Precision::F32).unwrap();
+        load(&arch(vec![16, 8, 3]), &bytes(&t), "w", &dev, Precision::F32).unwrap();
         // One tensor more than the model uses.
         t.insert("dec.9.weight".into(), t[&first].clone());
         let e = match load(
             &arch(vec![16, 8, 3]),
-            bytes(&t),
+            &bytes(&t),
             "w.safetensors",
             &dev,
             Precision::F32,
