@@ -188,7 +188,7 @@ fn half_precision_is_refused_on_the_cpu() {
 fn f16_scores_within_0_05_db_of_f32() {
     let cfg = PipelineConfig::load("denoise-fast").unwrap();
     assert!(cfg.infer.sure_blend);
-    let bytes = cfg.weights_bytes(None).unwrap();
+    let bytes = cfg.read_weights(None).unwrap().bytes;
     let args = EvalArgs {
         data: samples().join("clean"),
         noise: None,

@@ -37,7 +37,7 @@ fn faces_deep_is_the_lectures_network() {
     assert!(!net.bypass);
     assert_eq!(net.topk, 0);
 
-    let bytes = cfg.weights_bytes(None).unwrap();
+    let bytes = cfg.read_weights(None).unwrap().bytes;
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
     names.sort();

@@ -312,11 +312,6 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// The weights' bytes: a file beside the pipeline, any path, or a built-in.
-    pub fn weights_bytes(&self, override_path: Option<&Path>) -> Result<Vec<u8>> {
-        self.read_weights(override_path).map(|w| w.bytes)
-    }
-
     /// The weights (`weights_override`, else the pipeline's `model.weights`: a file beside the
     /// pipeline or a built-in), read once. Build the model, its version and the fine-tuner's
     /// start all from this one read: a file replaced between two reads would otherwise serve

@@ -24,8 +24,10 @@ fn trainer(ckpt: Option<Checkpoints>, tweak: impl Fn(&mut FinetuneConfig)) -> Fi
     cfg.finetune.min_frames = 2;
     tweak(&mut cfg.finetune);
     let dev = Device::Cpu;
-    let t = candle_core::safetensors::load_buffer(&cfg.weights_bytes(None).unwrap(), &dev).unwrap();
-    let model: Arc<dyn Model> = Arc::from(cfg.load_model(None, &dev).unwrap());
+    // One read for both, as `run` does.
+    let weights = cfg.read_weights(None).unwrap();
+    let t = candle_core::safetensors::load_buffer(&weights.bytes, &dev).unwrap();
+    let model: Arc<dyn Model> = Arc::from(cfg.model_from(&weights, &dev).unwrap());
     let g = Generation::new(
         cfg,
         model,
